@@ -1,0 +1,1 @@
+"""RLHF Lab's engine: models, data, training stages and jobs. No Streamlit here."""

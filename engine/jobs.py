@@ -1,0 +1,276 @@
+"""The job manager: queue, background threads, progress, cancel, crash and restart.
+
+Every job is a run in storage. A stage is a function `fn(config, ctx) -> summary dict`
+registered under a name (see engine.stages). Training stages queue and run one at a
+time on a single worker thread (one device); light stages (sampling two answers for a
+vote, a comparison) run on their own threads at once, so they never wait behind a
+long training run. Workers write to storage only; pages poll storage.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import queue
+import threading
+import traceback
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from engine import stages
+from engine.models import run_dir as _run_dir
+from storage import Store
+
+
+class JobCancelled(Exception):
+    """Raised inside a stage by ctx.check_cancel() once cancel was asked for."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss became NaN or infinite; the run fails with the step and the loss named."""
+
+
+class JobContext:
+    """What a running stage sees: storage, its folder, progress, cancel."""
+
+    def __init__(self, store: Store, run_id: int, config: Any, resume: bool = False,
+                 cancel_event: threading.Event | None = None):
+        self.store = store
+        self.run_id = run_id
+        self.config = config
+        self.resume = resume
+        self.cancel_event = cancel_event or threading.Event()
+        self.is_main_process = True  # stages on accelerate set this; only main writes
+        self._run_dir: Path | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        if self._run_dir is None:
+            self._run_dir = _run_dir(self.run_id)
+        return self._run_dir
+
+    # -- cancel ------------------------------------------------------------------
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check_cancel(self) -> None:
+        if self.cancel_event.is_set():
+            raise JobCancelled(f"run {self.run_id} cancelled")
+
+    # -- writing -----------------------------------------------------------------
+    def log(self, message: str, level: str = "info") -> None:
+        if self.is_main_process:
+            self.store.log(self.run_id, message, level)
+
+    def progress(self, step: int, total: int | None = None, message: str | None = None) -> None:
+        if not self.is_main_process:
+            return
+        fields: dict[str, Any] = {"step": int(step)}
+        if total:
+            fields["total_steps"] = int(total)
+            fields["progress"] = min(1.0, step / total)
+        if message is not None:
+            fields["message"] = message
+        self.store.update_run(self.run_id, **fields)
+
+    def metrics(self, step: int, values: dict[str, float]) -> None:
+        """Store metrics of one step; a non-finite loss stops the run with a clear error."""
+        clean = {k: float(v) for k, v in values.items() if v is not None}
+        for name, value in clean.items():
+            if "loss" in name and not math.isfinite(value):
+                raise NonFiniteError(
+                    f"step {step}: {name} is {value} (not finite); lower the learning rate "
+                    f"or check the data")
+        if self.is_main_process:
+            self.store.log_metrics(self.run_id, step, {k: v for k, v in clean.items()
+                                                       if math.isfinite(v)})
+
+    def samples(self, step: int, rows: list[dict]) -> None:
+        if self.is_main_process and rows:
+            self.store.add_samples(self.run_id, step, rows)
+
+    def artifact(self, kind: str, path: str | Path) -> None:
+        if self.is_main_process:
+            self.store.add_artifact(self.run_id, kind, path, sha256_of(path))
+
+
+def sha256_of(path: str | Path) -> str:
+    """Hash of a file, or of a folder's files (names and contents, in sorted order)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def config_dict(config: Any) -> dict:
+    if is_dataclass(config):
+        return asdict(config)
+    return dict(config)
+
+
+def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool = False,
+            cancel_event: threading.Event | None = None) -> str:
+    """Run one stage function as run `run_id`, recording its outcome. Returns the status."""
+    ctx = JobContext(store, run_id, config, resume=resume, cancel_event=cancel_event)
+    store.claim_run(run_id)
+    ctx.log("resumed" if resume else "started")
+    try:
+        summary = fn(config, ctx) or {}
+    except (JobCancelled, KeyboardInterrupt):
+        store.finish_run(run_id, "cancelled")
+        ctx.log("cancelled; the last checkpoint is kept")
+        return "cancelled"
+    except NonFiniteError as exc:
+        store.finish_run(run_id, "failed", error=str(exc))
+        ctx.log(str(exc), "error")
+        return "failed"
+    except BaseException as exc:  # noqa: BLE001 - a failed job must never kill the app
+        tb = traceback.format_exc()
+        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n{tb}")
+        ctx.log(f"{type(exc).__name__}: {exc}", "error")
+        return "failed"
+    store.finish_run(run_id, "succeeded", summary=summary)
+    store.update_run(run_id, progress=1.0)
+    ctx.log("finished")
+    return "succeeded"
+
+
+class JobManager:
+    """Process-wide queue of jobs on one database."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._queue: queue.Queue = queue.Queue()
+        self._events: dict[int, threading.Event] = {}
+        self._done: dict[int, threading.Event] = {}
+        self._live: set[int] = set()
+        self._lock = threading.Lock()
+        self._worker: threading.Thread | None = None
+        self.recovered = store.mark_interrupted_orphans()
+
+    # -- submitting ----------------------------------------------------------------
+    def submit(self, stage: str, config: Any = None, *, name: str | None = None,
+               parents: list[int] | None = None, model: str | None = None,
+               dataset: str | None = None) -> int:
+        spec = stages.get(stage)
+        config = spec.make_config(config)
+        run_id = self.store.create_run(stage, config_dict(config), name=name, parents=parents,
+                                       model=model or getattr(config, "model", None),
+                                       dataset=dataset or getattr(config, "dataset", None))
+        self._enqueue(run_id, stage, config, resume=False)
+        return run_id
+
+    def resume(self, run_id: int) -> int:
+        """Queue an interrupted, cancelled or failed run again; it continues from its checkpoint."""
+        run = self.store.get_run(run_id)
+        if run["status"] not in ("interrupted", "cancelled", "failed"):
+            raise ValueError(f"run {run_id} is {run['status']}; only interrupted, cancelled or "
+                             f"failed runs can be resumed")
+        spec = stages.get(run["stage"])
+        config = spec.make_config(run["config"])
+        self.store.update_run(run_id, status="queued", error=None, finished=None)
+        self._enqueue(run_id, run["stage"], config, resume=True)
+        return run_id
+
+    def _enqueue(self, run_id: int, stage: str, config: Any, resume: bool) -> None:
+        spec = stages.get(stage)
+        with self._lock:
+            self._events[run_id] = threading.Event()
+            self._done[run_id] = threading.Event()
+            self._live.add(run_id)
+        if spec.light:
+            threading.Thread(target=self._run_one, args=(run_id, spec, config, resume),
+                             name=f"job-{run_id}", daemon=True).start()
+        else:
+            self._queue.put((run_id, spec, config, resume))
+            self._ensure_worker()
+
+    def _ensure_worker(self) -> None:
+        with self._lock:
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="train-worker",
+                                                daemon=True)
+                self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            self._run_one(*item)
+
+    def _run_one(self, run_id: int, spec, config, resume: bool) -> None:
+        try:
+            if self._events[run_id].is_set():
+                self.store.finish_run(run_id, "cancelled")
+                return
+            execute(self.store, run_id, config, spec.function(), resume=resume,
+                    cancel_event=self._events[run_id])
+        except BaseException as exc:  # noqa: BLE001 - e.g. the stage failed to import
+            self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n"
+                                                          f"{traceback.format_exc()}")
+        finally:
+            with self._lock:
+                self._live.discard(run_id)
+            self._done[run_id].set()
+
+    # -- control -------------------------------------------------------------------
+    def cancel(self, run_id: int) -> None:
+        event = self._events.get(run_id)
+        if event is None:
+            run = self.store.get_run(run_id)
+            if run["status"] in ("queued", "running"):
+                # owned by a process that no longer holds it
+                self.store.finish_run(run_id, "cancelled")
+            return
+        event.set()
+        if self.store.get_run(run_id)["status"] == "queued":
+            self.store.finish_run(run_id, "cancelled")
+
+    def wait(self, run_id: int, timeout: float | None = None) -> str:
+        done = self._done.get(run_id)
+        if done is not None:
+            done.wait(timeout)
+        return self.store.get_run(run_id)["status"]
+
+    def active(self) -> list[int]:
+        with self._lock:
+            return sorted(self._live)
+
+    def shutdown(self) -> None:
+        for event in self._events.values():
+            event.set()
+        self._queue.put(None)
+
+
+_managers: dict[str, JobManager] = {}
+_managers_lock = threading.Lock()
+
+
+def get_manager(store: Store | None = None) -> JobManager:
+    """The one job manager of this process for a database."""
+    store = store or Store()
+    key = str(store.path.resolve())
+    with _managers_lock:
+        if key not in _managers:
+            _managers[key] = JobManager(store)
+        return _managers[key]
+
+
+def run_sync(store: Store, stage: str, config: Any = None, *, name: str | None = None,
+             parents: list[int] | None = None) -> dict:
+    """Run a stage in the calling thread (the headless CLI): same code the pages use."""
+    spec = stages.get(stage)
+    config = spec.make_config(config)
+    run_id = store.create_run(stage, config_dict(config), name=name, parents=parents,
+                              model=getattr(config, "model", None),
+                              dataset=getattr(config, "dataset", None))
+    execute(store, run_id, config, spec.function())
+    return store.get_run(run_id)

@@ -1,0 +1,7 @@
+"""Placeholder until its issue lands."""
+import streamlit as st
+
+from ui.i18n import t
+
+st.title(t("nav.sft"))
+st.info(t("common.coming_soon"))

@@ -1,0 +1,583 @@
+"""The lab's SQLite database, through sqlite-utils.
+
+One `Store` object per database path; it hands each thread its own connection
+(WAL journal, busy timeout) so a training thread, the Streamlit script threads
+and a headless CLI process can all write at once without "database is locked".
+Every other package talks to storage through the methods here, never through SQL.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_MS = 60_000
+RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
+FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+
+
+class NotFound(KeyError):
+    """A dataset, run or row that does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0]) if self.args else "not found"
+
+
+class DatasetExists(ValueError):
+    """Raised instead of silently overwriting an existing dataset."""
+
+
+def data_home() -> Path:
+    """The user's data folder: `RLHF_LAB_HOME`, or ~/.rlhf-lab."""
+    home = Path(os.environ.get("RLHF_LAB_HOME") or Path.home() / ".rlhf-lab").expanduser()
+    home.mkdir(parents=True, exist_ok=True)
+    return home
+
+
+def default_db_path() -> Path:
+    return data_home() / "lab.db"
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _loads(value: str | None, default: Any = None) -> Any:
+    if value in (None, ""):
+        return default
+    return json.loads(value)
+
+
+def _split_prompt(prompt: Any) -> tuple[str, str | None]:
+    """Store a prompt as display text plus, for chat prompts, the message list as JSON."""
+    if isinstance(prompt, list):
+        text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt)
+        return text, _dumps(prompt)
+    return str(prompt), None
+
+
+def _join_prompt(row: dict) -> dict:
+    messages = row.pop("prompt_messages", None)
+    if messages:
+        row["prompt"] = json.loads(messages)
+    if "meta" in row:
+        row["meta"] = _loads(row["meta"], {})
+    return row
+
+
+class Store:
+    """All reads and writes of the lab's database."""
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._migrate()
+
+    # -- connections ---------------------------------------------------------------
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
+                                   check_same_thread=False, isolation_level=None)
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
+
+    def _write(self):
+        """A write transaction that takes the lock up front (no deadlock on upgrade)."""
+        return _Tx(self.db.conn)
+
+    def _migrate(self) -> None:
+        db = self.db
+        with self._write():
+            if "meta" not in db.table_names():
+                db["meta"].create({"key": str, "value": str}, pk="key")
+            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version >= SCHEMA_VERSION:
+                return
+            self._create_v1(db)
+            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+
+    @staticmethod
+    def _create_v1(db: sqlite_utils.Database) -> None:
+        db["datasets"].create(
+            {"id": int, "name": str, "kind": str, "description": str, "eval_fraction": float,
+             "created": float, "meta": str},
+            pk="id", not_null={"name", "kind"}, if_not_exists=True)
+        db["datasets"].create_index(["name"], unique=True, if_not_exists=True)
+        common = {"id": int, "dataset_id": int, "prompt": str, "prompt_messages": str}
+        db["sft_examples"].create(
+            {**common, "response": str, "split": str, "source": str, "meta": str, "created": float},
+            pk="id", foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True)
+        db["sft_examples"].create_index(["dataset_id"], if_not_exists=True)
+        db["pref_pairs"].create(
+            {**common, "chosen": str, "rejected": str, "split": str, "source": str, "meta": str,
+             "created": float},
+            pk="id", foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True)
+        db["pref_pairs"].create_index(["dataset_id"], if_not_exists=True)
+        db["runs"].create(
+            {"id": int, "stage": str, "name": str, "status": str, "config": str, "parents": str,
+             "model": str, "dataset": str, "created": float, "started": float, "finished": float,
+             "error": str, "pid": int, "host": str, "step": int, "total_steps": int,
+             "progress": float, "message": str, "summary": str, "run_dir": str},
+            pk="id", if_not_exists=True)
+        db["runs"].create_index(["stage", "status"], if_not_exists=True)
+        db["metrics"].create(
+            {"run_id": int, "step": int, "name": str, "value": float, "time": float},
+            foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
+        db["metrics"].create_index(["run_id", "name", "step"], if_not_exists=True)
+        db["samples"].create(
+            {"id": int, "run_id": int, "step": int, "prompt": str, "response": str,
+             "reward": float, "kl": float, "extra": str, "time": float},
+            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
+        db["samples"].create_index(["run_id", "step"], if_not_exists=True)
+        db["artifacts"].create(
+            {"id": int, "run_id": int, "kind": str, "path": str, "sha256": str, "created": float},
+            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
+        db["logs"].create(
+            {"id": int, "run_id": int, "time": float, "level": str, "message": str},
+            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
+        db["logs"].create_index(["run_id"], if_not_exists=True)
+        db["votes"].create(
+            {"id": int, "comparison_id": int, "prompt": str, "model_a": str, "model_b": str,
+             "response_a": str, "response_b": str, "choice": str, "reward_a": float,
+             "reward_b": float, "created": float},
+            pk="id", if_not_exists=True)
+        db["comparisons"].create(
+            {"id": int, "name": str, "config": str, "run_id": int, "created": float},
+            pk="id", if_not_exists=True)
+        db["comparison_outputs"].create(
+            {"id": int, "comparison_id": int, "prompt_index": int, "prompt": str, "model": str,
+             "response": str, "reward": float, "kl": float, "length": int, "extra": str},
+            pk="id", foreign_keys=[("comparison_id", "comparisons", "id")], if_not_exists=True)
+        db["comparison_outputs"].create_index(["comparison_id"], if_not_exists=True)
+
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    # -- datasets ------------------------------------------------------------------
+    def create_dataset(self, name: str, kind: str, description: str = "",
+                       eval_fraction: float = 0.1, overwrite: bool = False) -> int:
+        """Create a dataset; an existing name raises DatasetExists unless overwrite=True."""
+        name = (name or "").strip()
+        if not name:
+            raise ValueError("dataset name: must not be empty")
+        if kind not in ("sft", "preference"):
+            raise ValueError(f"dataset kind: {kind!r} is not 'sft' or 'preference'")
+        with self._write():
+            existing = self._dataset_row(name)
+            if existing is not None:
+                if not overwrite:
+                    raise DatasetExists(f"dataset {name!r} already exists")
+                self._delete_dataset_rows(existing["id"])
+            table = self.db["datasets"]
+            table.insert({"name": name, "kind": kind, "description": description,
+                          "eval_fraction": eval_fraction, "created": _now(), "meta": "{}"})
+            return table.last_pk
+
+    def _dataset_row(self, name_or_id: str | int) -> dict | None:
+        if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()
+                                           and self._by_name(name_or_id) is None):
+            rows = list(self.db["datasets"].rows_where("id = ?", [int(name_or_id)]))
+        else:
+            rows = [r for r in [self._by_name(str(name_or_id))] if r]
+        return rows[0] if rows else None
+
+    def _by_name(self, name: str) -> dict | None:
+        rows = list(self.db["datasets"].rows_where("name = ?", [name]))
+        return rows[0] if rows else None
+
+    def get_dataset(self, name_or_id: str | int) -> dict:
+        row = self._dataset_row(name_or_id)
+        if row is None:
+            raise NotFound(f"dataset {name_or_id!r} does not exist")
+        row["meta"] = _loads(row["meta"], {})
+        table = "sft_examples" if row["kind"] == "sft" else "pref_pairs"
+        row["rows"] = self.db.execute(
+            f"SELECT COUNT(*) FROM {table} WHERE dataset_id = ?", [row["id"]]).fetchone()[0]
+        return row
+
+    def list_datasets(self, kind: str | None = None) -> list[dict]:
+        out = []
+        for row in self.db["datasets"].rows_where(
+                "kind = ?" if kind else None, [kind] if kind else [], order_by="name"):
+            out.append(self.get_dataset(row["id"]))
+        return out
+
+    def update_dataset(self, name_or_id: str | int, **fields: Any) -> None:
+        row = self.get_dataset(name_or_id)
+        allowed = {"name", "description", "eval_fraction", "meta"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"dataset fields {sorted(bad)} cannot be changed")
+        if "meta" in fields:
+            fields["meta"] = _dumps(fields["meta"])
+        with self._write():
+            self.db["datasets"].update(row["id"], fields)
+
+    def delete_dataset(self, name_or_id: str | int) -> None:
+        row = self.get_dataset(name_or_id)
+        with self._write():
+            self._delete_dataset_rows(row["id"])
+
+    def _delete_dataset_rows(self, dataset_id: int) -> None:
+        self.db.execute("DELETE FROM sft_examples WHERE dataset_id = ?", [dataset_id])
+        self.db.execute("DELETE FROM pref_pairs WHERE dataset_id = ?", [dataset_id])
+        self.db.execute("DELETE FROM datasets WHERE id = ?", [dataset_id])
+
+    def _rows_table(self, dataset: dict) -> str:
+        return "sft_examples" if dataset["kind"] == "sft" else "pref_pairs"
+
+    def add_rows(self, name_or_id: str | int, rows: Iterable[dict], source: str = "") -> int:
+        """Append records ({prompt, response} or {prompt, chosen, rejected}) to a dataset.
+
+        `split` may be given per row ('train' or 'eval'); otherwise it is drawn from the
+        dataset's eval fraction by a stable hash of the row's position.
+        """
+        ds = self.get_dataset(name_or_id)
+        table = self._rows_table(ds)
+        fields = ("response",) if ds["kind"] == "sft" else ("chosen", "rejected")
+        start = ds["rows"]
+        records = []
+        for i, row in enumerate(rows):
+            text, messages = _split_prompt(row["prompt"])
+            rec = {"dataset_id": ds["id"], "prompt": text, "prompt_messages": messages,
+                   "split": row.get("split") or _default_split(start + i, ds["eval_fraction"]),
+                   "source": row.get("source", source), "meta": _dumps(row.get("meta") or {}),
+                   "created": _now()}
+            for f in fields:
+                rec[f] = row[f]
+            records.append(rec)
+        with self._write():
+            self.db[table].insert_all(records, batch_size=500)
+        return len(records)
+
+    def list_rows(self, name_or_id: str | int, split: str | None = None,
+                  limit: int | None = None, offset: int = 0) -> list[dict]:
+        ds = self.get_dataset(name_or_id)
+        where, args = "dataset_id = ?", [ds["id"]]
+        if split:
+            where += " AND split = ?"
+            args.append(split)
+        rows = self.db[self._rows_table(ds)].rows_where(
+            where, args, order_by="id", limit=limit, offset=offset or None)
+        return [_join_prompt(dict(r)) for r in rows]
+
+    def update_row(self, name_or_id: str | int, row_id: int, fields: dict) -> None:
+        ds = self.get_dataset(name_or_id)
+        allowed = {"prompt", "response", "chosen", "rejected", "split", "meta", "source"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"row fields {sorted(bad)} cannot be changed")
+        fields = dict(fields)
+        if "prompt" in fields:
+            fields["prompt"], fields["prompt_messages"] = _split_prompt(fields["prompt"])
+        if "meta" in fields:
+            fields["meta"] = _dumps(fields["meta"])
+        with self._write():
+            self.db[self._rows_table(ds)].update(row_id, fields)
+
+    def delete_rows(self, name_or_id: str | int, row_ids: Iterable[int]) -> int:
+        ds = self.get_dataset(name_or_id)
+        ids = [int(i) for i in row_ids]
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        with self._write():
+            cur = self.db.execute(
+                f"DELETE FROM {self._rows_table(ds)} WHERE dataset_id = ? AND id IN ({marks})",
+                [ds["id"], *ids])
+        return cur.rowcount
+
+    # -- runs ----------------------------------------------------------------------
+    def create_run(self, stage: str, config: dict, name: str | None = None,
+                   parents: list[int] | None = None, model: str | None = None,
+                   dataset: str | None = None, status: str = "queued") -> int:
+        with self._write():
+            table = self.db["runs"]
+            table.insert({"stage": stage, "name": name or "", "status": status,
+                          "config": _dumps(config), "parents": _dumps(parents or []),
+                          "model": model, "dataset": dataset, "created": _now(), "step": 0,
+                          "progress": 0.0, "summary": "{}"})
+            run_id = table.last_pk
+            if not name:
+                table.update(run_id, {"name": f"{stage}-{run_id}"})
+        return run_id
+
+    def get_run(self, run_id: int) -> dict:
+        rows = list(self.db["runs"].rows_where("id = ?", [int(run_id)]))
+        if not rows:
+            raise NotFound(f"run {run_id} does not exist")
+        return _decode_run(rows[0])
+
+    def list_runs(self, stage: str | None = None, status: str | Iterable[str] | None = None,
+                  limit: int | None = None) -> list[dict]:
+        where, args = [], []
+        if stage:
+            where.append("stage = ?")
+            args.append(stage)
+        if status:
+            statuses = [status] if isinstance(status, str) else list(status)
+            where.append(f"status IN ({','.join('?' * len(statuses))})")
+            args.extend(statuses)
+        rows = self.db["runs"].rows_where(" AND ".join(where) or None, args,
+                                          order_by="id DESC", limit=limit)
+        return [_decode_run(r) for r in rows]
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        for key in ("config", "parents", "summary"):
+            if key in fields:
+                fields[key] = _dumps(fields[key])
+        if "status" in fields and fields["status"] not in RUN_STATES:
+            raise ValueError(f"run status {fields['status']!r} is not one of {RUN_STATES}")
+        with self._write():
+            self.db["runs"].update(int(run_id), fields)
+
+    def claim_run(self, run_id: int) -> None:
+        """Mark a run as running in this process (pid and host kept for crash detection)."""
+        self.update_run(run_id, status="running", started=_now(), finished=None, error=None,
+                        pid=os.getpid(), host=socket.gethostname())
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None,
+                   summary: dict | None = None) -> None:
+        fields: dict[str, Any] = {"status": status, "finished": _now(), "error": error}
+        if summary is not None:
+            fields["summary"] = summary
+        self.update_run(run_id, **fields)
+
+    def mark_interrupted_orphans(self, live_run_ids: Iterable[int] = ()) -> list[int]:
+        """Runs left `running`/`queued` by a process that no longer exists become `interrupted`."""
+        live = set(int(i) for i in live_run_ids)
+        host = socket.gethostname()
+        orphans = []
+        for run in self.list_runs(status=("running", "queued")):
+            if run["id"] in live:
+                continue
+            same_process = run.get("pid") == os.getpid() and run.get("host") == host
+            if run.get("pid") and run.get("host") == host and not same_process \
+                    and _pid_alive(run["pid"]):
+                continue  # another live process (e.g. a headless CLI run) owns it
+            orphans.append(run["id"])
+        for run_id in orphans:
+            self.update_run(run_id, status="interrupted", finished=_now(),
+                            message="interrupted: the process running it stopped")
+        return orphans
+
+    def delete_run(self, run_id: int) -> None:
+        with self._write():
+            for table in ("metrics", "samples", "artifacts", "logs"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [int(run_id)])
+            self.db.execute("DELETE FROM runs WHERE id = ?", [int(run_id)])
+
+    # -- metrics, samples, logs, artifacts -----------------------------------------
+    def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
+        t = _now()
+        rows = [{"run_id": int(run_id), "step": int(step), "name": k, "value": float(v), "time": t}
+                for k, v in values.items() if v is not None]
+        with self._write():
+            self.db["metrics"].insert_all(rows)
+
+    def get_metrics(self, run_id: int, names: Iterable[str] | None = None) -> list[dict]:
+        where, args = "run_id = ?", [int(run_id)]
+        if names:
+            names = list(names)
+            where += f" AND name IN ({','.join('?' * len(names))})"
+            args.extend(names)
+        return list(self.db["metrics"].rows_where(where, args, order_by="step, rowid",
+                                                  select="step, name, value, time"))
+
+    def metric_names(self, run_id: int) -> list[str]:
+        return [r[0] for r in self.db.execute(
+            "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", [int(run_id)])]
+
+    def last_metrics(self, run_id: int) -> dict[str, float]:
+        """The latest value of each metric of a run."""
+        rows = self.db.execute(
+            "SELECT name, value FROM metrics WHERE rowid IN "
+            "(SELECT MAX(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", [int(run_id)])
+        return {name: value for name, value in rows}
+
+    def add_samples(self, run_id: int, step: int, rows: Iterable[dict]) -> None:
+        recs = []
+        for r in rows:
+            r = dict(r)
+            prompt = r.pop("prompt")
+            recs.append({"run_id": int(run_id), "step": int(step),
+                         "prompt": _split_prompt(prompt)[0] if isinstance(prompt, list) else prompt,
+                         "response": r.pop("response"), "reward": r.pop("reward", None),
+                         "kl": r.pop("kl", None), "extra": _dumps(r), "time": _now()})
+        with self._write():
+            self.db["samples"].insert_all(recs)
+
+    def get_samples(self, run_id: int, step: int | None = None) -> list[dict]:
+        where, args = "run_id = ?", [int(run_id)]
+        if step is not None:
+            where += " AND step = ?"
+            args.append(int(step))
+        rows = []
+        for r in self.db["samples"].rows_where(where, args, order_by="step, id"):
+            r["extra"] = _loads(r["extra"], {})
+            rows.append(r)
+        return rows
+
+    def log(self, run_id: int, message: str, level: str = "info") -> None:
+        with self._write():
+            self.db["logs"].insert({"run_id": int(run_id), "time": _now(), "level": level,
+                                    "message": message})
+
+    def get_log(self, run_id: int, limit: int | None = None) -> list[dict]:
+        return list(self.db["logs"].rows_where("run_id = ?", [int(run_id)], order_by="id",
+                                               limit=limit))
+
+    def add_artifact(self, run_id: int, kind: str, path: str | os.PathLike,
+                     sha256: str | None = None) -> int:
+        with self._write():
+            table = self.db["artifacts"]
+            table.insert({"run_id": int(run_id), "kind": kind, "path": str(path),
+                          "sha256": sha256, "created": _now()})
+            return table.last_pk
+
+    def list_artifacts(self, run_id: int, kind: str | None = None) -> list[dict]:
+        where, args = "run_id = ?", [int(run_id)]
+        if kind:
+            where += " AND kind = ?"
+            args.append(kind)
+        return list(self.db["artifacts"].rows_where(where, args, order_by="id"))
+
+    # -- comparisons and votes -----------------------------------------------------
+    def create_comparison(self, name: str, config: dict, run_id: int | None = None) -> int:
+        with self._write():
+            table = self.db["comparisons"]
+            table.insert({"name": name, "config": _dumps(config), "run_id": run_id,
+                          "created": _now()})
+            return table.last_pk
+
+    def list_comparisons(self) -> list[dict]:
+        out = []
+        for r in self.db["comparisons"].rows_where(order_by="id DESC"):
+            r["config"] = _loads(r["config"], {})
+            out.append(r)
+        return out
+
+    def get_comparison(self, comparison_id: int) -> dict:
+        rows = list(self.db["comparisons"].rows_where("id = ?", [int(comparison_id)]))
+        if not rows:
+            raise NotFound(f"comparison {comparison_id} does not exist")
+        row = rows[0]
+        row["config"] = _loads(row["config"], {})
+        return row
+
+    def add_comparison_outputs(self, comparison_id: int, rows: Iterable[dict]) -> None:
+        recs = []
+        for r in rows:
+            r = dict(r)
+            recs.append({"comparison_id": int(comparison_id),
+                         "prompt_index": int(r.pop("prompt_index")),
+                         "prompt": _split_prompt(r.pop("prompt"))[0],
+                         "model": r.pop("model"), "response": r.pop("response"),
+                         "reward": r.pop("reward", None), "kl": r.pop("kl", None),
+                         "length": r.pop("length", None), "extra": _dumps(r)})
+        with self._write():
+            self.db["comparison_outputs"].insert_all(recs)
+
+    def get_comparison_outputs(self, comparison_id: int) -> list[dict]:
+        rows = []
+        for r in self.db["comparison_outputs"].rows_where(
+                "comparison_id = ?", [int(comparison_id)], order_by="prompt_index, id"):
+            r["extra"] = _loads(r["extra"], {})
+            rows.append(r)
+        return rows
+
+    def add_vote(self, prompt: str, model_a: str, model_b: str, response_a: str,
+                 response_b: str, choice: str, reward_a: float | None = None,
+                 reward_b: float | None = None, comparison_id: int | None = None) -> int:
+        if choice not in ("a", "b", "tie", "both_bad"):
+            raise ValueError(f"vote choice {choice!r} is not a, b, tie or both_bad")
+        with self._write():
+            table = self.db["votes"]
+            table.insert({"comparison_id": comparison_id, "prompt": prompt, "model_a": model_a,
+                          "model_b": model_b, "response_a": response_a,
+                          "response_b": response_b, "choice": choice, "reward_a": reward_a,
+                          "reward_b": reward_b, "created": _now()})
+            return table.last_pk
+
+    def list_votes(self, comparison_id: int | None = None) -> list[dict]:
+        if comparison_id is None:
+            return list(self.db["votes"].rows_where(order_by="id"))
+        return list(self.db["votes"].rows_where("comparison_id = ?", [int(comparison_id)],
+                                                order_by="id"))
+
+
+class _Tx:
+    """BEGIN IMMEDIATE ... COMMIT, re-entrant within one thread's connection."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.outer = False
+
+    def __enter__(self):
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self.outer = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        # sqlite-utils may already have committed inside (it wraps writes in `with conn`)
+        if self.outer and self.conn.in_transaction:
+            if exc_type is None:
+                self.conn.execute("COMMIT")
+            else:
+                self.conn.execute("ROLLBACK")
+        return False
+
+
+def _default_split(index: int, eval_fraction: float) -> str:
+    if eval_fraction <= 0:
+        return "train"
+    # deterministic, spread evenly: every 1/eval_fraction-th row goes to eval
+    period = max(2, round(1 / eval_fraction))
+    return "eval" if index % period == period - 1 else "train"
+
+
+def _decode_run(row: dict) -> dict:
+    row = dict(row)
+    row["config"] = _loads(row.get("config"), {})
+    row["parents"] = _loads(row.get("parents"), [])
+    row["summary"] = _loads(row.get("summary"), {})
+    return row
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,1 @@
+"""Shared helpers for the Streamlit pages: i18n, storage and job handles, charts."""

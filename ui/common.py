@@ -1,0 +1,161 @@
+"""Handles and widgets every page shares: the store, the job manager, the model in use,
+a live job panel (progress, ETA, cancel, resume, log) and chart helpers."""
+from __future__ import annotations
+
+import time
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from engine.jobs import JobManager, get_manager
+from storage import Store
+from ui.i18n import t
+
+EMBEDDED = "embedded"
+STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:",
+                "succeeded": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
+
+
+@st.cache_resource(show_spinner=False)
+def _store(path: str | None) -> Store:
+    return Store(path) if path else Store()
+
+
+def get_store() -> Store:
+    return _store(None)
+
+
+@st.cache_resource(show_spinner=False)
+def _jobs(path: str) -> JobManager:
+    return get_manager(_store(None) if path == "default" else _store(path))
+
+
+def get_jobs() -> JobManager:
+    return _jobs("default")
+
+
+def model_spec() -> str:
+    """The base model chosen in the sidebar ("embedded", a folder, or a hub id)."""
+    return st.session_state.get("model_spec") or EMBEDDED
+
+
+def status_label(status: str) -> str:
+    return f"{STATUS_ICONS.get(status, '')} {t('common.status_' + status)}"
+
+
+def run_label(run: dict) -> str:
+    """Plain text (select boxes do not render icons)."""
+    return f"#{run['id']} {run['name']} · {t('common.status_' + run['status'])}"
+
+
+def eta_text(run: dict) -> str:
+    step, total, started = run.get("step") or 0, run.get("total_steps") or 0, run.get("started")
+    if not (step and total and started) or run["status"] != "running":
+        return ""
+    elapsed = time.time() - started
+    remaining = elapsed / step * max(0, total - step)
+    return t("common.eta", seconds=int(remaining))
+
+
+def job_panel(run_id: int, show_log: bool = True) -> dict:
+    """Status, progress bar with ETA, cancel/resume buttons and the log of one run."""
+    store, jobs = get_store(), get_jobs()
+    run = store.get_run(run_id)
+    cols = st.columns([3, 1])
+    cols[0].markdown(f"**#{run['id']} {run['name']}** · {status_label(run['status'])}")
+    if run["status"] in ("queued", "running"):
+        if cols[1].button(t("common.cancel"), key=f"cancel-{run_id}"):
+            jobs.cancel(run_id)
+            st.rerun()
+    elif run["status"] in ("interrupted", "cancelled", "failed"):
+        if cols[1].button(t("common.resume"), key=f"resume-{run_id}"):
+            jobs.resume(run_id)
+            st.rerun()
+    total = run.get("total_steps") or 0
+    if total:
+        st.progress(min(1.0, (run.get("step") or 0) / total),
+                    text=t("common.progress", step=run.get("step") or 0, total=total)
+                    + (" · " + eta_text(run) if eta_text(run) else "")
+                    + (f" · {run['message']}" if run.get("message") else ""))
+    elif run["status"] in ("queued", "running"):
+        st.progress(0.0, text=run.get("message") or t("common.status_" + run["status"]))
+    if run["status"] == "failed" and run.get("error"):
+        st.error(run["error"].split("\n\n")[0])
+        with st.expander(t("common.traceback")):
+            st.code(run["error"])
+    if show_log:
+        with st.expander(t("common.log")):
+            lines = store.get_log(run_id)[-200:]
+            st.code("\n".join(time.strftime("%H:%M:%S", time.localtime(r["time"]))
+                              + f" {r['level']:<5} {r['message']}" for r in lines) or "—")
+    return run
+
+
+def ema(values: pd.Series, smoothing: float) -> pd.Series:
+    """Exponential moving average: s_t = α·s_{t−1} + (1−α)·x_t, α = smoothing (0 = raw)."""
+    if smoothing <= 0:
+        return values
+    return values.ewm(alpha=1 - smoothing, adjust=False).mean()
+
+
+def metrics_frame(run_ids, names=None) -> pd.DataFrame:
+    """Metrics of one or several runs as a long frame: run, step, name, value."""
+    store = get_store()
+    frames = []
+    for rid in ([run_ids] if isinstance(run_ids, int) else run_ids):
+        rows = store.get_metrics(rid, names)
+        if rows:
+            df = pd.DataFrame(rows)
+            df["run"] = f"#{rid}"
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame(columns=["step", "name", "value", "time", "run"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def downsample(df: pd.DataFrame, max_points: int = 600) -> pd.DataFrame:
+    """Keep at most max_points per (run, name) for drawing; storage keeps everything."""
+    if df.empty:
+        return df
+    parts = []
+    for _, g in df.groupby(["run", "name"], sort=False):
+        if len(g) > max_points:
+            g = g.iloc[:: max(1, len(g) // max_points)]
+        parts.append(g)
+    return pd.concat(parts, ignore_index=True)
+
+
+def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
+               height: int = 220, rule: float | None = None):
+    """A metric line chart (EMA-smoothed on top of the raw curve when smoothing > 0)."""
+    if df.empty:
+        st.caption(t("common.no_data"))
+        return
+    df = downsample(df).sort_values("step")
+    color = alt.Color("series:N", title=None)
+    df = df.assign(series=df["run"] + " " + df["name"] if df["run"].nunique() > 1 else df["name"])
+    base = alt.Chart(df).encode(x=alt.X("step:Q", title=t("common.step")))
+    layers = []
+    if smoothing > 0:
+        df = df.assign(smooth=df.groupby("series")["value"].transform(lambda s: ema(s, smoothing)))
+        base = alt.Chart(df).encode(x=alt.X("step:Q", title=t("common.step")))
+        layers.append(base.mark_line(opacity=0.25).encode(y="value:Q", color=color))
+        layers.append(base.mark_line().encode(
+            y=alt.Y("smooth:Q", title=y_title or ""), color=color,
+            tooltip=["series", "step", alt.Tooltip("value:Q", format=".4g")]))
+    else:
+        layers.append(base.mark_line(point=len(df) < 40).encode(
+            y=alt.Y("value:Q", title=y_title or ""), color=color,
+            tooltip=["series", "step", alt.Tooltip("value:Q", format=".4g")]))
+    if rule is not None:
+        layers.append(alt.Chart(pd.DataFrame({"y": [rule]})).mark_rule(strokeDash=[4, 4])
+                      .encode(y="y:Q"))
+    chart = alt.layer(*layers).properties(title=title, height=height)
+    st.altair_chart(chart, width="stretch")
+
+
+def runs_options(stage: str, status: str | tuple = "succeeded") -> dict[str, int]:
+    """{label: run_id} of a stage's runs, newest first (for select boxes)."""
+    return {run_label(r): r["id"] for r in get_store().list_runs(stage=stage, status=status)}
