@@ -14,6 +14,7 @@ import json
 import os
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -290,30 +291,74 @@ def read_adapter_base(adapter_path: str | os.PathLike) -> str | None:
 
 
 # -- a process-wide cache for inference --------------------------------------------
+def source_of(store, source: str | int | None) -> tuple[str, Path | None, str]:
+    """Resolve a model *source* for inference: "base" or a finished run id (SFT or PPO).
+
+    Returns (base model spec, adapter folder or None, label).
+    """
+    if source in (None, "", "base"):
+        return None, None, "base"
+    run = store.get_run(int(source))
+    adapter = adapter_dir(run["id"])
+    if not (adapter / "adapter_config.json").exists():
+        raise ModelLoadError(f"run {run['id']} ({run['stage']}) has no saved adapter yet")
+    spec = (run.get("config") or {}).get("model") or run.get("model") or EMBEDDED
+    return spec, adapter, f"{run['stage']}#{run['id']}"
+
+
 class InferenceCache:
-    """One base model per spec for sampling and scoring, shared by light jobs.
+    """One base model in memory for sampling and scoring, shared by light jobs and pages.
 
     Adapters of finished runs are attached to it by name ("run-<id>") and switched with
     `set_adapter`, so comparing base, SFT and PPO keeps a single copy of the weights.
-    Callers hold `lock` while they use the model (adapter switching is not thread-safe).
+    `use()` holds a lock while the caller works (adapter switching is not thread-safe).
     """
 
     def __init__(self):
-        self._models: dict[str, LoadedModel] = {}
+        self._spec: str | None = None
+        self._loaded: LoadedModel | None = None
+        self._adapters: set[str] = set()
         self.lock = threading.RLock()
 
     def base(self, spec: str | None = None) -> LoadedModel:
         spec = spec or EMBEDDED
         with self.lock:
-            if spec not in self._models:
-                # keep at most one base model in memory for inference
-                self._models.clear()
-                self._models[spec] = load_base(spec)
-            return self._models[spec]
+            if self._spec != spec or self._loaded is None:
+                self._loaded = None  # keep at most one base model in memory for inference
+                self._loaded = load_base(spec)
+                self._spec = spec
+                self._adapters = set()
+            return self._loaded
+
+    @contextmanager
+    def use(self, store, source: str | int | None = "base", base_spec: str | None = None):
+        """`with inference_cache.use(store, source) as (model, tokenizer):` the model with
+        the source's adapter active ("base": adapters disabled). `base_spec` names the base
+        model for source "base" (default: the embedded model)."""
+        spec, adapter, _ = source_of(store, source)
+        spec = spec or base_spec or EMBEDDED
+        with self.lock:
+            loaded = self.base(spec)
+            model = loaded.model
+            if adapter is None:
+                if hasattr(model, "disable_adapter"):
+                    with model.disable_adapter():
+                        yield model, loaded.tokenizer
+                else:
+                    yield model, loaded.tokenizer
+                return
+            name = f"run-{int(source)}"
+            if name not in self._adapters:
+                model = load_adapter(model, adapter, adapter_name=name)
+                loaded.model = model
+                self._adapters.add(name)
+            model.set_adapter(name)
+            model.eval()
+            yield model, loaded.tokenizer
 
     def clear(self) -> None:
         with self.lock:
-            self._models.clear()
+            self._loaded, self._spec, self._adapters = None, None, set()
 
 
 inference_cache = InferenceCache()

@@ -86,3 +86,27 @@ def test_cli_model_info_and_runs_list(tiny_model_dir, lab_home):
     out = subprocess.run([sys.executable, "-m", "engine", "model", "info", "--model",
                           "/no/such/model"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "does not exist" in out.stderr
+
+
+def test_inference_cache_switches_between_base_and_run_adapters(store, tiny_model_dir):
+    from engine.models import adapter_dir, inference_cache
+
+    base = load_base(str(tiny_model_dir), device="cpu")
+    peft_model = add_lora(base.model)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)  # make the adapter change the outputs
+    rid = store.create_run("sft", {"model": str(tiny_model_dir)}, status="succeeded")
+    peft_model.save_pretrained(adapter_dir(rid))
+    cfg = SamplingConfig(greedy=True, max_new_tokens=8)
+    inference_cache.clear()
+    with inference_cache.use(store, "base", base_spec=str(tiny_model_dir)) as (m, tok):
+        plain = generate(m, tok, ["Hello"], cfg)
+    with inference_cache.use(store, rid) as (m, tok):
+        tuned = generate(m, tok, ["Hello"], cfg)
+    with inference_cache.use(store, "base", base_spec=str(tiny_model_dir)) as (m, tok):
+        again = generate(m, tok, ["Hello"], cfg)
+    assert plain == again and tuned != plain
+    inference_cache.clear()
