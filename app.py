@@ -1,29 +1,55 @@
 """RLHF Lab: entry point. `streamlit run app.py`"""
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 
-from engine.models import device_summary
+from engine.models import ModelLoadError, device_summary, resolve
 from ui.common import get_jobs, get_store, model_spec
 from ui.i18n import LANGUAGES, current_language, t
 
 st.set_page_config(page_title="RLHF Lab", page_icon=":material/science:", layout="wide")
 
 
+@st.cache_data(show_spinner=False, ttl=10)
+def model_problem(spec: str) -> str | None:
+    """Why a typed model spec cannot be used (None when it looks loadable)."""
+    try:
+        path, _ = resolve(spec)
+        if Path(path).is_dir():
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(path)
+    except ModelLoadError as exc:
+        return str(exc)
+    except Exception as exc:  # noqa: BLE001 - a config.json that is not a model's
+        return f"{spec!r} is not a Hugging Face model: {exc}"
+    return None
+
+
+def _language_chosen() -> None:
+    # a callback runs before the next script run, so that whole run is in the new language;
+    # an st.rerun() in the middle of the sidebar would drop the state of every widget drawn
+    # after it (the model chosen below was reset to "embedded" by a language switch)
+    st.session_state["lang"] = st.session_state["lang_select"]
+
+
 def sidebar() -> None:
     with st.sidebar:
         lang = current_language()
-        chosen = st.selectbox(":material/language: " + t("app.language"), list(LANGUAGES),
-                              index=list(LANGUAGES).index(lang),
-                              format_func=LANGUAGES.get, key="lang_select")
-        if chosen != st.session_state.get("lang"):
-            st.session_state["lang"] = chosen
-            if chosen != lang:
-                st.rerun()
+        st.selectbox(":material/language: " + t("app.language"), list(LANGUAGES),
+                     index=list(LANGUAGES).index(lang), format_func=LANGUAGES.get,
+                     key="lang_select", on_change=_language_chosen)
         st.subheader(t("app.model"))
         kinds = ["embedded", "folder", "hub"]
-        kind = st.radio(t("app.model_source"), kinds, key="model_kind", horizontal=True,
+        # the widget's key carries the language: its translated option labels would not match
+        # the browser's remembered choice after a language switch (no option shown selected);
+        # the choice itself lives in "model_kind"
+        kind = st.radio(t("app.model_source"), kinds, key="model_kind_" + lang, horizontal=True,
+                        index=kinds.index(st.session_state.get("model_kind", "embedded")),
                         format_func=lambda k: t("app.model_" + k))
+        st.session_state["model_kind"] = kind
         if kind == "embedded":
             st.session_state["model_spec"] = "embedded"
             st.caption(t("app.embedded_caption"))
@@ -32,13 +58,13 @@ def sidebar() -> None:
                                   placeholder="/path/to/model" if kind == "folder"
                                   else "HuggingFaceTB/SmolLM2-135M-Instruct")
             st.session_state["model_spec"] = value.strip() or "embedded"
+            problem = model_problem(value.strip()) if value.strip() else None
+            if problem:
+                st.error(t("app.model_invalid", error=problem), icon=":material/error:")
         dev = device_summary()
         st.caption(t("app.device", device=dev["device"], dtype=dev["dtype"]))
         st.caption(t("app.database", path=str(get_store().path)))
 
-
-sidebar()
-get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
 
 pages = [
     st.Page("pages/home.py", title=t("nav.home"), icon=":material/home:", default=True, url_path="home"),
@@ -50,4 +76,9 @@ pages = [
     st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
     st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
 ]
-st.navigation(pages).run()
+# st.navigation first: the sidebar's widgets then get the same ids on the first run after
+# a page load as on every later run (otherwise the first click in the sidebar is lost).
+page = st.navigation(pages)
+sidebar()
+get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
+page.run()

@@ -58,6 +58,8 @@ def cmd_train(args) -> int:
     store = Store(args.db) if args.db else Store()
     t0 = time.perf_counter()
     run = run_sync(store, args.stage, data, name=args.name)
+    if not run.get("main", True):  # another process of `accelerate launch`: main reports
+        return 0
     out = {"run_id": run["id"], "status": run["status"], "seconds": round(time.perf_counter() - t0, 2),
            **run["summary"]}
     if run["error"]:

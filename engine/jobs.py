@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import queue
+import signal
 import threading
 import traceback
 from dataclasses import asdict, is_dataclass
@@ -34,14 +36,25 @@ class JobContext:
     """What a running stage sees: storage, its folder, progress, cancel."""
 
     def __init__(self, store: Store, run_id: int, config: Any, resume: bool = False,
-                 cancel_event: threading.Event | None = None):
+                 cancel_event: threading.Event | None = None, may_write: bool = True):
         self.store = store
         self.run_id = run_id
         self.config = config
         self.resume = resume
         self.cancel_event = cancel_event or threading.Event()
-        self.is_main_process = True  # stages on accelerate set this; only main writes
+        # Under `accelerate launch` the other processes get may_write=False: they never
+        # write, whatever the stage sets is_main_process to.
+        self.may_write = may_write
+        self._main = True  # stages on accelerate set is_main_process; only main writes
         self._run_dir: Path | None = None
+
+    @property
+    def is_main_process(self) -> bool:
+        return self._main and self.may_write
+
+    @is_main_process.setter
+    def is_main_process(self, value: bool) -> None:
+        self._main = bool(value)
 
     @property
     def run_dir(self) -> Path:
@@ -266,11 +279,68 @@ def get_manager(store: Store | None = None) -> JobManager:
 
 def run_sync(store: Store, stage: str, config: Any = None, *, name: str | None = None,
              parents: list[int] | None = None) -> dict:
-    """Run a stage in the calling thread (the headless CLI): same code the pages use."""
+    """Run a stage in the calling thread (the headless CLI): same code the pages use.
+
+    Under `accelerate launch`/torchrun (WORLD_SIZE > 1) every process calls this; the run
+    is recorded once: see run_distributed.
+    """
     spec = stages.get(stage)
     config = spec.make_config(config)
+    if world_size() > 1:
+        return run_distributed(store, stage, config, name=name, parents=parents)
     run_id = store.create_run(stage, config_dict(config), name=name, parents=parents,
                               model=getattr(config, "model", None),
                               dataset=getattr(config, "dataset", None))
     execute(store, run_id, config, spec.function())
     return store.get_run(run_id)
+
+
+def world_size() -> int:
+    """Processes of this launch (set by `accelerate launch` / torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE") or 1)
+
+
+def run_distributed(store: Store, stage: str, config: Any, *, name: str | None = None,
+                    parents: list[int] | None = None) -> dict:
+    """One run over several processes. The main process creates the run row, broadcasts
+    its id, and records the run exactly as `execute` does; every other process runs the
+    same stage with a JobContext that never writes (may_write=False) and returns
+    {"id", "status", "main": False} without touching storage."""
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    from engine.models import pick_device
+
+    # the same `cpu` flag as train_utils.make_accelerator: a CPU-only launch runs on gloo
+    state = PartialState(cpu=pick_device().type == "cpu")
+    if state.num_processes != world_size():
+        raise RuntimeError(f"WORLD_SIZE is {world_size()} but accelerate sees "
+                           f"{state.num_processes} process(es) ({state.distributed_type})")
+    spec = stages.get(stage)
+    if state.is_local_main_process and getattr(config, "model", None) in (None, "", "embedded"):
+        from engine.models import ensure_embedded_cache
+
+        ensure_embedded_cache()  # convert once per node before the other processes load it
+    box = [None]
+    if state.is_main_process:
+        box[0] = store.create_run(stage, config_dict(config), name=name, parents=parents,
+                                  model=getattr(config, "model", None),
+                                  dataset=getattr(config, "dataset", None))
+    run_id = int(broadcast_object_list(box, from_process=0)[0])
+    if state.is_main_process:
+        # the launcher stops every process with SIGTERM when one fails: record it as failed
+        previous = signal.signal(signal.SIGTERM, _terminated)
+        try:
+            execute(store, run_id, config, spec.function())
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return {**store.get_run(run_id), "main": True}
+    ctx = JobContext(store, run_id, config, may_write=False)
+    summary = spec.function()(config, ctx) or {}
+    return {"id": run_id, "status": "succeeded", "summary": summary, "error": None,
+            "main": False}
+
+
+def _terminated(signum, frame):
+    raise SystemExit("stopped by the launcher (SIGTERM): another process of this launch "
+                     "failed or was stopped")

@@ -1,7 +1,220 @@
-"""Placeholder until its issue lands."""
+"""Compare: before/after RLHF side by side, and the blind A/B vote."""
+import altair as alt
+import pandas as pd
 import streamlit as st
 
+from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_models,
+                            model_summary, outputs_by_prompt, pending_items, record_vote,
+                            reward_preference, short_prompt, win_rate)
+from engine.models import display_name
+from ui.common import get_jobs, get_store, job_panel, model_spec, run_label
 from ui.i18n import t
 
-st.title(t("nav.compare"))
-st.info(t("common.coming_soon"))
+store, jobs = get_store(), get_jobs()
+st.title(":material/compare: " + t("compare.title"))
+st.caption(t("compare.intro"))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}g}"
+
+
+def comparison_picker(key: str) -> int | None:
+    comparisons = store.list_comparisons()
+    if not comparisons:
+        st.info(t("compare.none_yet"))
+        return None
+    labels = {}
+    for c in comparisons:
+        cfg = c.get("config") or {}
+        labels[c["id"]] = t("compare.comparison_label", id=c["id"], name=c["name"],
+                            n=len(cfg.get("prompts") or []),
+                            models=", ".join((cfg.get("labels") or {}).values()))
+    return st.selectbox(t("compare.pick"), list(labels), format_func=labels.get, key=key)
+
+
+tab_new, tab_results, tab_vote = st.tabs([":material/play_arrow: " + t("compare.tab_new"),
+                                          ":material/view_column: " + t("compare.tab_results"),
+                                          ":material/how_to_vote: " + t("compare.tab_vote")])
+
+# -- a new comparison -----------------------------------------------------------------------
+with tab_new:
+    sources = {"base": t("compare.base_model", name=display_name(model_spec()))}
+    for stage in ("sft", "ppo"):
+        for run in store.list_runs(stage=stage, status="succeeded"):
+            sources[str(run["id"])] = f"{stage.upper()} · {run_label(run)}"
+    default = ["base"] + [k for k in sources if k != "base"][:1]
+    chosen = st.multiselect(t("compare.models"), list(sources), default=default,
+                            format_func=sources.get, max_selections=MAX_MODELS,
+                            key="compare_models", help=t("compare.models_help"))
+    mode = st.radio(t("compare.prompt_source"), ["typed", "dataset"], horizontal=True,
+                    format_func=lambda m: t("compare.prompt_" + m), key="compare_prompt_mode")
+    prompts: list = []
+    dataset, split, num_prompts = None, "eval", 8
+    if mode == "typed":
+        typed = st.text_area(t("compare.prompts"), value=t("compare.example_prompts"),
+                             height=140, key="compare_prompts", help=t("compare.prompts_help"))
+        prompts = [line.strip() for line in typed.splitlines() if line.strip()]
+    else:
+        datasets = [d["name"] for d in store.list_datasets()]
+        if not datasets:
+            st.warning(t("compare.no_datasets"))
+        else:
+            c1, c2, c3 = st.columns(3)
+            dataset = c1.selectbox(t("compare.dataset"), datasets, key="compare_dataset")
+            split = c2.radio(t("compare.split"), ["eval", "train"], horizontal=True,
+                             format_func=lambda s: t("compare.split_" + s), key="compare_split")
+            num_prompts = int(c3.number_input(t("compare.num_prompts"), 1, 200, 8,
+                                              key="compare_num"))
+    rewards = {None: t("compare.no_reward")}
+    for run in store.list_runs(stage="reward", status="succeeded"):
+        rewards[run["id"]] = run_label(run)
+    reward_run = st.selectbox(t("compare.reward_run"), list(rewards), format_func=rewards.get,
+                              key="compare_reward", help=t("compare.reward_help"))
+    with st.expander(t("compare.sampling"), icon=":material/tune:"):
+        c1, c2, c3, c4 = st.columns(4)
+        max_new = int(c1.number_input(t("compare.max_new_tokens"), 1, 1024, 64, key="cmp_mnt"))
+        temperature = float(c2.number_input(t("compare.temperature"), 0.05, 2.0, 0.7, 0.05,
+                                            key="cmp_temp"))
+        top_p = float(c3.number_input(t("compare.top_p"), 0.05, 1.0, 0.9, 0.05, key="cmp_topp"))
+        seed = int(c4.number_input(t("compare.seed"), 0, 2**31 - 1, 0, key="cmp_seed"))
+        greedy = st.checkbox(t("compare.greedy"), key="cmp_greedy")
+        compute_kl = st.checkbox(t("compare.compute_kl"), value=True, key="cmp_kl")
+    name = st.text_input(t("compare.name"), key="compare_name")
+    if st.button(t("compare.start"), type="primary", icon=":material/play_arrow:",
+                 key="compare_start"):
+        if not 2 <= len(chosen) <= MAX_MODELS:
+            st.error(t("compare.need_models", n=MAX_MODELS))
+        elif mode == "typed" and not prompts:
+            st.error(t("compare.need_prompts"))
+        elif mode == "dataset" and not dataset:
+            st.error(t("compare.no_datasets"))
+        else:
+            cfg = CompareConfig(model=model_spec(), name=name.strip(), sources=chosen,
+                                prompts=prompts, dataset=dataset, split=split,
+                                num_prompts=num_prompts, reward_run=reward_run,
+                                max_new_tokens=max_new, temperature=temperature, top_p=top_p,
+                                greedy=greedy, seed=seed, compute_kl=compute_kl)
+            st.session_state["compare_job"] = jobs.submit("compare", cfg)
+
+    job_id = st.session_state.get("compare_job")
+    if job_id:
+        @st.fragment(run_every=1.0)
+        def _progress():
+            run = job_panel(job_id, show_log=True)
+            if run["status"] == "succeeded":
+                st.success(t("compare.done", id=run["summary"].get("comparison_id")))
+                if st.session_state.get("compare_job_seen") != job_id:
+                    st.session_state["compare_job_seen"] = job_id
+                    st.rerun(scope="app")  # the results and vote tabs list the new comparison
+
+        _progress()
+
+# -- results ------------------------------------------------------------------------------------
+with tab_results:
+    cid = comparison_picker("compare_pick")
+    if cid is not None:
+        outputs = store.get_comparison_outputs(cid)
+        cfg = store.get_comparison(cid)["config"]
+        st.caption(t("compare.settings", seed=cfg.get("seed"), temperature=cfg.get("temperature"),
+                     top_p=cfg.get("top_p"), max_new_tokens=cfg.get("max_new_tokens"),
+                     greedy=t("compare.yes") if cfg.get("greedy") else t("compare.no")))
+        summary = model_summary(outputs)
+        table = pd.DataFrame([{
+            t("compare.col_model"): s["model"], t("compare.col_answers"): s["answers"],
+            t("compare.col_reward"): s["mean_reward"], "distinct-1": s["distinct_1"],
+            "distinct-2": s["distinct_2"], t("compare.col_length"): s["mean_length"],
+            t("compare.col_kl"): s["mean_kl"], t("compare.col_corr"): s["reward_length_corr"],
+        } for s in summary])
+        st.subheader(t("compare.per_model"))
+        st.dataframe(table, hide_index=True, width="stretch")
+        st.caption(t("compare.metrics_help"))
+        scored = [o for o in outputs if o.get("reward") is not None]
+        if scored:
+            df = pd.DataFrame([{"model": o["model"], "length": o["length"],
+                                "reward": o["reward"]} for o in scored])
+            chart = alt.Chart(df).mark_circle(size=60, opacity=0.7).encode(
+                x=alt.X("length:Q", title=t("compare.length_tokens")),
+                y=alt.Y("reward:Q", title=t("compare.reward")),
+                color=alt.Color("model:N", title=None), tooltip=["model", "length", "reward"])
+            st.altair_chart(chart.properties(title=t("compare.length_bias"), height=260),
+                            width="stretch")
+        models = comparison_models(outputs)
+        items = outputs_by_prompt(outputs)
+        st.subheader(t("compare.answers", n=len(items)))
+        shown = items[:50]
+        for item in shown:
+            with st.container(border=True):
+                st.markdown(f"**{item['prompt_index'] + 1}.** {item['prompt']}")
+                cols = st.columns(len(models))
+                for col, model in zip(cols, models):
+                    row = item["answers"].get(model)
+                    with col:
+                        st.markdown(f"**{model}**")
+                        if row is None:
+                            st.caption("—")
+                            continue
+                        st.markdown(row["response"] or t("compare.empty_answer"))
+                        st.caption(t("compare.answer_stats", reward=_fmt(row.get("reward")),
+                                     kl=_fmt(row.get("kl")), length=row.get("length")))
+        if len(items) > len(shown):
+            st.caption(t("compare.more_hidden", n=len(items) - len(shown)))
+
+# -- blind A/B --------------------------------------------------------------------------------
+with tab_vote:
+    st.caption(t("compare.vote_intro"))
+    vid = comparison_picker("vote_pick")
+    if vid is not None:
+        outputs = store.get_comparison_outputs(vid)
+        models = comparison_models(outputs)
+        if len(models) < 2:
+            st.info(t("compare.vote_need_two"))
+        else:
+            c1, c2 = st.columns(2)
+            model_x = c1.selectbox(t("compare.model_x"), models, index=len(models) - 1,
+                                   key=f"vote_x_{vid}")
+            others = [m for m in models if m != model_x]
+            model_y = c2.selectbox(t("compare.model_y"), others, key=f"vote_y_{vid}")
+            items = blind_items(outputs, model_x, model_y, comparison_id=vid)
+            votes = store.list_votes(vid)
+            pending = pending_items(items, votes)
+            st.progress((len(items) - len(pending)) / max(1, len(items)),
+                        text=t("compare.voted", done=len(items) - len(pending), total=len(items)))
+            if pending:
+                item = pending[0]
+                with st.container(border=True):
+                    st.markdown(f"**{t('compare.prompt')}** {short_prompt(item['prompt'], 400)}")
+                    ca, cb = st.columns(2)
+                    with ca:
+                        st.markdown(f"#### {t('compare.answer_a')}")
+                        st.markdown(item["response_a"] or t("compare.empty_answer"))
+                    with cb:
+                        st.markdown(f"#### {t('compare.answer_b')}")
+                        st.markdown(item["response_b"] or t("compare.empty_answer"))
+                    b1, b2, b3 = st.columns(3)
+                    key = f"{vid}-{item['prompt_index']}-{len(votes)}"
+                    for col, choice, icon in ((b1, "a", ":material/arrow_back:"),
+                                              (b2, "tie", ":material/drag_handle:"),
+                                              (b3, "b", ":material/arrow_forward:")):
+                        col.button(t("compare.vote_" + choice), key=f"vote-{choice}-{key}",
+                                   icon=icon, width="stretch", on_click=record_vote,
+                                   args=(store, item, choice), kwargs={"comparison_id": vid})
+            else:
+                st.success(t("compare.all_voted"))
+
+            wr = win_rate(votes, model_x, model_y)
+            rp = reward_preference(votes, model_x, model_y)
+            st.subheader(t("compare.results_title", x=model_x, y=model_y))
+            m1, m2, m3 = st.columns(3)
+            m1.metric(t("compare.win_rate"), "—" if wr["rate"] is None
+                      else f"{wr['rate']:.0%}",
+                      help=t("compare.win_rate_help"))
+            m1.caption(t("compare.win_detail", n=wr["n"], wins=wr["wins"], losses=wr["losses"],
+                         ties=wr["ties"], low=f"{wr['low']:.0%}", high=f"{wr['high']:.0%}"))
+            m2.metric(t("compare.reward_rate"), "—" if rp["reward_rate"] is None
+                      else f"{rp['reward_rate']:.0%}", help=t("compare.reward_rate_help"))
+            m2.caption(t("compare.reward_detail", n=rp["n"]))
+            m3.metric(t("compare.agreement"), "—" if rp["agreement"] is None
+                      else f"{rp['agreement']:.0%}", help=t("compare.agreement_help"))
+            m3.caption(t("compare.agreement_detail", n=rp["decisive"],
+                         low=f"{rp['agreement_low']:.0%}", high=f"{rp['agreement_high']:.0%}"))

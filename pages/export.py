@@ -1,7 +1,105 @@
-"""Placeholder until its issue lands."""
+"""Export: a run's adapter (PEFT), optionally merged into a full model, with a model card."""
+from pathlib import Path
+
 import streamlit as st
 
+from engine.export import (EXPORTABLE_STAGES, ExportConfig, UnsafePathError,
+                           default_export_name, exports_root, resolve_export_dir, zip_folder)
+from ui.common import get_jobs, get_store, job_panel, run_label
 from ui.i18n import t
 
-st.title(t("nav.export"))
-st.info(t("common.coming_soon"))
+store, jobs = get_store(), get_jobs()
+st.title(":material/inventory_2: " + t("export.title"))
+st.caption(t("export.intro"))
+
+runs = {}
+for stage in EXPORTABLE_STAGES:
+    for run in store.list_runs(stage=stage, status="succeeded"):
+        runs[run["id"]] = run
+if not runs:
+    st.info(t("export.no_runs"))
+else:
+    ordered = sorted(runs, reverse=True)
+    run_id = st.selectbox(t("export.run"), ordered, key="export_run",
+                          format_func=lambda i: f"{runs[i]['stage'].upper()} · {run_label(runs[i])}")
+    run = runs[run_id]
+    out_dir = st.text_input(t("export.out_dir"), key="export_out",
+                            placeholder=default_export_name(run),
+                            help=t("export.out_dir_help", root=str(exports_root())))
+    merged = st.checkbox(t("export.merged"), key="export_merged", help=t("export.merged_help"))
+    target = None
+    try:
+        target = resolve_export_dir(out_dir, default_name=default_export_name(run))
+        st.caption(t("export.target", path=str(target)))
+    except UnsafePathError as exc:
+        st.error(t("export.unsafe", error=str(exc)), icon=":material/block:")
+    if st.button(t("export.start"), type="primary", icon=":material/download:",
+                 key="export_start", disabled=target is None):
+        cfg = ExportConfig(model=(run.get("config") or {}).get("model") or "embedded",
+                           run_id=run_id, out_dir=out_dir.strip(), merged=merged)
+        st.session_state["export_job"] = jobs.submit("export", cfg, parents=[run_id],
+                                                      name=f"export-{run['name']}")
+
+job_id = st.session_state.get("export_job")
+if job_id:
+    @st.fragment(run_every=1.0)
+    def _progress():
+        run = job_panel(job_id, show_log=False)
+        if run["status"] == "succeeded" and st.session_state.get("export_seen") != job_id:
+            st.session_state["export_seen"] = job_id
+            st.rerun(scope="app")  # list the new export below
+
+    _progress()
+
+# -- finished exports ---------------------------------------------------------------------------
+st.subheader(t("export.done_title"))
+exports = [r for r in store.list_runs(stage="export", status="succeeded")
+           if (r.get("summary") or {}).get("out_dir")]
+if not exports:
+    st.caption(t("export.no_exports"))
+else:
+    labels = {r["id"]: t("export.export_label", id=r["id"], run=r["summary"].get("run_name"),
+                         path=r["summary"]["out_dir"]) for r in exports}
+    pick = st.selectbox(t("export.pick"), list(labels), format_func=labels.get,
+                        key="export_pick")
+    summary = next(r for r in exports if r["id"] == pick)["summary"]
+    adapter = Path(summary["adapter_dir"])
+    if not adapter.exists():
+        st.warning(t("export.missing", path=str(adapter)))
+    else:
+        st.markdown(t("export.base", base=summary.get("base_model")))
+        c1, c2 = st.columns(2)
+        with c1:
+            st.markdown(f"**{t('export.adapter')}** · `{adapter}`")
+            st.code("\n".join(summary.get("adapter_files") or []) or "—", language=None)
+            st.download_button(t("export.download_adapter"), data=lambda p=adapter: zip_folder(p),
+                               file_name=f"{adapter.parent.name}-adapter.zip",
+                               mime="application/zip", icon=":material/folder_zip:",
+                               key=f"dl-adapter-{pick}")
+        merged_dir = summary.get("merged_dir")
+        with c2:
+            if merged_dir and Path(merged_dir).exists():
+                st.markdown(f"**{t('export.merged_model')}** · `{merged_dir}`")
+                st.code("\n".join(summary.get("merged_files") or []) or "—", language=None)
+                st.download_button(t("export.download_merged"),
+                                   data=lambda p=Path(merged_dir): zip_folder(p),
+                                   file_name=f"{Path(merged_dir).parent.name}-merged.zip",
+                                   mime="application/zip", icon=":material/folder_zip:",
+                                   key=f"dl-merged-{pick}")
+            else:
+                st.caption(t("export.no_merged"))
+        charts = summary.get("charts") or []
+        if charts:
+            with st.expander(t("export.charts", n=len(charts)), icon=":material/show_chart:"):
+                cols = st.columns(2)
+                for i, name in enumerate(charts):
+                    path = adapter / "charts" / name
+                    if path.exists():
+                        cols[i % 2].image(str(path))
+        card = adapter / "README.md"
+        if card.exists():
+            with st.expander(t("export.card"), icon=":material/description:"):
+                body = card.read_text(encoding="utf-8").split("---", 2)[-1]
+                # the charts are shown above; their relative links do not resolve here
+                st.markdown("\n".join(line for line in body.splitlines()
+                                       if not line.startswith("![")))

@@ -315,6 +315,40 @@ class Store:
                 [ds["id"], *ids])
         return cur.rowcount
 
+    def set_splits(self, name_or_id: str | int, eval_ids: Iterable[int]) -> None:
+        """Rows whose id is in `eval_ids` go to 'eval', every other row to 'train' (one write)."""
+        ds = self.get_dataset(name_or_id)
+        table, ids = self._rows_table(ds), sorted({int(i) for i in eval_ids})
+        with self._write():
+            self.db.execute(f"UPDATE {table} SET split = 'train' WHERE dataset_id = ?", [ds["id"]])
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                self.db.execute(f"UPDATE {table} SET split = 'eval' WHERE dataset_id = ? AND id IN "
+                                f"({','.join('?' * len(chunk))})", [ds["id"], *chunk])
+
+    def move_rows(self, from_dataset: str | int, to_dataset: str | int) -> int:
+        """Move every row of one dataset into another of the same kind, then drop the first,
+        in one transaction (an import staged aside lands whole or not at all)."""
+        src, dst = self.get_dataset(from_dataset), self.get_dataset(to_dataset)
+        if src["kind"] != dst["kind"]:
+            raise ValueError(f"dataset {dst['name']!r} holds {dst['kind']} rows, "
+                             f"not {src['kind']} rows")
+        with self._write():
+            cur = self.db.execute(f"UPDATE {self._rows_table(src)} SET dataset_id = ? "
+                                  f"WHERE dataset_id = ?", [dst["id"], src["id"]])
+            self.db.execute("DELETE FROM datasets WHERE id = ?", [src["id"]])
+        return cur.rowcount
+
+    def replace_dataset(self, name: str, by: str | int) -> None:
+        """Dataset `by` takes the place (and the name) of dataset `name`, atomically; the old
+        one's rows are deleted. `name` need not exist."""
+        new = self.get_dataset(by)
+        with self._write():
+            old = self._by_name(name)
+            if old is not None and old["id"] != new["id"]:
+                self._delete_dataset_rows(old["id"])
+            self.db.execute("UPDATE datasets SET name = ? WHERE id = ?", [name, new["id"]])
+
     # -- runs ----------------------------------------------------------------------
     def create_run(self, stage: str, config: dict, name: str | None = None,
                    parents: list[int] | None = None, model: str | None = None,
@@ -395,6 +429,14 @@ class Store:
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [int(run_id)])
             self.db.execute("DELETE FROM runs WHERE id = ?", [int(run_id)])
 
+    def delete_after_step(self, run_id: int, step: int) -> None:
+        """Drop a run's metrics and samples logged after `step` (a resume from the
+        checkpoint of `step` redoes those steps; this keeps the curves single-valued)."""
+        with self._write():
+            for table in ("metrics", "samples"):
+                self.db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?",
+                                [int(run_id), int(step)])
+
     # -- metrics, samples, logs, artifacts -----------------------------------------
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
         t = _now()
@@ -422,6 +464,22 @@ class Store:
             "SELECT name, value FROM metrics WHERE rowid IN "
             "(SELECT MAX(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", [int(run_id)])
         return {name: value for name, value in rows}
+
+    def runs_overview(self, stage: str | None = None,
+                      status: str | Iterable[str] | None = None) -> list[dict]:
+        """list_runs(), each run with `last_metrics` ({name: latest value}) and `n_metrics`
+        (rows stored), from one aggregate query over all runs instead of one per run."""
+        runs = self.list_runs(stage=stage, status=status)
+        last: dict[int, dict[str, float]] = {}
+        for run_id, name, value in self.db.execute(
+                "SELECT run_id, name, value FROM metrics WHERE rowid IN "
+                "(SELECT MAX(rowid) FROM metrics GROUP BY run_id, name)"):
+            last.setdefault(run_id, {})[name] = value
+        counts = dict(self.db.execute("SELECT run_id, COUNT(*) FROM metrics GROUP BY run_id"))
+        for run in runs:
+            run["last_metrics"] = last.get(run["id"], {})
+            run["n_metrics"] = counts.get(run["id"], 0)
+        return runs
 
     def add_samples(self, run_id: int, step: int, rows: Iterable[dict]) -> None:
         recs = []

@@ -14,6 +14,13 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-ru
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
+def wait_idle(page, timeout: float = 60_000) -> None:
+    """Wait until Streamlit has finished the script run a click may have started."""
+    page.wait_for_timeout(300)
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(
+        timeout=timeout)
+
+
 def test_browser_sees_home_page(lab_home, models_home, embedded_dir):
     from playwright.sync_api import sync_playwright
 
@@ -28,6 +35,24 @@ def test_browser_sees_home_page(lab_home, models_home, embedded_dir):
             page.get_by_text("SmolLM2-135M-Instruct").first.wait_for(timeout=30_000)
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "home.png"), full_page=True)
+
+            # a French browser gets the French interface; the sidebar choice then wins
+            fr = browser.new_context(locale="fr-FR", viewport={"width": 1400, "height": 900})
+            page = fr.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
+            page.get_by_text("Alignez un modèle de langue").wait_for(timeout=60_000)
+            page.screenshot(path=str(ARTIFACTS / "home-fr.png"), full_page=True)
+            wait_idle(page)
+            sidebar = page.get_by_test_id("stSidebar")
+            sidebar.get_by_test_id("stSelectbox").first.click()
+            page.get_by_role("option", name="English").click()  # the first click must count
+            page.get_by_text("Align a language model on your own machine").wait_for(timeout=30_000)
+            wait_idle(page)
+            assert "Language" in sidebar.get_by_test_id("stSelectbox").first.inner_text()
+            sidebar.get_by_role("link", name="Runs").click()  # the choice holds on other pages
+            page.get_by_test_id("stMain").get_by_text("Runs").first.wait_for(timeout=30_000)
+            assert "Language" in sidebar.get_by_test_id("stSelectbox").first.inner_text()
+            fr.close()
             browser.close()
     finally:
         proc.terminate()

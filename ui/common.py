@@ -10,6 +10,7 @@ import streamlit as st
 
 from engine.jobs import JobManager, get_manager
 from storage import Store
+from storage.db import default_db_path
 from ui.i18n import t
 
 EMBEDDED = "embedded"
@@ -24,16 +25,17 @@ def _store(path: str | None) -> Store:
 
 
 def get_store() -> Store:
-    return _store(None)
+    # keyed by the data folder's database, so a changed RLHF_LAB_HOME (each test) gets its own
+    return _store(str(default_db_path()))
 
 
 @st.cache_resource(show_spinner=False)
 def _jobs(path: str) -> JobManager:
-    return get_manager(_store(None) if path == "default" else _store(path))
+    return get_manager(_store(path))
 
 
 def get_jobs() -> JobManager:
-    return _jobs("default")
+    return _jobs(str(default_db_path()))
 
 
 def model_spec() -> str:
@@ -74,11 +76,12 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
             jobs.resume(run_id)
             st.rerun()
     total = run.get("total_steps") or 0
-    if total:
+    if total:  # (a succeeded run's last progress message is stale: not shown)
         st.progress(min(1.0, (run.get("step") or 0) / total),
                     text=t("common.progress", step=run.get("step") or 0, total=total)
                     + (" · " + eta_text(run) if eta_text(run) else "")
-                    + (f" · {run['message']}" if run.get("message") else ""))
+                    + (f" · {run['message']}" if run.get("message")
+                       and run["status"] != "succeeded" else ""))
     elif run["status"] in ("queued", "running"):
         st.progress(0.0, text=run.get("message") or t("common.status_" + run["status"]))
     if run["status"] == "failed" and run.get("error"):
@@ -129,25 +132,32 @@ def downsample(df: pd.DataFrame, max_points: int = 600) -> pd.DataFrame:
 
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
                height: int = 220, rule: float | None = None):
-    """A metric line chart (EMA-smoothed on top of the raw curve when smoothing > 0)."""
+    """A metric line chart (EMA-smoothed on top of the raw curve when smoothing > 0).
+
+    The y axis fits the data (not from zero): a loss moving from 10.83 to 10.79 must show.
+    """
     if df.empty:
         st.caption(t("common.no_data"))
         return
     df = downsample(df).sort_values("step")
-    color = alt.Color("series:N", title=None)
     df = df.assign(series=df["run"] + " " + df["name"] if df["run"].nunique() > 1 else df["name"])
-    base = alt.Chart(df).encode(x=alt.X("step:Q", title=t("common.step")))
+    # one series: the title names it, a legend would only squeeze the plot
+    color = alt.Color("series:N", title=None,
+                      legend=None if df["series"].nunique() == 1 else alt.Legend())
+    x = alt.X("step:Q", title=t("common.step"), axis=alt.Axis(format="d", tickMinStep=1))
+    base = alt.Chart(df).encode(x=x)
     layers = []
     if smoothing > 0:
         df = df.assign(smooth=df.groupby("series")["value"].transform(lambda s: ema(s, smoothing)))
-        base = alt.Chart(df).encode(x=alt.X("step:Q", title=t("common.step")))
-        layers.append(base.mark_line(opacity=0.25).encode(y="value:Q", color=color))
+        base = alt.Chart(df).encode(x=x)
+        layers.append(base.mark_line(opacity=0.25).encode(
+            y=alt.Y("value:Q", scale=alt.Scale(zero=False)), color=color))
         layers.append(base.mark_line().encode(
-            y=alt.Y("smooth:Q", title=y_title or ""), color=color,
+            y=alt.Y("smooth:Q", title=y_title or "", scale=alt.Scale(zero=False)), color=color,
             tooltip=["series", "step", alt.Tooltip("value:Q", format=".4g")]))
     else:
         layers.append(base.mark_line(point=len(df) < 40).encode(
-            y=alt.Y("value:Q", title=y_title or ""), color=color,
+            y=alt.Y("value:Q", title=y_title or "", scale=alt.Scale(zero=False)), color=color,
             tooltip=["series", "step", alt.Tooltip("value:Q", format=".4g")]))
     if rule is not None:
         layers.append(alt.Chart(pd.DataFrame({"y": [rule]})).mark_rule(strokeDash=[4, 4])

@@ -25,15 +25,29 @@ def catalogue(lang: str) -> dict[str, str]:
     return out
 
 
+_last_language = DEFAULT
+
+
 def current_language() -> str:
+    """The session's choice, else the browser's locale, else English.
+
+    Outside a script run (e.g. AppTest calling a widget's format_func from the test
+    thread) there is no session: the language of the last run in this process is used,
+    so labels computed there match the ones the run drew.
+    """
+    global _last_language
     try:
         import streamlit as st
+        from streamlit.runtime.scriptrunner import get_script_run_ctx
 
+        if get_script_run_ctx(suppress_warning=True) is None:
+            return _last_language
         lang = st.session_state.get("lang")
-        if lang in LANGUAGES:
-            return lang
-        locale = (getattr(st.context, "locale", None) or "").lower()
-        return "fr" if locale.startswith("fr") else DEFAULT
+        if lang not in LANGUAGES:
+            locale = (getattr(st.context, "locale", None) or "").lower()
+            lang = "fr" if locale.startswith("fr") else DEFAULT
+        _last_language = lang
+        return lang
     except Exception:  # noqa: BLE001 - outside a Streamlit run
         return DEFAULT
 

@@ -1,0 +1,211 @@
+"""The engine's side of the benchmark: one workload, one process, one JSON result.
+
+    .venv/bin/python bench/ours_side.py WORKLOAD.json RESULT.json
+
+`bench/run.py` starts it once per stage (and once, unmeasured, to make the SFT and
+reward runs that PPO starts from). The stage runs exactly as a job does:
+`engine.<stage>.train_<stage>(config, ctx)` on a real Store in the benchmark's own
+data folder (RLHF_LAB_HOME, set by the parent), with a JobContext that also stamps the
+time of each step's first `ctx.metrics(step, ...)` call. Step k's time is the gap
+between the stamps of steps k-1 and k, so it includes everything the loop does per step
+(data, forward, backward, optimizer, metrics and progress written to SQLite).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def make_context(store, run_id: int, config, device: str):
+    import torch
+
+    from engine.jobs import JobContext
+
+    class BenchContext(JobContext):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.ends: list[float] = []
+            self.cpu_ends: list[float] = []  # process CPU time (all threads)
+            self.step_values: list[dict] = []
+            self._last_step = None
+
+        def metrics(self, step, values):
+            if step != self._last_step and step > 0:
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                self.ends.append(time.perf_counter())
+                self.cpu_ends.append(time.process_time())
+                self.step_values.append(dict(values))
+                self._last_step = step
+            super().metrics(step, values)
+
+    return BenchContext(store, run_id, config)
+
+
+def count_tokens(module, counts: list[int]) -> None:
+    """Wrap `module.collate_completions` to record the real tokens of every batch it builds
+    (the engine's SFT and reward loops look that name up at call time)."""
+    original = module.collate_completions
+
+    def collate(batch, pad_token_id):
+        out = original(batch, pad_token_id)
+        counts.append(int(out["attention_mask"].sum()))
+        return out
+
+    module.collate_completions = collate
+
+
+def add_dataset(store, name: str, kind: str, rows: list[dict], split: str = "train") -> None:
+    if name in {d["name"] for d in store.list_datasets()}:
+        return
+    store.create_dataset(name, kind, eval_fraction=0.0)
+    store.add_rows(name, [dict(r, split=split) for r in rows], source="bench")
+
+
+def lora_settings(w: dict, **over):
+    from engine.models import LoraSettings
+
+    lora = dict(w["lora"], **over)
+    return LoraSettings(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
+                        target_modules=lora["target_modules"])
+
+
+def sft_config(w: dict, steps: int):
+    from engine.sft import SFTConfig
+
+    return SFTConfig(model=w["model_spec"], dataset="bench-sft", max_steps=steps,
+                     batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
+                     eval_every=0, eval_samples=0, checkpoint_every=0, warmup_ratio=0.0,
+                     lora=lora_settings(w))
+
+
+def reward_config(w: dict, steps: int):
+    from engine.reward import RewardConfig
+
+    return RewardConfig(model=w["model_spec"], dataset="bench-pairs", max_steps=steps,
+                        batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
+                        eval_every=0, save_every=0, normalize=False, max_eval_pairs=8,
+                        warmup_ratio=0.0, lora=lora_settings(w))
+
+
+def prepare_store(w: dict):
+    from storage import Store
+
+    store = Store()
+    add_dataset(store, "bench-sft", "sft", read_jsonl(w["data_sft"]))
+    if "bench-pairs" not in {d["name"] for d in store.list_datasets()}:
+        # 64 train pairs + a few eval pairs (without them the stage holds out train pairs)
+        add_dataset(store, "bench-pairs", "preference", read_jsonl(w["data_pairs"]))
+        store.add_rows("bench-pairs", [dict(r, split="eval") for r in
+                                       read_jsonl(w["data_pairs_eval"])], source="bench")
+    add_dataset(store, "bench-prompts", "sft",
+                [{"prompt": r["prompt"], "response": "-"} for r in read_jsonl(w["data_prompts"])])
+    return store
+
+
+def run_stage(store, stage: str, config, device: str, fn) -> tuple[object, dict]:
+    from dataclasses import asdict
+
+    run_id = store.create_run(stage, asdict(config), name=f"bench-{stage}",
+                              model=config.model, dataset=config.dataset)
+    ctx = make_context(store, run_id, config, device)
+    store.claim_run(run_id)
+    summary = fn(config, ctx) or {}
+    store.finish_run(run_id, "succeeded", summary=summary)
+    return ctx, {"run_id": run_id, **summary}
+
+
+def setup_ppo(w: dict, device: str) -> dict:
+    """Unmeasured: one-step SFT and reward runs that PPO starts from (reference, reward)."""
+    from engine.reward import train_reward
+    from engine.sft import train_sft
+
+    store = prepare_store(w)
+    _, sft = run_stage(store, "sft", sft_config(w, 1), device, train_sft)
+    _, rm = run_stage(store, "reward", reward_config(w, 1), device, train_reward)
+    return {"sft_run": sft["run_id"], "reward_run": rm["run_id"]}
+
+
+def main(argv: list[str]) -> int:
+    w = json.loads(Path(argv[1]).read_text())
+    import torch
+
+    if w.get("threads"):
+        torch.set_num_threads(int(w["threads"]))
+    from engine.models import pick_device
+
+    device = pick_device().type
+    t0 = time.perf_counter()
+    result = {"stage": w["stage"], "side": "ours", "device": device,
+              "torch_threads": torch.get_num_threads()}
+    steps = w["steps"]
+    if w["stage"] == "setup_ppo":
+        result.update(setup_ppo(w, device))
+    else:
+        store = prepare_store(w)
+        counts: list[int] = []
+        if w["stage"] == "sft":
+            import engine.sft as mod
+
+            count_tokens(mod, counts)
+            ctx, summary = run_stage(store, "sft", sft_config(w, steps), device, mod.train_sft)
+        elif w["stage"] == "reward":
+            import engine.reward as mod
+
+            count_tokens(mod, counts)
+            ctx, summary = run_stage(store, "reward", reward_config(w, steps), device,
+                                     mod.train_reward)
+        elif w["stage"] == "ppo":
+            from engine.ppo import PPOConfig, train_ppo
+
+            cfg = PPOConfig(model=w["model_spec"], sft_run=w["sft_run"],
+                            reward_run=w["reward_run"], dataset="bench-prompts",
+                            steps=steps, batch_size=w["batch_size"],
+                            max_new_tokens=w["new_tokens"], ppo_epochs=w["ppo_epochs"],
+                            minibatches=w["minibatches"], temperature=w["temperature"],
+                            checkpoint_every=0, lora=lora_settings(w, dropout=0.0))
+            ctx, summary = run_stage(store, "ppo", cfg, device, train_ppo)
+            result["response_length"] = [v.get("response_length") for v in ctx.step_values]
+            result["phase_seconds"] = [
+                {k: v.get(k) for k in ("time_generate", "time_score", "time_train")}
+                for v in ctx.step_values]
+        else:
+            raise SystemExit(f"unknown stage {w['stage']!r}")
+        ends = ctx.ends
+        result["step_ends"] = ends
+        result["step_cpu_ends"] = ctx.cpu_ends
+        result["step_seconds"] = [b - a for a, b in zip(ends, ends[1:])]
+        result["step_tokens"] = counts[: len(ends)] if counts else None
+        result["summary"] = {k: v for k, v in summary.items()
+                             if isinstance(v, (int, float, str, type(None)))}
+    result["wall_seconds"] = time.perf_counter() - t0
+    if device == "cuda":
+        result["gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    import resource
+
+    import peft
+    import transformers
+
+    result["self_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["versions"] = {"transformers": transformers.__version__, "peft": peft.__version__,
+                          "torch": torch.__version__}
+    Path(argv[2]).write_text(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,413 @@
+"""Benchmark the engine against Hugging Face TRL on the same workload, model and machine.
+
+    python bench/run.py --stage sft|reward|ppo|all [--quick] [--json OUT] [--model SPEC]
+
+For each stage it runs our stage function (bench/ours_side.py, in this virtual
+environment) and TRL's trainer of that stage (bench/trl_side.py, in .venv-trl: see
+bench/requirements-trl.txt), each measurement in its own subprocess, one after the
+other, and prints one JSON document: seconds per step (median of the measured steps
+after the warm-up), tokens/s, peak memory (peak RSS of the subprocess from
+os.wait4 on CPU; torch.cuda.max_memory_allocated on GPU), and the ratio ours/TRL of
+each. The workloads are fixed (bench/workload.py, bench/README.md). TRL is a
+benchmark-only dependency: nothing in the app or the tests imports it.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.workload import Workload, build_data, build_tiny_model  # noqa: E402
+
+STAGES = ("sft", "reward", "ppo")
+DEFAULT_TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
+# Goals of the issue, reported (never asserted): metric, comparison, bound.
+GOALS = {
+    "sft": ("tokens_per_s", ">=", 1.2),
+    "reward": ("tokens_per_s", ">=", 1.2),
+    "ppo": [("seconds_per_step", "<=", 0.5), ("peak_memory", "<=", 0.6)],
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- one measurement in its own process --------------------------------------------------
+def measure(cmd: list[str], env: dict, log_path: Path, timeout: float) -> tuple[int, int, float]:
+    """Run cmd; return (exit code, peak RSS of that process tree in KiB, wall seconds).
+
+    os.wait4 gives the rusage of this one child (and of its own waited-for children),
+    so each workload's peak RSS is its own, not the maximum over all measurements."""
+    t0 = time.perf_counter()
+    with open(log_path, "w") as out:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode, usage.ru_maxrss, time.perf_counter() - t0
+            if time.perf_counter() - t0 > timeout:
+                proc.kill()
+                _, status, usage = os.wait4(proc.pid, 0)
+                proc.returncode = -9
+                return -9, usage.ru_maxrss, time.perf_counter() - t0
+            time.sleep(0.2)
+
+
+def run_side(side: str, workload: dict, work: Path, env: dict, args) -> dict:
+    tag = f"{workload['stage']}-{side}" + ("-" + workload["variant"] if workload.get("variant")
+                                           else "")
+    wpath, rpath, lpath = work / f"{tag}.workload.json", work / f"{tag}.result.json", \
+        work / f"{tag}.log"
+    wpath.write_text(json.dumps(workload, indent=1))
+    python = sys.executable if side == "ours" else str(args.trl_python)
+    script = ROOT / "bench" / ("ours_side.py" if side == "ours" else "trl_side.py")
+    log(f"{tag}: running ({python} {script.name})")
+    rc, maxrss_kb, wall = measure([python, str(script), str(wpath), str(rpath)], env, lpath,
+                                  args.timeout)
+    if rc != 0 or not rpath.exists():
+        tail = lpath.read_text(errors="replace")[-3000:] if lpath.exists() else ""
+        log(f"{tag}: FAILED (exit {rc}); log tail:\n{tail}")
+        return {"ok": False, "exit_code": rc, "log": str(lpath), "error_tail": tail[-1500:],
+                "peak_rss_mb": round(maxrss_kb / 1024, 1)}
+    result = json.loads(rpath.read_text())
+    result.update(ok=True, peak_rss_mb=round(maxrss_kb / 1024, 1),
+                  process_wall_seconds=round(wall, 1))
+    rpath.write_text(json.dumps(result))  # with the peak RSS: --from-work can re-read it
+    log(f"{tag}: done in {wall:.0f} s, peak RSS {maxrss_kb / 1024:.0f} MB")
+    return result
+
+
+# -- turning raw results into metrics --------------------------------------------------------
+def summarise(raw: dict, wl: Workload, tokens_per_step_fixed: float | None) -> dict:
+    """Median seconds/step over the measured steps, tokens/s, peak memory."""
+    if not raw.get("ok"):
+        return raw
+    ends = raw.get("step_ends") or []
+    w = wl.warmup
+    measured = [b - a for a, b in zip(ends[w - 1:], ends[w:])]
+    out = {"ok": True, "device": raw.get("device"), "torch_threads": raw.get("torch_threads"),
+           "steps_run": len(ends), "warmup_steps": w,
+           "step_seconds": [round(x, 3) for x in measured],
+           "warmup_seconds": round(ends[0] - raw["train_begin"], 3)
+           if raw.get("train_begin") and ends else None}
+    if not measured:
+        out.update(ok=False, error="no measured step (too few steps finished)")
+        return out
+    sps = statistics.median(measured)
+    out["seconds_per_step"] = round(sps, 3)
+    # the fastest measured step: the least disturbed by other processes on a shared machine
+    out["min_seconds_per_step"] = round(min(measured), 3)
+    cpu = raw.get("step_cpu_ends") or []
+    if len(cpu) == len(ends):
+        # CPU seconds of the process (all threads) per step: far less sensitive than wall
+        # time to other processes sharing the cores
+        cpu_measured = [b - a for a, b in zip(cpu[w - 1:], cpu[w:])]
+        out["cpu_step_seconds"] = [round(x, 3) for x in cpu_measured]
+        out["cpu_seconds_per_step"] = round(statistics.median(cpu_measured), 3)
+    tokens = raw.get("step_tokens")
+    if tokens_per_step_fixed is None and tokens and len(tokens) >= len(ends):
+        # real (non-pad) tokens of the measured steps over their time
+        used = tokens[w:len(ends)]
+        out["tokens_per_step"] = round(sum(used) / len(used), 1)
+        out["tokens_per_s"] = round(sum(used) / sum(measured), 1)
+    else:
+        out["tokens_per_step"] = round(tokens_per_step_fixed, 1) if tokens_per_step_fixed else None
+        out["tokens_per_s"] = round(tokens_per_step_fixed / sps, 1) \
+            if tokens_per_step_fixed else None
+    out["peak_rss_mb"] = raw["peak_rss_mb"]
+    gpu = raw.get("gpu_max_allocated_bytes")
+    out["gpu_max_allocated_mb"] = round(gpu / 2**20, 1) if gpu is not None else None
+    out["peak_memory_mb"] = out["gpu_max_allocated_mb"] if gpu is not None else out["peak_rss_mb"]
+    out["peak_memory_kind"] = "gpu_max_allocated" if gpu is not None else "peak_rss"
+    for k in ("response_length", "phase_seconds", "models_in_memory", "dataset_rows",
+              "process_wall_seconds", "versions"):
+        if raw.get(k) is not None:
+            out[k] = raw[k]
+    return out
+
+
+def ratios(ours: dict, trl: dict) -> dict:
+    out = {}
+    for k in ("seconds_per_step", "min_seconds_per_step", "cpu_seconds_per_step",
+              "tokens_per_s", "peak_memory_mb"):
+        a, b = ours.get(k), trl.get(k)
+        out[k.replace("_mb", "")] = round(a / b, 3) if a and b else None
+    return out
+
+
+def goals_for(stage: str, ratio: dict) -> list[dict]:
+    spec = GOALS[stage]
+    spec = spec if isinstance(spec, list) else [spec]
+    out = []
+    for metric, op, bound in spec:
+        value = ratio.get(metric)
+        met = None if value is None else (value >= bound if op == ">=" else value <= bound)
+        out.append({"goal": f"ours/TRL {metric} {op} {bound}", "value": value, "met": met})
+    return out
+
+
+def finish_entry(entry: dict, stage: str, wl: Workload, raw: dict,
+                 fixed_tokens: float | None) -> dict:
+    for side, r in raw.items():
+        entry[side] = summarise(r, wl, fixed_tokens)
+    if entry.get("ours", {}).get("ok") and entry.get("trl", {}).get("ok"):
+        entry["ratio"] = ratios(entry["ours"], entry["trl"])
+        entry["goals"] = goals_for(stage, entry["ratio"])
+    if entry.get("ours", {}).get("ok") and entry.get("trl_lora", {}).get("ok"):
+        entry["ratio_vs_trl_lora"] = ratios(entry["ours"], entry["trl_lora"])
+    return entry
+
+
+def from_work(work: Path, previous: dict | None = None) -> dict:
+    """Rebuild the document from a kept work folder (raw results + workload files)."""
+    doc = {"environment": dict((previous or {}).get("environment", {})),
+           "data": (previous or {}).get("data"), "stages": {}}
+    doc["environment"]["rebuilt_from"] = str(work)
+    for stage in STAGES:
+        raw, wl, fixed = {}, None, None
+        for side, tag in (("ours", f"{stage}-ours"), ("trl", f"{stage}-trl"),
+                          ("trl_lora", f"{stage}-trl-lora")):
+            rpath, wpath = work / f"{tag}.result.json", work / f"{tag}.workload.json"
+            if not wpath.exists():
+                continue
+            w = json.loads(wpath.read_text())
+            wl = Workload(stage=stage, warmup=w["warmup"], measured=w["measured"])
+            if rpath.exists():
+                r = json.loads(rpath.read_text())
+                r.setdefault("ok", True)
+                prev = ((previous or {}).get("stages", {}).get(stage, {}).get(side) or {})
+                if "peak_rss_mb" not in r and prev.get("peak_rss_mb"):
+                    r["peak_rss_mb"] = prev["peak_rss_mb"]
+                raw[side] = r
+            else:
+                raw[side] = {"ok": False, "error": "no result"}
+            if stage == "ppo" and fixed is None and doc.get("data"):
+                fixed = w["batch_size"] * (doc["data"]["tokens"]["prompts"] / w["rows"]
+                                           + w["new_tokens"])
+        if raw:
+            prev_entry = (previous or {}).get("stages", {}).get(stage, {})
+            entry = {"workload": prev_entry.get("workload")}
+            doc["stages"][stage] = finish_entry(entry, stage, wl, raw, fixed)
+    return doc
+
+
+# -- the harness -------------------------------------------------------------------------------
+def environment(args, model_path: str) -> dict:
+    import torch
+
+    info = {"date": dt.date.today().isoformat(), "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count(),
+            "load_average_start": [round(x, 2) for x in os.getloadavg()],
+            "torch": torch.__version__, "model": args.model, "model_path": model_path,
+            "quick": args.quick}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                            capture_output=True, text=True).stdout.strip()
+    except OSError:
+        pass
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    for name in ("transformers", "peft", "accelerate"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            pass
+    return info
+
+
+def resolve_model(args, work: Path) -> tuple[str, str]:
+    """(spec for the engine, plain HF folder or hub id for TRL)."""
+    from engine.models import ensure_embedded_cache, resolve
+
+    if args.quick and args.model == "embedded":
+        tiny = build_tiny_model(ROOT / "bench" / "out" / "tiny-llama",
+                                str(ensure_embedded_cache()))
+        return str(tiny), str(tiny)
+    return args.model, resolve(args.model)[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=STAGES + ("all",), default="all")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny 2-layer model built on the fly and 1+2 steps (smoke test)")
+    p.add_argument("--json", metavar="OUT", help="also write the JSON document to this file")
+    p.add_argument("--model", default="embedded",
+                   help="'embedded' (SmolLM2-135M), a local Hugging Face folder, or a hub id")
+    p.add_argument("--warmup", type=int, default=1, help="steps not measured (≥ 1)")
+    p.add_argument("--measured", type=int, default=None,
+                   help="steps measured (default 3; 2 with --quick)")
+    p.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
+    p.add_argument("--trl-ppo-lora", action="store_true",
+                   help="also run TRL's PPO with a LoRA policy (3 models instead of 4)")
+    p.add_argument("--trl-python", default=os.environ.get("RLHF_LAB_TRL_PYTHON",
+                                                          str(DEFAULT_TRL_PYTHON)),
+                   help="python of the TRL virtual environment")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads in both sides (default: torch's own choice)")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds per measurement")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs, data)")
+    p.add_argument("--table", metavar="JSON",
+                   help="only print the Markdown table of a saved result and exit")
+    p.add_argument("--from-work", metavar="DIR",
+                   help="rebuild the JSON from a folder kept with --keep, and exit")
+    p.add_argument("--previous", metavar="JSON",
+                   help="with --from-work: that run's JSON (environment, data, peak RSS)")
+    args = p.parse_args(argv)
+    if args.table:
+        print(markdown_table(json.loads(Path(args.table).read_text())))
+        return 0
+    if args.from_work:
+        previous = json.loads(Path(args.previous).read_text()) if args.previous else None
+        doc = from_work(Path(args.from_work), previous)
+        text = json.dumps(doc, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+        print(markdown_table(doc), file=sys.stderr)
+        return 0
+    args.warmup = max(1, args.warmup)
+    measured = args.measured or (2 if args.quick else 3)
+    stages = STAGES if args.stage == "all" else (args.stage,)
+    sides = [s.strip() for s in args.sides.split(",") if s.strip()]
+    if "trl" in sides and not Path(args.trl_python).exists():
+        p.error(f"no TRL environment at {args.trl_python}: see bench/README.md "
+                f"(python -m venv .venv-trl && .venv-trl/bin/pip install -r "
+                f"bench/requirements-trl.txt)")
+
+    (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / "bench" / "out"))
+    from engine.models import load_tokenizer, models_home
+
+    models = models_home()
+    spec, model_path = resolve_model(args, work)
+    tokenizer = load_tokenizer(spec)
+    base = Workload(stage="all", warmup=args.warmup, measured=measured)
+    log(f"work folder {work}; model {spec}; building data")
+    data = build_data(tokenizer, work / "data", base.rows, base.max_length, base.new_tokens)
+
+    # LoRA targets as the engine picks them (q/k/v/o on llama-likes), given to both sides
+    from transformers import AutoConfig
+
+    from engine.models import _TARGETS_BY_ARCH
+
+    arch = AutoConfig.from_pretrained(model_path).model_type
+    targets = _TARGETS_BY_ARCH.get(arch, ["q_proj", "k_proj", "v_proj", "o_proj"])
+    env = dict(os.environ, RLHF_LAB_HOME=str(work / "home"), RLHF_LAB_MODELS=str(models),
+               PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    doc = {"environment": environment(args, model_path), "data": data, "stages": {}}
+    doc["environment"]["sides"] = sides
+
+    for stage in stages:
+        wl = Workload(stage=stage, warmup=args.warmup, measured=measured)
+        wl.lora["target_modules"] = targets
+        common = dict(wl.to_dict(), model_spec=spec, model_path=model_path,
+                      pad_token=tokenizer.pad_token, temperature=0.7, threads=args.threads,
+                      data_sft=data["sft"], data_pairs=data["pairs"],
+                      data_pairs_eval=data["pairs_eval"], data_prompts=data["prompts"])
+        common["data"] = {"sft": data["sft"], "reward": data["pairs"],
+                          "ppo": data["prompts"]}[stage]
+        fixed_tokens = None
+        if stage == "ppo":
+            # rollout tokens: the prompts plus the new tokens asked for, per step
+            fixed_tokens = wl.batch_size * (data["tokens"]["prompts"] / wl.rows + wl.new_tokens)
+        entry: dict = {"workload": {k: common[k] for k in (
+            "rows", "batch_size", "max_length", "warmup", "measured", "new_tokens",
+            "minibatches", "ppo_epochs", "lora")}}
+        if stage != "ppo":
+            for k in ("new_tokens", "minibatches", "ppo_epochs"):
+                entry["workload"].pop(k)
+        raw: dict = {}
+        if "ours" in sides:
+            if stage == "ppo":
+                setup = run_side("ours", dict(common, stage="setup_ppo", variant="setup"),
+                                 work, env, args)
+                if setup.get("ok"):
+                    common.update(sft_run=setup["sft_run"], reward_run=setup["reward_run"])
+            raw["ours"] = run_side("ours", common, work, env, args) \
+                if stage != "ppo" or "sft_run" in common else setup
+        if "trl" in sides:
+            raw["trl"] = run_side("trl", common, work, env, args)
+            if stage == "ppo" and args.trl_ppo_lora:
+                raw["trl_lora"] = run_side("trl", dict(common, ppo_lora=True, variant="lora"),
+                                           work, env, args)
+        finish_entry(entry, stage, wl, raw, fixed_tokens)
+        doc["stages"][stage] = entry
+        log(f"{stage}: " + json.dumps(entry.get("ratio")))
+
+    doc["environment"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    for side in ("ours", "trl"):
+        for entry in doc["stages"].values():
+            v = entry.get(side, {}).get("versions")
+            if v:
+                doc["environment"][f"versions_{side}"] = v
+    text = json.dumps(doc, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text + "\n")
+    print(markdown_table(doc), file=sys.stderr)
+    if args.keep:
+        log(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    ok = all(e.get(s, {}).get("ok", True) for e in doc["stages"].values() for s in sides)
+    return 0 if ok else 1
+
+
+def markdown_table(doc: dict) -> str:
+    """The side-by-side table (for bench/RESULTS.md)."""
+    def fmt(v, nd=2):
+        return "–" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
+
+    lines = ["| stage | metric | ours | TRL | ours/TRL | goal |",
+             "|---|---|---:|---:|---:|---|"]
+    for stage, e in doc["stages"].items():
+        rows = [(stage, "trl", "ratio", True)]
+        if e.get("trl_lora"):
+            rows.append((f"{stage} (TRL with a LoRA policy)", "trl_lora", "ratio_vs_trl_lora",
+                         False))
+        for label, other, ratio_key, with_goals in rows:
+            ours, trl, ratio = e.get("ours", {}), e.get(other, {}), e.get(ratio_key) or {}
+            goals = {g["goal"].split()[1]: g for g in e.get("goals", [])} if with_goals else {}
+            for metric, key, rkey, nd in (("s/step (median)", "seconds_per_step",
+                                           "seconds_per_step", 2),
+                                          ("s/step (fastest)", "min_seconds_per_step",
+                                           "min_seconds_per_step", 2),
+                                          ("CPU s/step (median)", "cpu_seconds_per_step",
+                                           "cpu_seconds_per_step", 2),
+                                          ("tokens/s", "tokens_per_s", "tokens_per_s", 1),
+                                          ("peak memory MB", "peak_memory_mb", "peak_memory", 0)):
+                g = goals.get(rkey)
+                gtxt = "" if not g else (f"{g['goal'].split(' ', 2)[2]}: "
+                                         f"{'met' if g['met'] else 'not met'}")
+                lines.append(f"| {label} | {metric} | {fmt(ours.get(key), nd)} | "
+                             f"{fmt(trl.get(key), nd)} | {fmt(ratio.get(rkey), 2)} | {gtxt} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""The TRL side of the benchmark: one workload, one process, one JSON result.
+
+Runs in its own virtual environment (bench/requirements-trl.txt, `trl==0.29.1`, the
+last release with a PPO trainer) and imports nothing from the project, so the app's
+pins never depend on TRL. `bench/run.py` writes a workload file and starts
+
+    .venv-trl/bin/python bench/trl_side.py WORKLOAD.json RESULT.json
+
+once per stage; the parent measures this process's peak RSS (os.wait4), this script
+measures the step times and the tokens each step processed.
+
+Stages, all with the same settings as the engine's side (see bench/README.md):
+- sft:    trl.SFTTrainer, LoRA (r, alpha, dropout, q/k/v/o), prompt-completion chat rows,
+          loss on the completion only.
+- reward: trl.RewardTrainer, AutoModelForSequenceClassification (1 label) + LoRA.
+- ppo:    trl.experimental.ppo.PPOTrainer as its docs set it up: policy, reference,
+          value model and reward model as four separate full models (full fine-tuning
+          of policy and value); `ppo_lora: true` in the workload gives the policy a LoRA
+          adapter instead (reference = adapter disabled).
+
+Timing: a TrainerCallback stamps `on_train_begin` and every `on_step_end`; step k's time
+is the gap between the ends of steps k-1 and k (the first step is the warm-up).
+Both sides train in the dtype the engine picks (fp32 on CPU, bf16 on GPUs that have it),
+without gradient checkpointing or mixed-precision autocast, with 0 data-loader workers.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def pick_dtype(torch, device: str):
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def common_args(w: dict, out_dir: str, device: str) -> dict:
+    """TrainingArguments shared by the three stages (same semantics as the engine's loop)."""
+    return dict(
+        output_dir=out_dir,
+        per_device_train_batch_size=w["batch_size"],
+        gradient_accumulation_steps=1,
+        learning_rate=w.get("learning_rate", 1e-4),
+        max_grad_norm=1.0,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=1,
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        seed=w.get("seed", 0),
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+        bf16=False,
+        fp16=False,
+        use_cpu=device == "cpu",
+        disable_tqdm=True,
+        remove_unused_columns=True,
+    )
+
+
+def step_timer(torch, device: str):
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.begin = None
+            self.ends: list[float] = []
+            self.cpu_ends: list[float] = []  # process CPU time (all threads)
+
+        def _sync(self):
+            if device == "cuda":
+                torch.cuda.synchronize()
+
+        def on_train_begin(self, args, state, control, **kw):
+            self._sync()
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kw):
+            self._sync()
+            self.ends.append(time.perf_counter())
+            self.cpu_ends.append(time.process_time())
+
+    return StepTimer()
+
+
+def counting_collator(collator, counts: list[int]):
+    """Wrap a data collator to record the real (non-pad) tokens of every batch it builds."""
+
+    def collate(features):
+        batch = collator(features)
+        total = 0
+        for key, value in batch.items():
+            if key.endswith("attention_mask") and hasattr(value, "sum"):
+                total += int(value.sum())
+        counts.append(total)
+        return batch
+
+    return collate
+
+
+def lora_config(w: dict, task_type: str):
+    from peft import LoraConfig
+
+    lora = w["lora"]
+    return LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+                      target_modules=lora["target_modules"], task_type=task_type)
+
+
+def load_tokenizer(w: dict, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(w["model_path"])
+    # the same pad token as the engine (never EOS): identical padding on both sides
+    tok.pad_token = w["pad_token"]
+    tok.padding_side = padding_side
+    return tok
+
+
+def timing(timer) -> dict:
+    stamps = [timer.begin] + timer.ends
+    return {"train_begin": timer.begin, "step_ends": timer.ends, "step_cpu_ends": timer.cpu_ends,
+            "step_seconds": [b - a for a, b in zip(stamps, stamps[1:])]}
+
+
+# -- stages ----------------------------------------------------------------------------------
+def run_sft(w: dict, device: str, torch) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    rows = read_jsonl(w["data"])
+    data = Dataset.from_list([
+        {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["response"]}]}
+        for r in rows])
+    tok = load_tokenizer(w)
+    model = AutoModelForCausalLM.from_pretrained(w["model_path"], dtype=pick_dtype(torch, device))
+    model.config.pad_token_id = tok.pad_token_id
+    timer = step_timer(torch, device)
+    with tempfile.TemporaryDirectory() as out:
+        args = SFTConfig(**common_args(w, out, device), max_steps=w["steps"],
+                         max_length=w["max_length"], packing=False, padding_free=False,
+                         completion_only_loss=True, dataset_num_proc=None)
+        trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                             peft_config=lora_config(w, "CAUSAL_LM"), callbacks=[timer])
+        counts: list[int] = []
+        trainer.data_collator = counting_collator(trainer.data_collator, counts)
+        lengths = [len(x) for x in trainer.train_dataset["input_ids"]]
+        trainer.train()
+    return {**timing(timer), "step_tokens": counts[: len(timer.ends)],
+            "dataset_tokens": sum(lengths), "dataset_rows": len(lengths)}
+
+
+def run_reward(w: dict, device: str, torch) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    rows = read_jsonl(w["data"])
+    data = Dataset.from_list([
+        {"prompt": r["prompt"],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    tok = load_tokenizer(w)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        w["model_path"], num_labels=1, dtype=pick_dtype(torch, device))
+    model.config.pad_token_id = tok.pad_token_id
+    timer = step_timer(torch, device)
+    with tempfile.TemporaryDirectory() as out:
+        # TRL disables every dropout by default here (LoRA's too); the workload keeps the
+        # LoRA dropout on both sides, so that both compute the same thing
+        args = RewardConfig(**common_args(w, out, device), max_steps=w["steps"],
+                            max_length=w["max_length"], dataset_num_proc=None,
+                            disable_dropout=False)
+        trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                                peft_config=lora_config(w, "SEQ_CLS"), callbacks=[timer])
+        counts: list[int] = []
+        trainer.data_collator = counting_collator(trainer.data_collator, counts)
+        kept = len(trainer.train_dataset)
+        trainer.train()
+    return {**timing(timer), "step_tokens": counts[: len(timer.ends)],
+            "dataset_rows": kept}
+
+
+def run_ppo(w: dict, device: str, torch) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    rows = read_jsonl(w["data"])
+    tok = load_tokenizer(w, padding_side="left")
+    dtype = pick_dtype(torch, device)
+
+    def ids(prompt):
+        out = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True)
+        if hasattr(out, "keys"):
+            out = out["input_ids"]
+        return list(out)
+
+    data = Dataset.from_dict({"input_ids": [ids(r["prompt"]) for r in rows]})
+    path = w["model_path"]
+    policy = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    value = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    reward = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+    for m in (policy, value, reward):
+        m.config.pad_token_id = tok.pad_token_id
+    policy.generation_config.pad_token_id = tok.pad_token_id
+    peft_config = None
+    if w.get("ppo_lora"):
+        ref = None
+        peft_config = lora_config(w, "CAUSAL_LM")
+    else:
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        ref.config.pad_token_id = tok.pad_token_id
+    timer = step_timer(torch, device)
+    with tempfile.TemporaryDirectory() as out:
+        base = common_args(w, out, device)
+        base["learning_rate"] = w.get("ppo_learning_rate", 1e-5)
+        args = PPOConfig(**base, total_episodes=w["batch_size"] * w["steps"],
+                         num_mini_batches=w["minibatches"], num_ppo_epochs=w["ppo_epochs"],
+                         response_length=w["new_tokens"], stop_token="eos",
+                         local_rollout_forward_batch_size=w["batch_size"],
+                         num_sample_generations=0, temperature=w.get("temperature", 1.0),
+                         kl_coef=w.get("kl_coef", 0.05), missing_eos_penalty=None)
+        trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref,
+                             reward_model=reward, value_model=value, train_dataset=data,
+                             callbacks=[timer], peft_config=peft_config)
+        trainer.train()
+    prompt_tokens = [len(x) for x in data["input_ids"]]
+    return {**timing(timer), "dataset_tokens": sum(prompt_tokens),
+            "dataset_rows": len(prompt_tokens),
+            "models_in_memory": 3 if w.get("ppo_lora") else 4}
+
+
+def main(argv: list[str]) -> int:
+    workload_path, result_path = argv[1], argv[2]
+    w = json.loads(Path(workload_path).read_text())
+    import torch
+
+    if w.get("threads"):
+        torch.set_num_threads(int(w["threads"]))
+    device = "cuda" if torch.cuda.is_available() and w.get("device", "auto") != "cpu" else "cpu"
+    t0 = time.perf_counter()
+    result = {"stage": w["stage"], "side": "trl", "device": device,
+              "torch_threads": torch.get_num_threads()}
+    run = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo}[w["stage"]]
+    result.update(run(w, device, torch))
+    result["wall_seconds"] = time.perf_counter() - t0
+    if device == "cuda":
+        result["gpu_max_allocated_bytes"] = torch.cuda.max_memory_allocated()
+    import resource
+
+    import peft
+    import transformers
+    import trl
+
+    result["self_maxrss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result["versions"] = {"trl": trl.__version__, "transformers": transformers.__version__,
+                          "peft": peft.__version__, "torch": torch.__version__}
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,788 @@
+"""PPO, the RLHF stage: a policy with a KL penalty to its SFT reference, GAE, a value head.
+
+One base model in memory (peft multi-adapter):
+- π_θ     = base + trainable LoRA adapter "policy" (initialised from the SFT run's adapter
+            when one is given, so the result is a standalone adapter on the base);
+- π_ref   = the same weights with the frozen adapter "ref" (the SFT adapter loaded a second
+            time), or with adapters disabled when there is no SFT run. Not a second copy;
+- V_φ     = a zero-initialised Linear on the policy's last hidden states;
+- reward  = a finished reward-model run, or a built-in programmatic rule
+            (engine.rewards_builtin).
+
+Each step: sample B responses (KV cache, left-padded prompts, stop at EOS), score them,
+compute log π_θ, log π_ref and V on the sampled tokens, build per-token rewards
+(−β·KL on every token, the score on the last), advantages by GAE, then `ppo_epochs`
+passes over `minibatches` minibatches of the clipped PPO objective.
+Details follow "The N Implementation Details of RLHF with PPO" (Huang et al., 2023).
+
+The equations are the functions below, one each, with the formula in the docstring.
+Tensors are [batch, response tokens]; `mask` is 1 on response tokens (EOS included)
+and 0 on the padding after them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.models import LoraSettings
+
+# Fixed bin edges of the ratio histogram logged each step as ratio_hist_00 .. _NN
+# (values outside [0.5, 1.5] fall into the end bins); the page draws them.
+RATIO_HIST_EDGES = [round(0.5 + 0.05 * i, 2) for i in range(21)]
+# The page warns when these run away.
+KL_WARN = 10.0          # nats per response
+CLIPFRAC_WARN = 0.3     # fraction of tokens where the clip binds
+DEFAULT_PROMPT_DATASET = "sample-preferences"
+
+
+# ======================================================================================
+# The equations
+# ======================================================================================
+def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None, dim=None) -> torch.Tensor:
+    """E_mask[x] = Σ m·x / Σ m."""
+    if mask is None:
+        return x.mean() if dim is None else x.mean(dim)
+    mask = mask.to(x.dtype)
+    if dim is None:
+        return (x * mask).sum() / mask.sum().clamp(min=1)
+    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Var_mask[x] = E_mask[(x − E_mask[x])²]."""
+    mean = masked_mean(x, mask)
+    return masked_mean((x - mean) ** 2, mask)
+
+
+def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """log π(a_t | s_t) = log softmax(z_t / T)[a_t]
+
+    with T the sampling temperature: the log-probs must be those of the distribution the
+    tokens were sampled from.
+    """
+    logp = F.log_softmax(logits.float() / temperature, dim=-1)
+    return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """H(π(·|s_t)) = −Σ_a p_a log p_a = logsumexp(z) − Σ_a p_a z_a,  z = logits / T."""
+    z = logits.float() / temperature
+    p = F.softmax(z, dim=-1)
+    return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+
+
+def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """k₁ estimator of KL(π_θ ‖ π_ref) per sampled token:  log π_θ(a_t|s_t) − log π_ref(a_t|s_t).
+
+    Summed over a response it is an unbiased estimate of the sequence KL."""
+    return logp - ref_logp
+
+
+def per_token_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
+                      mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """r_t = −β·(log π_θ(a_t|s_t) − log π_ref(a_t|s_t))  on every response token,
+    plus the score R(x, y) on the last response token (the EOS, or the last sampled token).
+
+    Returns (rewards, non_score_rewards), both [B, T] and zero on padding.
+    """
+    mask = mask.to(logp.dtype)
+    non_score = -beta * kl_penalty(logp, ref_logp) * mask
+    rewards = non_score.clone()
+    last = (mask.sum(1).long() - 1).clamp(min=0)
+    rows = torch.arange(rewards.shape[0], device=rewards.device)
+    rewards[rows, last] += score.to(rewards.dtype)
+    return rewards, non_score
+
+
+def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
+                   gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al., 2016):
+
+        δ_t = r_t + γ·V(s_{t+1}) − V(s_t)           (V = 0 after the last token)
+        Â_t = δ_t + γ·λ·Â_{t+1}
+        R_t = Â_t + V(s_t)                            (the value targets)
+
+    Returns (advantages, returns), zero on padding.
+    """
+    mask = mask.to(values.dtype)
+    values = values * mask
+    rewards = rewards * mask
+    T = rewards.shape[1]
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(T)):
+        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        adv[:, t] = last
+    return adv, (adv + values) * mask
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True,
+           eps: float = 1e-8) -> torch.Tensor:
+    """x̂ = (x − μ) / sqrt(σ² + ε) over the masked entries of the batch
+    (with shift_mean=False the mean is added back: only the scale changes)."""
+    mean, var = masked_mean(x, mask), masked_var(x, mask)
+    out = (x - mean) * torch.rsqrt(var + eps)
+    if not shift_mean:
+        out = out + mean
+    return out if mask is None else out * mask.to(out.dtype)
+
+
+def ppo_ratio(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
+    """r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t) = exp(log π_θ − log π_θ_old)."""
+    return torch.exp(logp_new - logp_old)
+
+
+def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
+                        eps: float = 0.2, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L^CLIP(θ) = E_t[ max(−Â_t·r_t(θ), −Â_t·clip(r_t(θ), 1−ε, 1+ε)) ]
+
+    (the negative of PPO's clipped surrogate objective, to be minimised)."""
+    ratio = ppo_ratio(logp_new, logp_old)
+    unclipped = -adv * ratio
+    clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
+    return masked_mean(torch.maximum(unclipped, clipped), mask)
+
+
+def clip_fraction(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
+                  eps: float = 0.2, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """E_t[ 1{−Â_t·clip(r_t, 1−ε, 1+ε) > −Â_t·r_t} ]: the share of tokens where the clip
+    binds (their gradient is zero)."""
+    ratio = ppo_ratio(logp_new, logp_old)
+    binds = (-adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)) > (-adv * ratio)
+    return masked_mean(binds.float(), mask)
+
+
+def clipped_value_loss(values_new: torch.Tensor, values_old: torch.Tensor,
+                       returns: torch.Tensor, eps: float = 0.2,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """L^V(φ) = ½·E_t[ max((V_φ(s_t) − R_t)², (clip(V_φ(s_t), V_old − ε, V_old + ε) − R_t)²) ]."""
+    clipped = values_old + torch.clamp(values_new - values_old, -eps, eps)
+    loss = torch.maximum((values_new - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+def approx_kl(logp_new: torch.Tensor, logp_old: torch.Tensor,
+              mask: torch.Tensor | None = None) -> torch.Tensor:
+    """KL(π_old ‖ π_θ) ≈ E_t[ ½·(log π_θ − log π_old)² ]  (Schulman's k₂ estimator): how far
+    one update moved the policy from the one that sampled the batch."""
+    return masked_mean(0.5 * (logp_new - logp_old) ** 2, mask)
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """EV = 1 − Var[R − V] / Var[R]: 1 when V predicts the returns, ≤ 0 when it does not."""
+    var_r = masked_var(returns, mask)
+    if float(var_r) == 0.0:
+        return torch.tensor(float("nan"))
+    return 1.0 - masked_var(returns - values, mask) / var_r
+
+
+class FixedKLController:
+    """β_{k+1} = β_k: a fixed KL coefficient."""
+
+    def __init__(self, beta: float):
+        self.value = float(beta)
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        return self.value
+
+    def state_dict(self) -> dict:
+        return {"value": self.value}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.value = float(state["value"])
+
+
+class AdaptiveKLController(FixedKLController):
+    """Adaptive KL coefficient (Ziegler et al., 2019):
+
+        e_k     = clip(KL_k / KL_target − 1, −0.2, 0.2)
+        β_{k+1} = β_k · (1 + e_k · n_k / H)
+
+    with n_k the number of responses in the step and H the horizon: β grows when the
+    policy drifts past the target and shrinks when it stays close.
+    """
+
+    def __init__(self, beta: float, target: float, horizon: int):
+        super().__init__(beta)
+        self.target, self.horizon = float(target), max(1, int(horizon))
+
+    def update(self, current_kl: float, n_steps: int) -> float:
+        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + error * n_steps / self.horizon
+        return self.value
+
+
+def ratio_histogram(ratios: torch.Tensor, edges: list[float] = RATIO_HIST_EDGES) -> list[int]:
+    """Counts of ratios per bin [e_k, e_{k+1}); values outside go to the end bins."""
+    lo, hi = edges[0], edges[-1]
+    x = ratios.detach().float().clamp(lo, hi - 1e-6).cpu()
+    counts = torch.histc(x, bins=len(edges) - 1, min=lo, max=hi)
+    return [int(c) for c in counts.tolist()]
+
+
+def truncate_after_eos(response: torch.Tensor, eos_id: int, pad_id: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep each response up to and including its first EOS; pad the rest.
+
+    Returns (tokens, mask, has_eos)."""
+    is_eos = response == eos_id
+    has_eos = is_eos.any(1)
+    T = response.shape[1]
+    first = torch.where(has_eos, is_eos.float().argmax(1), torch.full_like(has_eos, T - 1,
+                                                                        dtype=torch.long))
+    mask = (torch.arange(T, device=response.device)[None, :] <= first[:, None]).long()
+    tokens = torch.where(mask.bool(), response, torch.full_like(response, pad_id))
+    return tokens, mask, has_eos
+
+
+# ======================================================================================
+# The stage
+# ======================================================================================
+@dataclass
+class PPOConfig:
+    model: str = "embedded"
+    sft_run: int | None = None          # None: start from the base (reference = base)
+    reward_run: int | None = None       # a finished reward-model run; None: builtin_reward
+    builtin_reward: str = "ends_with_period"
+    reward_params: dict = field(default_factory=dict)
+    dataset: str = DEFAULT_PROMPT_DATASET  # prompts of an SFT or a preference dataset
+    max_prompt_length: int = 128
+    steps: int = 16
+    batch_size: int = 8
+    max_new_tokens: int = 32
+    # top_p < 1 samples from a truncated distribution the log-probs do not see; keep 1.0
+    temperature: float = 0.7
+    top_p: float = 1.0
+    ppo_epochs: int = 1
+    minibatches: int = 2
+    lr: float = 3e-4
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    beta: float = 0.05                  # initial KL coefficient β
+    adaptive_kl: bool = False
+    target_kl: float = 4.0              # nats per response (adaptive controller)
+    horizon: int = 200                  # responses (adaptive controller)
+    missing_eos_penalty: float = 0.0    # subtracted from the score of responses without EOS
+    whiten_rewards: bool = False
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))
+    checkpoint_every: int = 8
+    sample_every: int = 1
+    samples_per_step: int = 4
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.minibatches < 1 or self.batch_size % self.minibatches:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of "
+                             f"minibatches ({self.minibatches})")
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (PPO samples)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        for name in ("steps", "max_new_tokens", "ppo_epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1")
+        if self.reward_run is None:
+            from engine import rewards_builtin
+
+            rewards_builtin.check_params(self.builtin_reward, self.reward_params)
+
+
+@dataclass
+class Rollout:
+    prompts: list
+    query: torch.Tensor          # [B, P] left-padded
+    query_mask: torch.Tensor
+    response: torch.Tensor       # [B, T] right-padded after EOS
+    mask: torch.Tensor           # [B, T]
+    has_eos: torch.Tensor        # [B]
+    texts: list[str]
+    logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    scores: torch.Tensor | None = None
+    raw_scores: torch.Tensor | None = None
+
+
+def load_prompts(store, dataset: str, split: str = "train") -> list:
+    """The distinct prompts of an SFT or a preference dataset (train split; every row if it
+    has none). The shipped samples are imported on first use."""
+    from engine import data
+
+    if dataset in data.SAMPLES:
+        data.ensure_sample_datasets(store)
+    prompts = data.prompts_of(store, dataset, split) or data.prompts_of(store, dataset)
+    prompts = [p for p in prompts if p]
+    if not prompts:
+        raise ValueError(f"dataset {dataset!r} has no prompts")
+    return prompts
+
+
+class ValueHead(nn.Module):
+    """V_φ(s_t) = w·h_t + b on the policy's last hidden state, zero-initialised (V ≡ 0 at
+    the start, so the first advantages are the rewards-to-go)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.linear = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.linear(hidden.float()).squeeze(-1)
+
+
+class PPOTrainer:
+    """Holds the model (policy/ref adapters), the value head, the reward and the optimizer;
+    `step(k)` does one PPO iteration and returns its metrics and sample rows."""
+
+    POLICY, REF, REWARD = "policy", "ref", "reward"
+
+    def __init__(self, cfg: PPOConfig, store, log=lambda msg: None, accelerator=None):
+        from engine import train_utils
+        from engine.models import add_lora, adapter_dir, load_adapter, load_base
+
+        cfg.validate()
+        self.cfg, self.store, self.log = cfg, store, log
+        train_utils.seed_everything(cfg.seed)
+        self.accelerator = accelerator or train_utils.make_accelerator()
+        self.device = self.accelerator.device
+        loaded = load_base(cfg.model, self.device)
+        self.base_spec = cfg.model
+        self.tokenizer = loaded.tokenizer
+        model = loaded.model
+        if cfg.sft_run is not None:
+            sft = store.get_run(int(cfg.sft_run))
+            sft_spec = (sft.get("config") or {}).get("model") or sft.get("model") or "embedded"
+            if sft["stage"] != "sft" or sft_spec != cfg.model:
+                raise ValueError(f"run {sft['id']} is not an SFT run of model {cfg.model!r} "
+                                 f"(it is a {sft['stage']} run of {sft_spec!r})")
+            path = adapter_dir(sft["id"])
+            if not (path / "adapter_config.json").exists():
+                raise ValueError(f"SFT run {sft['id']} has no saved adapter (status "
+                                 f"{sft['status']}); pick a finished SFT run")
+            # the same adapter twice: a frozen reference and the trainable policy
+            model = load_adapter(model, path, adapter_name=self.REF, is_trainable=False)
+            model.load_adapter(str(path), adapter_name=self.POLICY, is_trainable=True)
+            self.has_ref_adapter = True
+        else:
+            model = add_lora(model, cfg.lora, adapter_name=self.POLICY)
+            self.has_ref_adapter = False
+        self.scorer, self.reward_label, model = self._make_reward(cfg, store, model)
+        model.set_adapter(self.POLICY)
+        # no dropout anywhere: log-probs at sampling, scoring and training must agree
+        model.eval()
+        hidden = model.get_base_model().config.hidden_size
+        self.value_head = ValueHead(hidden).to(self.device)
+        self.prompts = load_prompts(store, cfg.dataset)
+        marker = f".{self.POLICY}."
+        params = [p for n, p in model.named_parameters() if p.requires_grad and marker in n] \
+            + list(self.value_head.parameters())
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+        self.model, self.value_head, self.optimizer = self.accelerator.prepare(
+            model, self.value_head, optimizer)
+        self.params = params
+        self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.horizon)
+                       if cfg.adaptive_kl else FixedKLController(cfg.beta))
+        import inspect
+
+        self._keep_arg = "logits_to_keep" in inspect.signature(
+            self.policy.get_base_model().forward).parameters
+
+    # -- parts ---------------------------------------------------------------------
+    @property
+    def policy(self):
+        """The PeftModel itself (unwrapped from any distributed wrapper)."""
+        return self.accelerator.unwrap_model(self.model)
+
+    def _make_reward(self, cfg: PPOConfig, store, model):
+        """The reward: a built-in rule, or a finished reward-model run.
+
+        A reward model trained on the same base is attached to the same weights as the
+        adapter "reward" plus its scalar head (one base in memory). One trained on another
+        base gets its own private copy of that base on our device (one more model in
+        memory) through engine.reward.load_scorer.
+        Returns (scorer with .score(prompts, responses), label, model).
+        """
+        if cfg.reward_run is None:
+            from engine.rewards_builtin import BuiltinScorer
+
+            scorer = BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
+            return scorer, scorer.label(), model
+        run = store.get_run(int(cfg.reward_run))
+        if run["stage"] != "reward":
+            raise ValueError(f"run {run['id']} is a {run['stage']} run, not a reward model")
+        from engine import reward as reward_mod
+        from engine.models import load_adapter
+
+        path = reward_mod.reward_adapter_path(run["id"])
+        if not (path / "adapter_config.json").exists():
+            raise ValueError(f"reward run {run['id']} has no saved reward model (status "
+                             f"{run['status']}); pick a finished reward run")
+        spec = (run.get("config") or {}).get("model") or run.get("model") or "embedded"
+        if spec != cfg.model:
+            scorer = reward_mod.load_scorer(store, run["id"], device=self.device)
+            return scorer, f"reward#{run['id']} (own copy of {spec})", model
+        model = load_adapter(model, path, adapter_name=self.REWARD, is_trainable=False)
+        head, stats = reward_mod.load_reward_head(run["id"])
+        head = head.to(self.device).eval()
+        for p in head.parameters():
+            p.requires_grad_(False)
+        max_length = int((run.get("config") or {}).get("max_length") or 512)
+        tokenizer, adapter = self.tokenizer, self.REWARD
+
+        class _SharedScorer:
+            def score(self, prompts, responses):
+                return reward_mod.score_with_model(model, head, tokenizer, prompts, responses,
+                                                   max_length=max_length, stats=stats,
+                                                   adapter_name=adapter)
+
+        return _SharedScorer(), f"reward#{run['id']}", model
+
+    @contextmanager
+    def reference(self):
+        """π_ref: the frozen "ref" adapter, or the base with adapters disabled."""
+        policy = self.policy
+        if self.has_ref_adapter:
+            policy.set_adapter(self.REF, inference_mode=True)
+            try:
+                yield
+            finally:
+                policy.set_adapter(self.POLICY)
+        else:
+            with policy.disable_adapter():
+                yield
+
+    def forward(self, query, query_mask, response, mask, values: bool = False,
+                entropy: bool = False):
+        """Log-probs (at the sampling temperature) of the response tokens, and optionally
+        V(s_t) and the entropy, from one forward pass over prompt + response."""
+        P, T = query.shape[1], response.shape[1]
+        input_ids = torch.cat([query, response], 1)
+        attn = torch.cat([query_mask, mask], 1)
+        position_ids = (attn.cumsum(1) - 1).clamp(min=0)  # as generate() numbers them
+        kwargs: dict[str, Any] = dict(input_ids=input_ids, attention_mask=attn,
+                                      position_ids=position_ids, use_cache=False,
+                                      output_hidden_states=values)
+        if self._keep_arg:
+            kwargs["logits_to_keep"] = T + 1
+        out = self.model(**kwargs)
+        logits = out.logits[:, -(T + 1):-1]  # position P−1+t predicts response token t
+        logp = logprobs_from_logits(logits, response, self.cfg.temperature)
+        v = self.value_head(out.hidden_states[-1][:, P - 1:P + T - 1]) if values else None
+        ent = None
+        if entropy:
+            with torch.no_grad():
+                ent = entropy_from_logits(logits.detach(), self.cfg.temperature)
+        return logp, v, ent
+
+    @torch.no_grad()
+    def ref_logprobs(self, query, query_mask, response, mask) -> torch.Tensor:
+        with self.reference():
+            return self.forward(query, query_mask, response, mask)[0]
+
+    @torch.no_grad()
+    def policy_logprobs(self, query, query_mask, response, mask) -> torch.Tensor:
+        return self.forward(query, query_mask, response, mask)[0]
+
+    def encode(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
+        from engine.chat import collate_prompts, encode_prompt
+
+        ids = [encode_prompt(self.tokenizer, p, self.cfg.max_prompt_length) for p in prompts]
+        batch = collate_prompts(ids, self.tokenizer.pad_token_id)
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    @torch.no_grad()
+    def generate(self, prompts: list) -> Rollout:
+        """Sample one response per prompt from π_θ (KV cache, stop at EOS)."""
+        from transformers import GenerationConfig
+
+        cfg, tok = self.cfg, self.tokenizer
+        query, query_mask = self.encode(prompts)
+        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
+                               top_k=0, max_new_tokens=cfg.max_new_tokens, use_cache=True,
+                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                               bos_token_id=tok.bos_token_id)
+        self.policy.set_adapter(self.POLICY)
+        out = self.policy.generate(input_ids=query, attention_mask=query_mask,
+                                   generation_config=gen)
+        response, mask, has_eos = truncate_after_eos(out[:, query.shape[1]:], tok.eos_token_id,
+                                                     tok.pad_token_id)
+        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
+                 for r, m in zip(response, mask)]
+        return Rollout(prompts, query, query_mask, response, mask, has_eos, texts)
+
+    @torch.no_grad()
+    def score(self, ro: Rollout) -> Rollout:
+        """Old log-probs and values under π_θ, reference log-probs, and the reward."""
+        cfg = self.cfg
+        ro.logp, ro.values, _ = self.forward(ro.query, ro.query_mask, ro.response, ro.mask,
+                                             values=True)
+        ro.ref_logp = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
+        raw = torch.tensor(self.scorer.score(ro.prompts, ro.texts), dtype=torch.float32,
+                           device=self.device)
+        if not torch.isfinite(raw).all():
+            from engine.jobs import NonFiniteError
+
+            raise NonFiniteError(f"the reward ({self.reward_label}) returned a non-finite score")
+        ro.raw_scores = raw
+        ro.scores = raw - (~ro.has_eos).float() * float(cfg.missing_eos_penalty)
+        return ro
+
+    def prompts_for_step(self, step: int) -> list:
+        """This process's prompts of a step: a deterministic order over epochs (the same
+        after a resume); under several processes each takes its own slice."""
+        from engine.train_utils import stream_indices
+
+        B, acc = self.cfg.batch_size, self.accelerator
+        start = ((step - 1) * acc.num_processes + acc.process_index) * B
+        return [self.prompts[i] for i in stream_indices(len(self.prompts), self.cfg.seed,
+                                                        start, B)]
+
+    # -- one PPO iteration ------------------------------------------------------------
+    def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 100_003 + step)  # sampling reproducible across resume
+        t0 = time.perf_counter()
+        ro = self.generate(self.prompts_for_step(step))
+        t1 = time.perf_counter()
+        self.score(ro)
+        mask = ro.mask.float()
+        beta = self.kl_ctl.value
+        rewards, non_score = per_token_rewards(ro.scores, ro.logp, ro.ref_logp, mask, beta)
+        if cfg.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        adv_raw, returns = gae_advantages(rewards, ro.values, mask, cfg.gamma, cfg.lam)
+        adv = whiten(adv_raw, mask)
+        t2 = time.perf_counter()
+        stats = self._train(ro, adv, returns)
+        t3 = time.perf_counter()
+
+        kl_tokens = kl_penalty(ro.logp, ro.ref_logp) * mask
+        seq_kl = kl_tokens.sum(1)
+        mean_kl = float(seq_kl.mean())
+        self.kl_ctl.update(mean_kl, cfg.batch_size)
+        lengths = ro.mask.sum(1).float()
+        non_score_seq = non_score.sum(1)
+        metrics = {
+            "score_mean": float(ro.raw_scores.mean()),
+            "score_std": float(ro.raw_scores.std(unbiased=False)),
+            "non_score_reward": float(non_score_seq.mean()),
+            "rlhf_reward": float((ro.scores + non_score_seq).mean()),
+            "kl": mean_kl,
+            "kl_per_token": float(masked_mean(kl_penalty(ro.logp, ro.ref_logp), mask)),
+            "beta": beta,
+            "response_length": float(lengths.mean()),
+            "eos_fraction": float(ro.has_eos.float().mean()),
+            "value_mean": float(masked_mean(ro.values, mask)),
+            "return_mean": float(masked_mean(returns, mask)),
+            "advantage_std_raw": float(masked_var(adv_raw, mask).sqrt()),
+            "explained_variance": float(explained_variance(ro.values, returns, mask)),
+            "time_generate": t1 - t0,
+            "time_score": t2 - t1,
+            "time_train": t3 - t2,
+            "time_step": t3 - t0,
+            **stats,
+        }
+        rows = []
+        if cfg.sample_every and step % cfg.sample_every == 0:
+            for i in range(min(cfg.samples_per_step, len(ro.prompts))):
+                rows.append({"prompt": ro.prompts[i], "response": ro.texts[i],
+                             "reward": float(ro.raw_scores[i]), "kl": float(seq_kl[i]),
+                             "length": int(lengths[i]), "eos": bool(ro.has_eos[i]),
+                             "score_with_penalty": float(ro.scores[i])})
+        return metrics, rows
+
+    def _train(self, ro: Rollout, adv: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
+        cfg = self.cfg
+        B = ro.response.shape[0]
+        mb_size = B // cfg.minibatches
+        acc = {k: [] for k in ("policy_loss", "value_loss", "loss", "clipfrac", "approx_kl",
+                               "entropy", "grad_norm", "value_clipfrac")}
+        ratios = []
+        self.policy.set_adapter(self.POLICY)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(B)
+            for start in range(0, B, mb_size):
+                idx = order[start:start + mb_size].to(self.device)
+                q, qm, r, m, sl = _trim(ro.query[idx], ro.query_mask[idx], ro.response[idx],
+                                        ro.mask[idx])
+                m_f = m.float()
+                old_logp, old_values = ro.logp[idx][:, sl], ro.values[idx][:, sl]
+                a, ret = adv[idx][:, sl], returns[idx][:, sl]
+                logp, values, ent = self.forward(q, qm, r, m, values=True, entropy=True)
+                pg_loss = clipped_policy_loss(logp, old_logp, a, cfg.cliprange, m_f)
+                vf_loss = clipped_value_loss(values, old_values, ret, cfg.cliprange_value, m_f)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self.optimizer.zero_grad(set_to_none=True)
+                self.accelerator.backward(loss)
+                norm = self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    ratio = ppo_ratio(logp, old_logp)
+                    ratios.append(ratio[m.bool()].detach().float().cpu())
+                    acc["policy_loss"].append(float(pg_loss))
+                    acc["value_loss"].append(float(vf_loss))
+                    acc["loss"].append(float(loss))
+                    acc["clipfrac"].append(float(clip_fraction(logp, old_logp, a,
+                                                               cfg.cliprange, m_f)))
+                    acc["approx_kl"].append(float(approx_kl(logp, old_logp, m_f)))
+                    acc["entropy"].append(float(masked_mean(ent, m_f)))
+                    acc["grad_norm"].append(float(norm))
+                    acc["value_clipfrac"].append(float(masked_mean(
+                        ((values - old_values).abs() > cfg.cliprange_value).float(), m_f)))
+        stats = {k: sum(v) / len(v) for k, v in acc.items()}
+        allr = torch.cat(ratios)
+        stats.update(ratio_mean=float(allr.mean()), ratio_min=float(allr.min()),
+                     ratio_max=float(allr.max()))
+        for k, c in enumerate(ratio_histogram(allr)):
+            stats[f"ratio_hist_{k:02d}"] = float(c)
+        return stats
+
+    # -- saving ---------------------------------------------------------------------
+    def save_checkpoint(self, run_dir: Path, step: int, keep: int = 1) -> None:
+        from engine import train_utils
+
+        ckpts = train_utils.checkpoints_dir(run_dir)
+        ckpts.mkdir(parents=True, exist_ok=True)
+        if self.accelerator.is_main_process:
+            # beside the folder first: save_checkpoint renames its folder into place last
+            torch.save(self.accelerator.unwrap_model(self.value_head).state_dict(),
+                       ckpts / f"value_head-{step}.pt")
+        self.policy.set_adapter(self.POLICY)
+        train_utils.save_checkpoint(run_dir, step, self.policy, self.optimizer,
+                                    extra={"kl_ctl": self.kl_ctl.state_dict()}, keep=keep,
+                                    accelerator=self.accelerator)
+        if self.accelerator.is_main_process:
+            kept = {s for s, _ in train_utils.list_checkpoints(run_dir)}
+            for f in ckpts.glob("value_head-*.pt"):
+                s = f.stem.split("-")[-1]
+                if s.isdigit() and int(s) not in kept:
+                    f.unlink(missing_ok=True)
+
+    def load_checkpoint(self, run_dir: Path) -> int:
+        """Restore the latest complete checkpoint; returns its step (0 if none)."""
+        from engine import train_utils
+
+        for step, folder in reversed(train_utils.list_checkpoints(run_dir)):
+            head = train_utils.checkpoints_dir(run_dir) / f"value_head-{step}.pt"
+            if not head.exists():
+                continue
+            self.policy.set_adapter(self.POLICY)
+            state = train_utils.load_checkpoint(folder, self.policy, self.optimizer)
+            self.accelerator.unwrap_model(self.value_head).load_state_dict(
+                torch.load(head, map_location=self.device))
+            self.kl_ctl.load_state_dict(state["kl_ctl"])
+            return int(state["step"])
+        return 0
+
+    def save_final(self, run_id: int) -> tuple[Path, Path]:
+        """The policy adapter flat at adapter_dir(run_id) (standard PEFT, on the base),
+        and the value head beside it."""
+        from safetensors.torch import save_file
+
+        from engine import train_utils
+        from engine.models import adapter_dir
+
+        folder = adapter_dir(run_id)
+        head_path = folder.parent / "value_head.safetensors"
+        if self.accelerator.is_main_process:
+            self.policy.set_adapter(self.POLICY)
+            train_utils.save_adapter(self.policy, folder, adapter_name=self.POLICY)
+            cfg_path = folder / "adapter_config.json"
+            data = json.loads(cfg_path.read_text())
+            data["inference_mode"] = True
+            cfg_path.write_text(json.dumps(data, indent=2))
+            sd = self.accelerator.unwrap_model(self.value_head).state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in sd.items()}, str(head_path))
+        return folder, head_path
+
+
+def _trim(query, query_mask, response, mask):
+    """Drop the columns that are padding in every row of a minibatch (exact: positions are
+    numbered from the attention mask). Returns the response column slice kept too."""
+    keep_q = query_mask.any(0).nonzero()
+    q0 = int(keep_q[0]) if len(keep_q) else 0
+    t1 = int(mask.sum(1).max())
+    sl = slice(0, t1)
+    return query[:, q0:], query_mask[:, q0:], response[:, sl], mask[:, sl], sl
+
+
+def train_ppo(cfg: PPOConfig, ctx) -> dict:
+    """The PPO stage: `fn(config, ctx) -> summary` (see engine.jobs)."""
+    trainer = PPOTrainer(cfg, ctx.store, log=ctx.log)
+    ctx.is_main_process = trainer.accelerator.is_main_process
+    ctx.log(f"PPO on {trainer.base_spec} · reference: "
+            f"{'SFT run #' + str(cfg.sft_run) if cfg.sft_run is not None else 'base'} · "
+            f"reward: {trainer.reward_label} · {len(trainer.prompts)} prompts from "
+            f"{cfg.dataset!r} · device {trainer.device}")
+    start = 0
+    if ctx.resume:
+        start = trainer.load_checkpoint(ctx.run_dir)
+        if start and ctx.is_main_process and hasattr(ctx.store, "delete_after_step"):
+            ctx.store.delete_after_step(ctx.run_id, start)
+        ctx.log(f"resumed from step {start}" if start else "no checkpoint: starting over")
+    first_score = None
+    if start:
+        prev = ctx.store.get_metrics(ctx.run_id, ["score_mean"])
+        first_score = prev[0]["value"] if prev else None
+    last: dict[str, float] = {}
+    step_times: list[float] = []
+    for step in range(start + 1, cfg.steps + 1):
+        ctx.check_cancel()
+        metrics, rows = trainer.step(step)
+        _check_finite(step, metrics)
+        ctx.metrics(step, metrics)
+        ctx.samples(step, rows)
+        ctx.progress(step, cfg.steps, f"score {metrics['score_mean']:.3f} · "
+                                      f"KL {metrics['kl']:.3f}")
+        if first_score is None:
+            first_score = metrics["score_mean"]
+        last = metrics
+        step_times.append(metrics["time_step"])
+        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
+            trainer.save_checkpoint(ctx.run_dir, step)
+    folder, head = trainer.save_final(ctx.run_id)
+    ctx.artifact("adapter", folder)
+    ctx.artifact("value_head", head)
+    if not last:  # resumed after the last step
+        last = ctx.store.last_metrics(ctx.run_id)
+    return {
+        "first_score": first_score,
+        "last_score": last.get("score_mean"),
+        "final_kl": last.get("kl"),
+        "final_beta": last.get("beta"),
+        "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
+        "steps": cfg.steps,
+        "reward": trainer.reward_label,
+    }
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+    from engine.jobs import NonFiniteError
+
+    for name in ("kl", "score_mean", "entropy"):
+        value = metrics.get(name)
+        if value is not None and not math.isfinite(value):
+            raise NonFiniteError(f"step {step}: {name} is {value} (not finite); lower the "
+                                 f"learning rate or raise β")
+
+
+def config_json(cfg: PPOConfig) -> str:
+    return json.dumps(asdict(cfg), indent=2)

@@ -1,0 +1,363 @@
+"""Supervised fine-tuning (SFT) of a LoRA adapter on {prompt, response} rows.
+
+    L_SFT(θ) = − Σ_t log p_θ(y_t | x, y_<t)        over the response tokens y only
+
+Each row goes through the model's chat template (engine.chat.encode_completion): the
+prompt tokens get label −100 and never enter the loss. Training runs on an
+accelerate.Accelerator, so the same loop runs in a job thread or under
+`accelerate launch` (each process takes its slice of every global batch; only the main
+process writes metrics, checkpoints and the adapter).
+
+The data order is an endless stream of seeded epoch permutations
+(train_utils.stream_indices): optimizer step s uses stream positions
+[s·G, (s+1)·G) with G = batch_size · grad_accum · processes, so a resumed run continues
+with exactly the examples it would have seen.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from engine import train_utils as tu
+from engine.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
+from engine.jobs import JobCancelled
+from engine.models import LoraSettings, add_lora, adapter_dir, load_base
+
+METRICS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_s", "epoch", "eval_loss")
+
+
+@dataclass
+class SFTConfig:
+    model: str = "embedded"          # base model spec: "embedded", a folder, or a hub id
+    dataset: str = "sample-sft"      # an SFT dataset ({prompt, response} rows)
+    epochs: float = 2.0              # passes over the train split (used when max_steps is 0)
+    max_steps: int = 0               # > 0: stop after this many optimizer steps
+    batch_size: int = 8              # examples per micro-batch (per process)
+    grad_accum: int = 1              # micro-batches per optimizer step
+    learning_rate: float = 3e-4
+    schedule: str = "cosine"         # constant | linear | cosine (after warm-up)
+    warmup_ratio: float = 0.1        # fraction of the steps with a linear warm-up
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0       # clip the global gradient norm (0: no clipping)
+    max_length: int = 256            # tokens per example (prompt + response); longer is cut
+    eval_every: int = 10             # evaluate every N steps (and at start and end); 0: start/end
+    eval_max_rows: int = 64          # evaluate on at most this many eval rows
+    eval_samples: int = 2            # at each evaluation, greedy answers to this many eval prompts
+    sample_tokens: int = 48
+    seed: int = 0
+    checkpoint_every: int = 10       # save adapter + optimizer + scheduler every N steps; 0: end only
+    keep_checkpoints: int = 2
+    lora: LoraSettings = field(default_factory=LoraSettings)
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Completion-only negative log-likelihood, averaged over the response tokens of the batch:
+
+        L_SFT(θ) = − (1/N) Σ_{b,t : labels[b,t+1] ≠ −100} log softmax(logits[b,t])[labels[b,t+1]]
+
+    (N = number of response tokens in the batch; the sum form −Σ log p_θ(y|x) divided by N).
+    Logits at position t predict token t+1, hence the shift. Prompt and padding tokens carry
+    label −100 and contribute nothing: their logits do not change the loss or its gradient.
+    A batch without any response token gives 0 (with a gradient graph), not NaN.
+    """
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    mask = shift_labels != IGNORE_INDEX
+    if not mask.any():
+        return shift_logits.sum() * 0.0
+    return F.cross_entropy(shift_logits[mask], shift_labels[mask])
+
+
+def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ −log p over response tokens, number of response tokens): for exact token-weighted
+    evaluation over several batches."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:].to(shift_logits.device)
+    mask = shift_labels != IGNORE_INDEX
+    if not mask.any():
+        return shift_logits.new_zeros(()), shift_logits.new_zeros(())
+    total = F.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")
+    return total, mask.sum().to(total.dtype)
+
+
+def response_window(labels: torch.Tensor) -> tuple[int, int]:
+    """Token positions [lo, hi) whose logits the loss can use: from one before the batch's
+    first response label to its last one. Prompt logits never enter the loss, so the LM head
+    (V × hidden, the largest matmul of a small model) is skipped for them."""
+    cols = (labels != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    if cols.numel() == 0:
+        return 0, labels.shape[1]
+    return max(0, int(cols[0]) - 1), int(cols[-1]) + 1
+
+
+def forward_logits(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) over the response window only; `sft_loss` of them equals `sft_loss`
+    of the full logits and labels."""
+    lo, hi = response_window(batch["labels"])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    keep = torch.arange(lo, hi, device=batch["input_ids"].device)
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits
+    except TypeError:  # an architecture without logits_to_keep
+        logits = model(**inputs).logits[:, lo:hi]
+    if logits.shape[1] != hi - lo:  # ignored the argument: cut here
+        logits = logits[:, lo:hi]
+    return logits, batch["labels"][:, lo:hi]
+
+
+# -- data ---------------------------------------------------------------------------------
+def encode_rows(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Encoded], int, int]:
+    """Encode rows; returns (examples with at least one response token, #truncated, #dropped)."""
+    out, truncated, dropped = [], 0, 0
+    for row in rows:
+        enc = encode_completion(tokenizer, row["prompt"], row["response"], max_length)
+        truncated += enc.truncated
+        if all(label == IGNORE_INDEX for label in enc.labels):
+            dropped += 1
+            continue
+        out.append(enc)
+    return out, truncated, dropped
+
+
+def load_split(store, dataset: str, split: str) -> list[dict]:
+    ds = store.get_dataset(dataset)
+    if ds["kind"] != "sft":
+        raise ValueError(f"dataset {dataset!r} is a {ds['kind']} dataset; SFT needs an sft "
+                         f"dataset with {{prompt, response}} rows")
+    return store.list_rows(dataset, split=split)
+
+
+def total_steps_for(cfg: SFTConfig, n_train: int, processes: int = 1) -> int:
+    """max_steps if set, else ceil(epochs · n_train / global batch)."""
+    if cfg.max_steps and cfg.max_steps > 0:
+        return int(cfg.max_steps)
+    global_batch = cfg.batch_size * cfg.grad_accum * processes
+    return max(1, math.ceil(cfg.epochs * n_train / global_batch))
+
+
+def _validate(cfg: SFTConfig) -> None:
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise ValueError("batch_size and grad_accum must be at least 1")
+    if cfg.max_length < 8:
+        raise ValueError("max_length must be at least 8 tokens")
+    if not (cfg.learning_rate > 0):
+        raise ValueError("learning_rate must be positive")
+    if cfg.max_steps <= 0 and not cfg.epochs > 0:
+        raise ValueError("set epochs > 0 or max_steps > 0")
+    tu.lr_factor(0, 0, 1, cfg.schedule)
+
+
+# -- evaluation -----------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate(model, examples: list[Encoded], pad_id: int, batch_size: int, accelerator) -> float | None:
+    """Token-weighted mean response NLL over `examples` (each process a slice, summed)."""
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    mine = examples[accelerator.process_index::accelerator.num_processes]
+    total = torch.zeros((), device=accelerator.device)
+    count = torch.zeros((), device=accelerator.device)
+    for i in range(0, len(mine), batch_size):
+        batch = collate_completions(mine[i:i + batch_size], pad_id)
+        batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+        logits, labels = forward_logits(model, batch)
+        s, n = response_nll(logits, labels)
+        total, count = total + s, count + n
+    if accelerator.num_processes > 1:
+        total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
+    if was_training:
+        model.train()
+    return float(total / count) if count > 0 else None
+
+
+def _samples(model, tokenizer, rows: list[dict], n: int, max_new_tokens: int) -> list[dict]:
+    from engine.generate import SamplingConfig, generate
+
+    rows = rows[:n]
+    if not rows:
+        return []
+    answers = generate(tu._unwrap(model), tokenizer, [r["prompt"] for r in rows],
+                       SamplingConfig(max_new_tokens=max_new_tokens, greedy=True, seed=None))
+    return [{"prompt": r["prompt"], "response": a, "reference": r["response"]}
+            for r, a in zip(rows, answers)]
+
+
+# -- the stage ------------------------------------------------------------------------------
+def train_sft(cfg: SFTConfig, ctx) -> dict:
+    """Fine-tune a LoRA adapter on an SFT dataset; see the module docstring."""
+    _validate(cfg)
+    accelerator = tu.make_accelerator()
+    ctx.is_main_process = accelerator.is_main_process
+    main = ctx.is_main_process  # False on other processes and on contexts that never write
+    tu.seed_everything(cfg.seed)
+
+    if not ctx.resume:  # a resumed run keeps showing its step until the checkpoint is loaded
+        ctx.progress(0, None, "loading data and model")
+    train_rows = load_split(ctx.store, cfg.dataset, "train")
+    eval_rows = load_split(ctx.store, cfg.dataset, "eval")[: max(0, cfg.eval_max_rows)]
+    if not train_rows:
+        raise ValueError(f"dataset {cfg.dataset!r} has no train rows")
+
+    loaded = load_base(cfg.model, accelerator.device)
+    ctx.check_cancel()
+    tokenizer = loaded.tokenizer
+    pad_id = tokenizer.pad_token_id
+    train, truncated, dropped = encode_rows(tokenizer, train_rows, cfg.max_length)
+    evals, eval_truncated, _ = encode_rows(tokenizer, eval_rows, cfg.max_length)
+    if truncated or eval_truncated:
+        ctx.log(f"warning: {truncated} train and {eval_truncated} eval examples are longer than "
+                f"max_length={cfg.max_length} tokens and were truncated", "warning")
+    if dropped:
+        ctx.log(f"warning: {dropped} train examples have no response token left after "
+                f"truncation and are skipped", "warning")
+    if not train:
+        raise ValueError("no train example has a response token within max_length")
+    if not evals:
+        ctx.log("warning: the dataset has no eval rows; eval loss is not measured", "warning")
+
+    model = add_lora(loaded.model, cfg.lora)
+    model.train()
+    n_trainable = sum(p.numel() for p in tu.trainable_parameters(model))
+    optimizer = tu.make_optimizer(model, cfg.learning_rate, cfg.weight_decay)
+    total = total_steps_for(cfg, len(train), accelerator.num_processes)
+    warmup = tu.warmup_steps_for(total, cfg.warmup_ratio)
+    scheduler = tu.make_scheduler(optimizer, cfg.schedule, warmup, total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # -- resume ------------------------------------------------------------------------
+    start, state = 0, {}
+    if ctx.resume:
+        ckpt = tu.latest_checkpoint(ctx.run_dir)
+        if ckpt is None:
+            ctx.log("no checkpoint found: starting from step 0")
+        else:
+            state = tu.load_checkpoint(ckpt, model, optimizer, scheduler)
+            start = int(state["step"])
+            ctx.log(f"resumed from checkpoint {ckpt.name} (step {start} of {total})")
+        ctx.progress(start, total, f"resumed at step {start}")
+    if main:
+        # steps after the checkpoint are redone; without one everything is redone
+        ctx.store.delete_after_step(ctx.run_id, start if start > 0 else -1)
+    timer = tu.TokenTimer(state.get("tokens", 0), state.get("train_seconds", 0.0))
+    eval_before = state.get("eval_loss_before")
+    first_loss = state.get("first_train_loss")
+    last_loss = state.get("last_train_loss")
+    last_eval = state.get("last_eval_loss", eval_before)
+    saved_step = start if state else -1
+
+    if start == 0:
+        ctx.log(f"{len(train)} train / {len(evals)} eval examples, {total} steps "
+                f"(batch {cfg.batch_size} × accumulation {cfg.grad_accum} × "
+                f"{accelerator.num_processes} process(es)), {n_trainable:,} trainable "
+                f"parameters, device {accelerator.device}")
+        ctx.progress(0, total, "evaluating before training")
+        eval_before = evaluate(model, evals, pad_id, cfg.batch_size, accelerator)
+        last_eval = eval_before
+        if eval_before is not None:
+            ctx.metrics(0, {"eval_loss": eval_before})
+            ctx.log(f"eval loss before training: {eval_before:.4f}")
+        _log_samples(ctx, model, tokenizer, eval_rows, cfg, 0, main)
+
+    def state_extra() -> dict:
+        return {"eval_loss_before": eval_before, "first_train_loss": first_loss,
+                "last_train_loss": last_loss, "last_eval_loss": last_eval,
+                "tokens": timer.tokens, "train_seconds": timer.seconds}
+
+    done_rng = None  # RNG state at the end of the last finished step
+
+    def checkpoint(step: int) -> None:
+        nonlocal saved_step
+        if step != saved_step:
+            tu.save_checkpoint(ctx.run_dir, step, model, optimizer, scheduler, state_extra(),
+                               keep=cfg.keep_checkpoints, accelerator=accelerator, rng=done_rng)
+            saved_step = step
+
+    per_process = cfg.batch_size
+    global_batch = per_process * cfg.grad_accum * accelerator.num_processes
+    done = start  # the last finished optimizer step
+    try:
+        for step in range(start + 1, total + 1):
+            ctx.check_cancel()
+            timer.start()
+            indices = tu.stream_indices(len(train), cfg.seed, (step - 1) * global_batch,
+                                        global_batch)
+            step_loss, tokens = 0.0, 0
+            for micro in range(cfg.grad_accum):
+                chunk = indices[micro * per_process * accelerator.num_processes:
+                                (micro + 1) * per_process * accelerator.num_processes]
+                mine = chunk[accelerator.process_index * per_process:
+                             (accelerator.process_index + 1) * per_process]
+                batch = collate_completions([train[i] for i in mine], pad_id)
+                batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+                logits, labels = forward_logits(model, batch)
+                loss = sft_loss(logits, labels)
+                accelerator.backward(loss / cfg.grad_accum)
+                step_loss += loss.detach().float() / cfg.grad_accum
+                tokens += int(batch["attention_mask"].sum())
+                ctx.check_cancel()
+            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
+                norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
+            else:
+                norm = tu.grad_norm(model.parameters())
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if accelerator.num_processes > 1:
+                step_loss = accelerator.reduce(step_loss.reshape(1), "mean")
+                tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device),
+                                                "sum"))
+            last_loss = float(step_loss)
+            if first_loss is None:
+                first_loss = last_loss
+            rate = timer.stop(tokens)
+            ctx.metrics(step, {"train_loss": last_loss, "learning_rate": lr, "grad_norm": norm,
+                               "tokens_per_s": rate,
+                               "epoch": step * global_batch / len(train)})
+            done = step
+            done_rng = tu.rng_state()  # a cancel mid-next-step must not save its dropout draws
+            ctx.progress(step, total, f"loss {last_loss:.3f}")
+
+            if step == total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
+                ctx.check_cancel()
+                last_eval = evaluate(model, evals, pad_id, cfg.batch_size, accelerator)
+                if last_eval is not None:
+                    ctx.metrics(step, {"eval_loss": last_eval})
+                    ctx.log(f"step {step}: train loss {last_loss:.4f}, eval loss {last_eval:.4f}")
+                _log_samples(ctx, model, tokenizer, eval_rows, cfg, step, main)
+            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < total:
+                checkpoint(step)
+    except (JobCancelled, KeyboardInterrupt):
+        # cancelled between steps: keep the last finished step, so resume loses nothing
+        # (not on failures: after a non-finite loss the weights are no longer worth keeping)
+        if done > 0 and done != saved_step:
+            checkpoint(done)
+            ctx.log(f"checkpoint saved at step {done}")
+        raise
+
+    # -- final adapter -----------------------------------------------------------------
+    accelerator.wait_for_everyone()
+    out = adapter_dir(ctx.run_id)
+    if main:
+        tu.save_adapter(model, out)
+        ctx.artifact("adapter", out)
+        ctx.log(f"adapter saved to {out}")
+    accelerator.wait_for_everyone()
+    if hasattr(ctx, "debug_dump"):  # test aid for multi-process runs; a no-op by default
+        ctx.debug_dump("final", model)
+    return {"final_train_loss": last_loss, "first_train_loss": first_loss,
+            "eval_loss_before": eval_before, "eval_loss_after": last_eval,
+            "adapter": str(out), "steps": total, "resumed_from": start or None,
+            "tokens_per_s": round(timer.average, 1), "train_seconds": round(timer.seconds, 2),
+            "train_examples": len(train), "eval_examples": len(evals),
+            "truncated": truncated + eval_truncated, "trainable_parameters": n_trainable}
+
+
+def _log_samples(ctx, model, tokenizer, eval_rows, cfg: SFTConfig, step: int, main: bool) -> None:
+    if cfg.eval_samples <= 0 or not eval_rows or not main:
+        return
+    ctx.samples(step, _samples(model, tokenizer, eval_rows, cfg.eval_samples, cfg.sample_tokens))

@@ -1,0 +1,328 @@
+"""Training helpers shared by every training stage (SFT, reward model, PPO).
+
+Small on purpose; each function does one thing:
+
+- `make_accelerator()`                    the one Accelerator set-up every stage uses
+- `seed_everything(seed)`                 python, numpy and torch RNGs
+- `make_optimizer(model, lr, ...)`        AdamW over the trainable parameters only
+- `make_scheduler(opt, schedule, warmup_steps, total_steps)`  constant | linear | cosine, with warm-up
+- `grad_norm(parameters)`                 global L2 norm of the gradients (no clipping)
+- `TokenTimer`                            tokens/s of the training steps
+- `save_adapter(model, folder)`           a PEFT adapter flattened into `folder`
+                                          (adapter_config.json + adapter_model.safetensors)
+- `save_checkpoint(...)` / `load_checkpoint(...)` / `latest_checkpoint(run_dir)`
+                                          adapter + optimizer + scheduler + RNG + step
+- `stream_indices(n, seed, start, count)` a deterministic, endless, epoch-shuffled data order
+
+Checkpoints live in `<run_dir>/checkpoints/step-<N>/`:
+    adapter/ (PEFT format)   optimizer.pt   scheduler.pt   rng.pt   state.json
+`state.json` holds {"step": N, **extra}; a checkpoint folder is written under a temporary
+name and renamed, so a crash never leaves a half-written "step-N".
+Only the main process writes; every process loads.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+
+
+# -- set-up ----------------------------------------------------------------------------
+def make_accelerator():
+    """The Accelerator every stage uses (same arguments everywhere: its state is a
+    process-wide singleton). CPU unless a GPU is available; under `accelerate launch` the
+    launcher's environment decides the processes."""
+    from accelerate import Accelerator
+
+    from engine.models import pick_device
+
+    return Accelerator(cpu=pick_device().type == "cpu")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    from accelerate.utils import set_seed
+
+    set_seed(int(seed))
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def make_optimizer(model, lr: float, weight_decay: float = 0.0,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    """AdamW over the trainable parameters (the LoRA weights, heads) only."""
+    params = trainable_parameters(model)
+    if not params:
+        raise ValueError("the model has no trainable parameters (no adapter attached?)")
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """Learning-rate multiplier at optimizer step `step` (0-based):
+    warm-up  f = (step+1) / warmup_steps                         for step < warmup_steps
+    linear   f = (T − step) / (T − W)                             afterwards
+    cosine   f = ½·(1 + cos(π·(step − W) / (T − W)))             afterwards
+    constant f = 1
+    """
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, max(0.0, (step - warmup_steps) / span))
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise ValueError(f"schedule {schedule!r}: expected 'constant', 'linear' or 'cosine'")
+
+
+def make_scheduler(optimizer, schedule: str, warmup_steps: int, total_steps: int):
+    """A LambdaLR following `lr_factor`. Step it once per optimizer step, yourself:
+    do not pass it to accelerator.prepare (that would step it once per process)."""
+    lr_factor(0, warmup_steps, total_steps, schedule)  # validates the name now
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup_steps, total_steps, schedule))
+
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float) -> int:
+    return int(round(max(0.0, warmup_ratio) * total_steps))
+
+
+# -- measuring -------------------------------------------------------------------------
+@torch.no_grad()
+def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
+    """Global gradient norm ‖g‖₂ = sqrt(Σ_p ‖g_p‖₂²) over parameters with a gradient."""
+    norms = [p.grad.detach().float().norm(2) for p in parameters if p.grad is not None]
+    if not norms:
+        return 0.0
+    return float(torch.linalg.vector_norm(torch.stack(norms), 2))
+
+
+class TokenTimer:
+    """Counts tokens over timed sections: `with timer.section(n_tokens): ...`.
+
+    `rate` is the tokens/s of the last section, `average` over all sections so far
+    (time outside sections, e.g. evaluation, is not counted). `tokens`/`seconds` can be
+    restored from a checkpoint to keep the average across a resume.
+    """
+
+    def __init__(self, tokens: int = 0, seconds: float = 0.0):
+        self.tokens, self.seconds = int(tokens), float(seconds)
+        self.last_tokens, self.last_seconds = 0, 0.0
+
+    def start(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def stop(self, tokens: int) -> float:
+        """End the section started by start(); returns its tokens/s."""
+        self.last_seconds = time.perf_counter() - self._t0
+        self.last_tokens = int(tokens)
+        self.tokens += self.last_tokens
+        self.seconds += self.last_seconds
+        return self.rate
+
+    @property
+    def rate(self) -> float:
+        return self.last_tokens / self.last_seconds if self.last_seconds > 0 else 0.0
+
+    @property
+    def average(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# -- data order --------------------------------------------------------------------------
+def stream_indices(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Positions start .. start+count−1 of an endless stream of epochs over n examples,
+    each epoch a fresh permutation drawn from (seed, epoch). The same (seed, position)
+    always gives the same example, so a resumed run or another process picks up the exact
+    order without any data-loader state. Epoch of position i: i // n."""
+    if n <= 0:
+        raise ValueError("no examples to train on")
+    out: list[int] = []
+    perms: dict[int, list[int]] = {}
+    for pos in range(start, start + count):
+        epoch = pos // n
+        if epoch not in perms:
+            g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
+            perms[epoch] = torch.randperm(n, generator=g).tolist()
+        out.append(perms[epoch][pos % n])
+    return out
+
+
+# -- adapters ----------------------------------------------------------------------------
+def save_adapter(model, folder: str | os.PathLike, adapter_name: str | None = None) -> Path:
+    """Save one PEFT adapter in standard layout directly in `folder`
+    (adapter_config.json + adapter_model.safetensors), whatever its name.
+
+    peft writes adapters not named "default" into `folder/<name>/`; we save into a
+    temporary folder and move the files up. `model` may be wrapped (DDP): it is unwrapped.
+    """
+    model = _unwrap(model)
+    adapter_name = adapter_name or getattr(model, "active_adapter", None) or "default"
+    if isinstance(adapter_name, (list, tuple)):
+        adapter_name = adapter_name[0]
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    model.save_pretrained(str(tmp), selected_adapters=[adapter_name], safe_serialization=True)
+    found = [p.parent for p in tmp.rglob("adapter_config.json")]
+    if len(found) != 1:
+        raise RuntimeError(f"expected one saved adapter under {tmp}, found {len(found)}")
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for f in found[0].iterdir():
+        if f.is_file():
+            shutil.move(str(f), folder / f.name)
+    shutil.rmtree(tmp)
+    return folder
+
+
+def load_adapter_weights(model, folder: str | os.PathLike, adapter_name: str | None = None) -> None:
+    """Load saved adapter weights (PEFT layout) into an existing, identically configured
+    adapter of `model`, in place (used to resume training)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = _unwrap(model)
+    adapter_name = adapter_name or getattr(model, "active_adapter", None) or "default"
+    state = load_file(str(Path(folder) / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise RuntimeError(f"checkpoint adapter does not match the model: {unexpected[:3]}")
+
+
+def _unwrap(model):
+    return model.module if hasattr(model, "module") and not hasattr(model, "peft_config") \
+        else model
+
+
+# -- RNG -----------------------------------------------------------------------------------
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    try:
+        import numpy as np
+
+        state["numpy"] = np.random.get_state()
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "numpy" in state:
+        import numpy as np
+
+        np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- checkpoints ---------------------------------------------------------------------------
+def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run as (step, folder), oldest first."""
+    root = checkpoints_dir(run_dir)
+    out = []
+    if root.exists():
+        for p in root.iterdir():
+            if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit() \
+                    and (p / "state.json").exists():
+                out.append((int(p.name[5:]), p))
+    return sorted(out)
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, scheduler=None,
+                    extra: dict | None = None, keep: int = 0, accelerator=None,
+                    rng: dict | None = None) -> Path | None:
+    """Write `<run_dir>/checkpoints/step-<step>/` (main process only; others wait).
+
+    `extra`: JSON-able values the stage needs back on resume (e.g. the loss before
+    training). `keep` > 0 deletes all but the newest `keep` checkpoints. `rng`: the RNG
+    state to store (default: the current one; pass a snapshot taken at the end of `step`
+    when saving later, e.g. on cancel mid-step).
+    Returns the folder (None on non-main processes).
+    """
+    main = accelerator is None or accelerator.is_main_process
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    folder = checkpoints_dir(run_dir) / f"step-{int(step)}"
+    if main:
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        save_adapter(model, tmp / "adapter")
+        torch.save(_unwrap_optimizer(optimizer).state_dict(), tmp / "optimizer.pt")
+        if scheduler is not None:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": int(step), **(extra or {})}))
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        if keep > 0:
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    return folder if main else None
+
+
+def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=None,
+                    restore_rng: bool = True) -> dict:
+    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint folder in
+    place; returns state.json ({"step": N, **extra})."""
+    folder = Path(folder)
+    load_adapter_weights(model, folder / "adapter")
+    # our own files: they hold python objects (RNG tuples), hence weights_only=False
+    if optimizer is not None:
+        _unwrap_optimizer(optimizer).load_state_dict(
+            torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
+    if scheduler is not None and (folder / "scheduler.pt").exists():
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
+    if restore_rng and (folder / "rng.pt").exists():
+        set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+    return json.loads((folder / "state.json").read_text())
+
+
+def _unwrap_optimizer(optimizer):
+    # accelerate's AcceleratedOptimizer keeps the real one in .optimizer
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def to_jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    """Floats from tensors, for summaries and state.json."""
+    out = {}
+    for k, v in values.items():
+        if isinstance(v, torch.Tensor):
+            v = v.item()
+        out[k] = v
+    return out

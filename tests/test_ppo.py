@@ -1,0 +1,585 @@
+"""PPO: every equation on hand-checkable tensors, then the stage on a tiny real model.
+
+The training tests use a one-layer Llama whose weights are set by hand into a bigram
+model over the embedded tokenizer: after the assistant header it says one of Yes / No /
+Sure / Fine, then "." or EOS half and half ("." is always followed by EOS). With the
+built-in reward "ends_with_period" the mean score starts near 0.5 and PPO must raise it.
+(A randomly initialised tiny model is uniform over 49k tokens: nothing to reinforce.)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import rewards_builtin as RB
+from engine.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController, PPOConfig,
+                        PPOTrainer, approx_kl, clip_fraction, clipped_policy_loss,
+                        clipped_value_loss, entropy_from_logits, explained_variance,
+                        gae_advantages, kl_penalty, logprobs_from_logits, masked_mean,
+                        per_token_rewards, ppo_ratio, ratio_histogram, truncate_after_eos,
+                        whiten)
+from tests.conftest import ROOT
+
+PROMPTS = [f"Say something about {w}." for w in
+           ("cats", "dogs", "rain", "the sun", "tea", "code", "snow", "bread")]
+
+
+# ======================================================================================
+# The equations
+# ======================================================================================
+def test_logprobs_and_entropy_at_the_sampling_temperature():
+    logits = torch.tensor([[[2.0, 0.0, 0.0, 0.0]]])
+    tokens = torch.tensor([[0]])
+    p0 = math.exp(2) / (math.exp(2) + 3)
+    assert logprobs_from_logits(logits, tokens).item() == pytest.approx(math.log(p0), abs=1e-6)
+    p0_t = math.exp(1) / (math.exp(1) + 3)  # T = 2 halves the logits
+    assert logprobs_from_logits(logits, tokens, 2.0).item() == pytest.approx(math.log(p0_t),
+                                                                            abs=1e-6)
+    uniform = torch.zeros(1, 1, 8)
+    assert entropy_from_logits(uniform).item() == pytest.approx(math.log(8), abs=1e-6)
+    p = torch.softmax(logits, -1)
+    assert entropy_from_logits(logits).item() == pytest.approx(
+        float(-(p * p.log()).sum()), abs=1e-6)
+
+
+def test_kl_penalty_on_every_token_and_score_on_the_last():
+    logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.0, -1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5, -9.0], [-2.0, -1.0, -3.0, -1.5]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # row 0: 3 tokens, row 1: 4 tokens
+    score = torch.tensor([2.0, -1.0])
+    beta = 0.1
+    assert torch.equal(kl_penalty(logp, ref), logp - ref)
+    rewards, non_score = per_token_rewards(score, logp, ref, mask, beta)
+    # row 0: −β·(0.5, −1, 0) and the score 2 on token 3 (index 2); padding gets nothing
+    assert rewards[0].tolist() == pytest.approx([-0.05, 0.1, 2.0, 0.0])
+    assert non_score[0].tolist() == pytest.approx([-0.05, 0.1, 0.0, 0.0])
+    # row 1: −β·(1, 0, 2, 0.5) and the score −1 on the last token
+    assert rewards[1].tolist() == pytest.approx([-0.1, 0.0, -0.2, -0.05 - 1.0])
+    assert non_score[1].tolist() == pytest.approx([-0.1, 0.0, -0.2, -0.05])
+
+
+def _gae_by_hand(rewards, values, length, gamma, lam):
+    """One sequence, written out: δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}."""
+    out = []
+    for t in range(length):
+        total = 0.0
+        for l in range(length - t):
+            k = t + l
+            v_next = values[k + 1] if k + 1 < length else 0.0
+            delta = rewards[k] + gamma * v_next - values[k]
+            total += (gamma * lam) ** l * delta
+        out.append(total)
+    return out + [0.0] * (len(rewards) - length)
+
+
+def test_gae_matches_a_hand_unrolled_loop():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    lengths = [6, 4, 1]
+    mask = torch.tensor([[1 if t < n else 0 for t in range(6)] for n in lengths])
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.5), (1.0, 1.0)):
+        adv, ret = gae_advantages(rewards, values, mask, gamma, lam)
+        for i, n in enumerate(lengths):
+            expected = _gae_by_hand(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
+            assert adv[i].tolist() == pytest.approx(expected, abs=1e-5)
+            assert ret[i, :n].tolist() == pytest.approx(
+                (adv[i, :n] + values[i, :n]).tolist(), abs=1e-6)
+            assert ret[i, n:].abs().sum() == 0
+    # γ = λ = 1, V = 0: the advantage is the reward-to-go
+    adv, _ = gae_advantages(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3),
+                            torch.ones(1, 3), 1.0, 1.0)
+    assert adv[0].tolist() == [6.0, 5.0, 3.0]
+
+
+def test_whiten_over_the_masked_entries():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 6.0, 7.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    w = whiten(x, mask)
+    assert float(masked_mean(w, mask)) == pytest.approx(0.0, abs=1e-6)
+    assert float(masked_mean(w ** 2, mask)) == pytest.approx(1.0, abs=1e-4)
+    assert w[0, 3] == 0  # padding stays out, and does not shift the statistics
+    kept = whiten(x, mask, shift_mean=False)
+    assert float(masked_mean(kept, mask)) == pytest.approx(float(masked_mean(x, mask)),
+                                                          abs=1e-5)
+
+
+@pytest.mark.parametrize("ratio,adv,expected,clipped", [
+    (1.1, 2.0, -2.2, False),   # inside the band: −Â·r
+    (0.9, -2.0, 1.8, False),
+    (1.5, 2.0, -2.4, True),    # Â > 0, r above 1+ε: the gain is capped at (1+ε)·Â
+    (0.5, 2.0, -1.0, False),   # Â > 0, r below 1−ε: the pessimistic −Â·r is kept
+    (1.5, -2.0, 3.0, False),   # Â < 0, r above 1+ε: the larger loss −Â·r is kept
+    (0.5, -2.0, 1.6, True),    # Â < 0, r below 1−ε: capped at −Â·(1−ε)
+])
+def test_clipped_policy_loss_inside_and_outside_the_band(ratio, adv, expected, clipped):
+    logp_old = torch.tensor([-1.0])
+    logp_new = (logp_old + math.log(ratio)).requires_grad_(True)
+    a = torch.tensor([adv])
+    assert float(ppo_ratio(logp_new.detach(), logp_old)) == pytest.approx(ratio, rel=1e-6)
+    loss = clipped_policy_loss(logp_new, logp_old, a, eps=0.2)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    # a binding clip means no gradient: the update stops pushing that token
+    assert (float(logp_new.grad.abs()) == 0.0) == clipped
+    assert float(clip_fraction(logp_new, logp_old, a, 0.2)) == (1.0 if clipped else 0.0)
+
+
+def test_clipped_policy_loss_is_a_masked_mean():
+    logp_old = torch.zeros(1, 3)
+    logp_new = torch.log(torch.tensor([[1.0, 1.5, 7.0]]))
+    adv = torch.tensor([[1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert float(clipped_policy_loss(logp_new, logp_old, adv, 0.2, mask)) == \
+        pytest.approx((-1.0 - 1.2) / 2)
+
+
+def test_clipped_value_loss():
+    old, ret = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])
+    # first: V moved 1 → 1.5 toward R=2: unclipped error .25, clipped (1.2) error .64 → .64
+    # second: V moved 1 → 0.1 toward R=0: unclipped .01, clipped (0.8) .64 → .64
+    new = torch.tensor([1.5, 0.1])
+    assert float(clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.64 + 0.64) / 2)
+    # inside the band both terms agree
+    new = torch.tensor([1.1, 0.9])
+    assert float(clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.81 + 0.81) / 2)
+
+
+def test_approx_kl_and_explained_variance():
+    new, old = torch.tensor([0.0, 0.2]), torch.tensor([0.0, 0.0])
+    assert float(approx_kl(new, old)) == pytest.approx(0.5 * 0.04 / 2)
+    ret = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert float(explained_variance(ret, ret)) == pytest.approx(1.0)
+    assert float(explained_variance(torch.zeros(4), ret)) == pytest.approx(0.0)
+    assert float(explained_variance(ret.mean().expand(4), ret)) == pytest.approx(0.0)
+
+
+def test_kl_controllers():
+    fixed = FixedKLController(0.05)
+    assert fixed.update(100.0, 8) == 0.05
+    ctl = AdaptiveKLController(0.1, target=4.0, horizon=80)
+    # KL twice the target: the error is clipped to 0.2 → β·(1 + 0.2·8/80)
+    assert ctl.update(8.0, 8) == pytest.approx(0.1 * 1.02)
+    # KL 10% under the target: β·(1 − 0.1·8/80)
+    before = ctl.value
+    assert ctl.update(3.6, 8) == pytest.approx(before * (1 - 0.01))
+    other = AdaptiveKLController(1.0, 4.0, 80)
+    other.load_state_dict(ctl.state_dict())
+    assert other.value == ctl.value
+
+
+def test_truncate_after_eos_and_ratio_histogram():
+    eos, pad = 2, 0
+    resp = torch.tensor([[5, 2, 7, 8], [5, 6, 7, 8], [2, 9, 9, 2]])
+    tokens, mask, has_eos = truncate_after_eos(resp, eos, pad)
+    assert tokens.tolist() == [[5, 2, 0, 0], [5, 6, 7, 8], [2, 0, 0, 0]]
+    assert mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert has_eos.tolist() == [True, False, True]
+    counts = ratio_histogram(torch.tensor([0.1, 1.0, 1.01, 1.24, 3.0]))
+    assert sum(counts) == 5 and len(counts) == len(RATIO_HIST_EDGES) - 1
+    assert counts[0] == 1 and counts[-1] == 1  # outside [0.5, 1.5]: the end bins
+    assert counts[10] == 2  # [1.0, 1.05)
+
+
+# ======================================================================================
+# Built-in rewards
+# ======================================================================================
+def test_builtin_rewards():
+    s = RB.get_scorer("ends_with_period")
+    assert s.score(["q", "q"], ["Yes.", "Yes"]) == [1.0, 0.0]
+    s = RB.get_scorer("target_length", {"target": 4})
+    assert s.score(["q"] * 3, ["one two three four", "one two", ""]) == [0.0, -0.5, -1.0]
+    s = RB.get_scorer("contains_words", {"words": "please, thank you"})
+    assert s.score(["q"] * 2, ["Please, and THANK YOU.", "pleased"]) == [1.0, 0.0]
+    assert RB.get_scorer("avoids_words", {"words": ["sorry"]}).score(
+        ["q"] * 2, ["I am sorry", "Fine"]) == [0.0, 1.0]
+    assert RB.get_scorer("politeness").score(["q"], ["Merci, s'il vous plaît"]) == [1.0]
+    fr = RB.get_scorer("language_fr").score([[{"role": "user", "content": "q"}]] * 2,
+                                            ["Je ne sais pas, merci", "I do not know the way"])
+    assert fr[0] == 1.0 and fr[1] == -1.0
+    with pytest.raises(ValueError, match="unknown parameter"):
+        RB.get_scorer("ends_with_period", {"code": "import os"})
+    with pytest.raises(ValueError, match="unknown"):
+        RB.get_scorer("eval")
+
+
+# ======================================================================================
+# The stage, on a tiny real model
+# ======================================================================================
+def build_bigram_model(folder: Path, tokenizer_dir: Path, logit: float = 5.0) -> Path:
+    """A 1-layer Llama set by hand: attention and MLP write nothing (o_proj = down_proj = 0),
+    so the last hidden state is RMSNorm(embedding of the current token) and the untied LM
+    head is a bigram table. LoRA on q/k/v/o can still change it (o_proj's LoRA writes)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    ids = {w: tok.encode(w, add_special_tokens=False)[0]
+           for w in ("Yes", "No", "Sure", "Fine", ".", "\n")}
+    eos, H = tok.eos_token_id, 64
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=H, intermediate_size=2 * H,
+                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=512, tie_word_embeddings=False,
+                      bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        layer = model.model.layers[0]
+        layer.self_attn.o_proj.weight.zero_()
+        layer.mlp.down_proj.weight.zero_()
+        emb, W = model.model.embed_tokens.weight, model.lm_head.weight
+        bias_dim, dims = H - 1, {}
+        for k, (w, i) in enumerate([*ids.items(), ("<eos>", eos)]):
+            emb[i].zero_()
+            emb[i, k] = emb[i, bias_dim] = 1.0
+            dims[w] = k
+        scale = (H / 2) ** 0.5  # RMSNorm(e_k + e_bias) = scale·(e_k + e_bias)
+        W.zero_()
+        W[:, bias_dim] = -15.0 / scale  # every other token: logit −15
+        for i in [*ids.values(), eos]:
+            W[i, bias_dim] = 0.0
+        for w in ("Yes", "No", "Sure", "Fine"):
+            W[ids[w], dims["\n"]] = logit / scale  # end of the header → a word
+            W[ids["."], dims[w]] = logit / scale   # a word → "." or EOS
+            W[eos, dims[w]] = logit / scale
+        W[eos, dims["."]] = logit / scale          # "." → EOS
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def bigram_dir(tmp_path_factory, tiny_model_dir) -> Path:
+    return build_bigram_model(tmp_path_factory.mktemp("bigram") / "bigram-llama", tiny_model_dir)
+
+
+def _dataset(store, name="prompts"):
+    store.create_dataset(name, "preference")
+    store.add_rows(name, [{"prompt": p, "chosen": "Yes.", "rejected": "No"} for p in PROMPTS])
+    return name
+
+
+def _config(model_dir, **kw) -> PPOConfig:
+    base = dict(model=str(model_dir), dataset="prompts", steps=12, batch_size=8, minibatches=2,
+                ppo_epochs=1, max_new_tokens=4, temperature=1.0, lr=3e-3, beta=0.2,
+                checkpoint_every=0, samples_per_step=4)
+    base.update(kw)
+    cfg = PPOConfig(**base)
+    cfg.lora.r, cfg.lora.alpha = 8, 16
+    return cfg
+
+
+def test_ppo_raises_the_score_while_kl_stays_bounded(store, bigram_dir):
+    from engine.jobs import run_sync
+    from engine.models import adapter_dir, read_adapter_base
+
+    _dataset(store)
+    run = run_sync(store, "ppo", _config(bigram_dir))
+    assert run["status"] == "succeeded", run["error"]
+    rid = run["id"]
+    scores = [m["value"] for m in store.get_metrics(rid, ["score_mean"])]
+    kls = [m["value"] for m in store.get_metrics(rid, ["kl"])]
+    assert len(scores) == 12
+    early, late = sum(scores[:3]) / 3, sum(scores[-4:]) / 4
+    assert late > early + 0.2, scores
+    assert max(kls) < 15.0, kls
+    summary = run["summary"]
+    assert set(summary) >= {"first_score", "last_score", "final_kl", "seconds_per_step"}
+    assert summary["first_score"] == scores[0] and summary["last_score"] == scores[-1]
+    # every quantity of the update is logged each step
+    names = set(store.metric_names(rid))
+    assert names >= {"score_mean", "score_std", "non_score_reward", "kl", "beta",
+                     "policy_loss", "value_loss", "clipfrac", "approx_kl", "ratio_mean",
+                     "ratio_min", "ratio_max", "entropy", "response_length",
+                     "time_generate", "time_score", "time_train", "ratio_hist_00"}
+    last = store.last_metrics(rid)
+    hist = sum(last[f"ratio_hist_{k:02d}"] for k in range(len(RATIO_HIST_EDGES) - 1))
+    assert hist == pytest.approx(last["response_length"] * 8)  # one ratio per token
+    samples = store.get_samples(rid)
+    assert len(samples) == 12 * 4 and all(s["kl"] is not None for s in samples)
+    assert {s["reward"] for s in samples} <= {0.0, 1.0}
+    # the final policy adapter sits flat in the run folder, for the base model
+    folder = adapter_dir(rid)
+    assert (folder / "adapter_config.json").exists()
+    assert (folder / "adapter_model.safetensors").exists()
+    assert read_adapter_base(folder) == str(bigram_dir)
+    assert (folder.parent / "value_head.safetensors").exists()
+    assert {a["kind"] for a in store.list_artifacts(rid)} == {"adapter", "value_head"}
+
+
+def _fake_sft_run(store, model_dir) -> int:
+    """A finished "SFT" run whose adapter is a small random LoRA on the bigram model."""
+    from peft import LoraConfig, get_peft_model
+
+    from engine.models import adapter_dir, load_base
+    from engine.train_utils import save_adapter
+
+    rid = store.create_run("sft", {"model": str(model_dir)}, model=str(model_dir))
+    store.finish_run(rid, "succeeded")
+    base = load_base(str(model_dir), device="cpu").model
+    torch.manual_seed(1)
+    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+                                            target_modules=["q_proj", "v_proj", "o_proj"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.mul_(0.05)
+    save_adapter(model, adapter_dir(rid))
+    return rid
+
+
+def _fresh_logprobs(model_dir, adapter, query, qmask, response, mask, temperature):
+    """Log-probs from an independent copy: the base, plus an adapter folder if given."""
+    from engine.models import load_adapter, load_base
+
+    model = load_base(str(model_dir), device="cpu").model
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    ids = torch.cat([query, response], 1)
+    attn = torch.cat([qmask, mask], 1)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=attn,
+                    position_ids=(attn.cumsum(1) - 1).clamp(min=0))
+    T = response.shape[1]
+    return logprobs_from_logits(out.logits[:, -(T + 1):-1], response, temperature)
+
+
+def test_reference_stays_frozen_and_the_saved_adapter_stands_alone(store, bigram_dir):
+    from engine.models import adapter_dir
+
+    _dataset(store)
+    sft_id = _fake_sft_run(store, bigram_dir)
+    cfg = _config(bigram_dir, sft_run=sft_id, steps=3, lr=1e-2)
+    trainer = PPOTrainer(cfg, store)
+    # only the policy adapter and the value head train; the reference never does
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".policy." in n for n in trainable)
+    n_opt = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    assert n_opt == sum(p.numel() for n, p in trainer.policy.named_parameters()
+                        if ".policy." in n) + 64 + 1
+
+    torch.manual_seed(0)
+    ro = trainer.generate(PROMPTS)
+    batch = (ro.query, ro.query_mask, ro.response, ro.mask)
+    ref_before = trainer.ref_logprobs(*batch)
+    pol_before = trainer.policy_logprobs(*batch)
+    m = ro.mask.bool()
+    # the policy starts as the SFT model, which is the reference
+    assert torch.allclose(ref_before[m], pol_before[m], atol=1e-5)
+    sft_fresh = _fresh_logprobs(bigram_dir, adapter_dir(sft_id), *batch, cfg.temperature)
+    assert torch.allclose(ref_before[m], sft_fresh[m], atol=1e-5)
+
+    for step in range(1, 4):
+        trainer.step(step)
+    ref_after = trainer.ref_logprobs(*batch)
+    pol_after = trainer.policy_logprobs(*batch)
+    assert torch.equal(ref_before, ref_after)
+    assert (pol_after - pol_before)[m].abs().max() > 1e-3  # the policy did move
+
+    # the trained adapter, loaded alone on the base, is the trained policy
+    run_id = store.create_run("ppo", asdict(cfg))
+    folder, head = trainer.save_final(run_id)
+    assert json.loads((folder / "adapter_config.json").read_text())[
+        "base_model_name_or_path"] == str(bigram_dir)
+    alone = _fresh_logprobs(bigram_dir, folder, *batch, cfg.temperature)
+    assert torch.allclose(alone[m], pol_after[m], atol=1e-5)
+
+
+def test_reference_without_sft_is_the_base(store, bigram_dir):
+    _dataset(store)
+    trainer = PPOTrainer(_config(bigram_dir, steps=2, lr=1e-2), store)
+    torch.manual_seed(0)
+    ro = trainer.generate(PROMPTS[:4])
+    batch = (ro.query, ro.query_mask, ro.response, ro.mask)
+    base = _fresh_logprobs(bigram_dir, None, *batch, 1.0)
+    m = ro.mask.bool()
+    trainer.step(1)
+    trainer.step(2)
+    assert torch.allclose(trainer.ref_logprobs(*batch)[m], base[m], atol=1e-5)
+    assert not torch.allclose(trainer.policy_logprobs(*batch)[m], base[m], atol=1e-4)
+
+
+def test_a_reward_model_on_the_same_base_scores_through_a_shared_adapter(store, bigram_dir):
+    from engine import reward as R
+    from engine.models import adapter_dir
+
+    _dataset(store)
+    rid = _fake_sft_run(store, bigram_dir)  # a LoRA adapter on the base ...
+    store.update_run(rid, stage="reward")  # ... made into a reward run with a head
+    head = R.new_head(64, seed=3)
+    R.save_head(adapter_dir(rid) / R.HEAD_FILE, head, {"mean": 0.5, "std": 2.0})
+    trainer = PPOTrainer(_config(bigram_dir, reward_run=rid, steps=1), store)
+    assert trainer.reward_label == f"reward#{rid}"
+    responses = ["Yes.", "No", "Sure."]
+    shared = trainer.scorer.score(PROMPTS[:3], responses)
+    private = R.RewardScorer(store, rid, device="cpu").score(PROMPTS[:3], responses)
+    assert shared == pytest.approx(private, abs=1e-5)
+    # scoring leaves the policy active and only the policy trainable
+    assert trainer.policy.active_adapter == "policy"
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".policy." in n for n in trainable)
+    metrics, _ = trainer.step(1)
+    assert math.isfinite(metrics["score_mean"])
+
+
+def test_resume_replays_from_the_checkpoint(store, bigram_dir):
+    from engine.jobs import execute, run_sync
+    from engine.ppo import train_ppo
+    from engine.models import run_dir
+    from engine.train_utils import list_checkpoints
+
+    _dataset(store)
+    cfg = _config(bigram_dir, steps=4, checkpoint_every=2)
+    run = run_sync(store, "ppo", cfg)
+    rid = run["id"]
+    first = {(m["step"], m["name"]): m["value"]
+             for m in store.get_metrics(rid, ["score_mean", "kl", "policy_loss"])}
+    assert [s for s, _ in list_checkpoints(run_dir(rid))] == [2]
+    # as if the process had died after step 4: resume continues from the step-2 checkpoint
+    store.update_run(rid, status="interrupted")
+    assert execute(store, rid, cfg, train_ppo, resume=True) == "succeeded"
+    assert any("resumed from step 2" in r["message"] for r in store.get_log(rid))
+    again = store.get_metrics(rid, ["score_mean", "kl", "policy_loss"])
+    assert [m["step"] for m in again if m["name"] == "score_mean"] == [1, 2, 3, 4]
+    for m in again:
+        assert m["value"] == pytest.approx(first[(m["step"], m["name"])], abs=1e-4)
+
+
+def test_cli_trains_ppo_headless(lab_home, bigram_dir, tmp_path):
+    from storage import Store
+
+    store = Store(lab_home / "lab.db")
+    _dataset(store)
+    cfg = asdict(_config(bigram_dir, steps=1, batch_size=2, minibatches=1))
+    path = tmp_path / "ppo.json"
+    path.write_text(json.dumps(cfg))
+    env = dict(os.environ, RLHF_LAB_HOME=str(lab_home))
+    out = subprocess.run([sys.executable, "-m", "engine", "train", "ppo", "--config", str(path),
+                          "--set", "builtin_reward=target_length",
+                          "--set", "reward_params.target=2"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["status"] == "succeeded"
+    assert set(result) >= {"first_score", "last_score", "final_kl", "seconds_per_step"}
+    assert store.get_run(result["run_id"])["config"]["reward_params"] == {"target": 2}
+
+
+def test_bad_configs_are_refused_with_clear_messages(store, bigram_dir):
+    with pytest.raises(ValueError, match="multiple of minibatches"):
+        PPOConfig(batch_size=6, minibatches=4).validate()
+    with pytest.raises(ValueError, match="unknown parameter"):
+        PPOConfig(builtin_reward="target_length", reward_params={"tgt": 3}).validate()
+    _dataset(store)
+    rid = store.create_run("reward", {"model": "embedded"})
+    with pytest.raises(ValueError, match="not an SFT run"):
+        PPOTrainer(_config(bigram_dir, sft_run=rid), store)
+
+
+# ======================================================================================
+# The page
+# ======================================================================================
+@pytest.fixture
+def fresh_resources():
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def _finished_run(store, kl=12.0, clipfrac=0.5) -> int:
+    cfg = asdict(PPOConfig(dataset="prompts"))
+    rid = store.create_run("ppo", cfg, name="demo")
+    store.claim_run(rid)
+    for step in (1, 2, 3):
+        values = {"score_mean": 0.2 * step, "score_std": 0.1, "non_score_reward": -0.1,
+                  "rlhf_reward": 0.2 * step - 0.1, "kl": kl * step / 3, "beta": 0.05,
+                  "policy_loss": -0.01, "value_loss": 0.1, "loss": 0.0, "clipfrac": clipfrac,
+                  "approx_kl": 0.01, "ratio_mean": 1.0, "ratio_min": 0.7, "ratio_max": 1.4,
+                  "entropy": 1.2, "response_length": 10.0, "eos_fraction": 0.5,
+                  "explained_variance": 0.3, "advantage_std_raw": 0.5, "value_mean": 0.1,
+                  "return_mean": 0.2, "time_generate": 1.0, "time_score": 0.5,
+                  "time_train": 2.0, "time_step": 3.5}
+        for k in range(len(RATIO_HIST_EDGES) - 1):
+            values[f"ratio_hist_{k:02d}"] = float(max(0, 10 - abs(k - 10) * 3))
+        store.log_metrics(rid, step, values)
+        store.add_samples(rid, step, [{"prompt": "Say hi.", "response": f"Hi{'.' * step}",
+                                       "reward": 1.0, "kl": 0.1 * step, "length": 3,
+                                       "eos": True}])
+    store.finish_run(rid, "succeeded", summary={"first_score": 0.2, "last_score": 0.6})
+    return rid
+
+
+def test_page_draws_every_quantity_with_its_formula_and_warns(store, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from ui.i18n import t
+
+    _dataset(store)
+    _finished_run(store)
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    formulas = " ".join(x.value for x in at.latex)
+    for piece in (r"\beta", r"\mathrm{clip}", r"\hat A_t", r"\delta_t", r"r_t(\theta)"):
+        assert piece in formulas
+    warnings = " ".join(w.value for w in at.warning)
+    assert t("ppo.warn_kl", kl=12.0, limit=10.0)[:30] in warnings
+    assert "0.50" in warnings  # the clip fraction warning
+    assert len(at.get("vega_lite_chart")) >= 15
+    table = at.dataframe[0].value
+    assert list(table.iloc[:, 0]) == [3, 2, 1] and "Hi..." in set(table.iloc[:, 2])
+    # in French too
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at.session_state["lang"] = "fr"
+    at.run()
+    assert not at.exception, at.exception
+    assert any("bande d'écrêtage" in c.value for c in at.caption)
+    # a calm run draws no warning
+    _finished_run(store, kl=1.0, clipfrac=0.05)
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60).run()
+    assert not at.exception and not at.warning
+
+
+def test_page_without_data_points_to_the_data_page(store, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from ui.i18n import t
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/ppo.py").run()  # (page links need the app's navigation)
+    assert not at.exception, at.exception
+    assert any(i.value == t("ppo.no_dataset") for i in at.info)
+    assert any(t("ppo.no_runs") == c.value for c in at.caption)
+
+
+def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.jobs import get_manager
+
+    _dataset(store)
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at.session_state["model_spec"] = str(bigram_dir)
+    at.run()
+    at.selectbox(key="ppo_builtin").set_value("contains_words").run()
+    at.text_input(key="ppo_param_contains_words_words").set_value("yes, sure").run()
+    submit = [b for b in at.button if "Start" in str(b.label)]
+    assert submit
+    submit[0].click().run()
+    assert not at.exception, at.exception
+    runs = store.list_runs(stage="ppo")
+    assert len(runs) == 1
+    cfg = runs[0]["config"]
+    assert cfg["builtin_reward"] == "contains_words"
+    assert cfg["reward_params"] == {"words": ["yes", "sure"]}
+    assert cfg["model"] == str(bigram_dir) and cfg["dataset"] == "prompts"
+    jobs = get_manager(store)
+    jobs.cancel(runs[0]["id"])
+    assert jobs.wait(runs[0]["id"], 120) in ("cancelled", "succeeded", "failed")

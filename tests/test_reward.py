@@ -1,0 +1,310 @@
+"""Reward model: the pairwise loss by hand, the last-token head, training on a preference the
+tiny model can learn, the scorer API (shared base, private copy, PPO-style adapter on a
+shared base), resume from a checkpoint, the CLI, and the page."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from engine.jobs import execute, get_manager, run_sync
+from engine.reward import (HEAD_FILE, RewardConfig, clear_scorers, last_token_reward,
+                           load_reward_head, load_scorer, pairwise_accuracy, pairwise_loss,
+                           reward_adapter_path, reward_stats, score_with_model, train_reward)
+from tests.conftest import ROOT
+
+WORDS = ["it", "is", "very", "nice", "and", "good", "old", "new", "small", "warm"]
+TOPICS = ["cats", "the sea", "bread", "rain", "music", "trains", "Paris", "winter", "tea",
+          "books", "stars", "gardens", "rivers", "chess", "bees", "snow"]
+
+
+def synthetic_preferences(store, name: str = "syn", n: int = 96) -> None:
+    """Chosen answers end with a full stop, rejected ones with "!" (same length in tokens)."""
+    rng = random.Random(0)
+    rows = []
+    for i in range(n):
+        topic = TOPICS[i % len(TOPICS)]
+        body = " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 8)))
+        text = f"I think {topic} {body}"
+        rows.append({"prompt": f"Tell me about {topic}.", "chosen": text + ".",
+                     "rejected": text + "!", "split": "eval" if i % 3 == 0 else "train"})
+    store.create_dataset(name, "preference")
+    store.add_rows(name, rows)
+
+
+def tiny_config(tiny_model_dir, **kw) -> dict:
+    cfg = dict(model=str(tiny_model_dir), dataset="syn", max_steps=15, batch_size=8, lr=2e-3,
+               head_lr=1e-2, max_length=64, save_every=0, normalize_samples=64)
+    cfg.update(kw)
+    return cfg
+
+
+# -- the equations ------------------------------------------------------------------------
+def test_pairwise_loss_on_hand_computed_numbers():
+    r_pos, r_neg = torch.tensor([2.0]), torch.tensor([0.0])
+    assert pairwise_loss(r_pos, r_neg).item() == pytest.approx(math.log(1 + math.exp(-2)))
+    # margin m = 1: −log σ(2 − 0 − 1) = log(1 + e^−1)
+    assert pairwise_loss(r_pos, r_neg, margin=1.0).item() == pytest.approx(
+        math.log(1 + math.exp(-1)))
+    # a batch: the mean of log(1 + e^−Δ) over Δ = 2 and Δ = −2
+    loss = pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0]))
+    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2)
+    # equal rewards: log 2; a badly wrong pair stays finite (softplus, not log(sigmoid))
+    assert pairwise_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
+    assert pairwise_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item() == \
+        pytest.approx(200.0)
+    # gradient: ∂L/∂r⁺ = −(1 − σ(Δ)) = −σ(−Δ)
+    r = torch.tensor([2.0], requires_grad=True)
+    pairwise_loss(r, torch.tensor([0.0])).backward()
+    assert r.grad.item() == pytest.approx(-1 / (1 + math.exp(2)))
+    assert pairwise_accuracy(torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 3.0])) \
+        .item() == pytest.approx(1 / 3)
+    stats = reward_stats([1.0, 3.0])
+    assert stats == {"mean": 2.0, "std": 1.0}
+
+
+def test_last_token_reward_reads_the_last_non_pad_token():
+    hidden = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
+    mask = torch.tensor([[1, 1, 1, 0],   # right padded: position 2
+                         [1, 1, 1, 1],   # no padding: position 3
+                         [0, 0, 1, 1]])  # left padded: position 3
+    head = nn.Linear(2, 1)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 10.0]]))
+        head.bias.fill_(0.5)
+    rewards = last_token_reward(hidden, mask, head)
+    expected = [hidden[0, 2] @ torch.tensor([1.0, 10.0]) + 0.5,
+                hidden[1, 3] @ torch.tensor([1.0, 10.0]) + 0.5,
+                hidden[2, 3] @ torch.tensor([1.0, 10.0]) + 0.5]
+    assert rewards.shape == (3,)
+    assert rewards.tolist() == pytest.approx([float(e) for e in expected])
+
+
+# -- training, saving, scoring ----------------------------------------------------------------
+def test_reward_model_learns_a_synthetic_preference_and_scorer_agrees(store, tiny_model_dir):
+    from engine.models import add_lora, inference_cache, load_adapter, load_base
+
+    synthetic_preferences(store)
+    run = run_sync(store, "reward", tiny_config(tiny_model_dir))
+    assert run["status"] == "succeeded", run["error"]
+    summary = run["summary"]
+    assert summary["eval_accuracy"] >= 0.8 and summary["eval_pairs"] == 32
+    assert summary["train_pairs"] == 64 and summary["steps"] == 15
+    assert summary["seconds_per_step"] > 0 and summary["norm_source"] == "train"
+    rid = run["id"]
+
+    # every step logs the loss, accuracy, margin and mean rewards
+    names = set(store.metric_names(rid))
+    assert {"loss", "accuracy", "margin", "reward_chosen", "reward_rejected",
+            "eval_accuracy"} <= names
+    assert [m["step"] for m in store.get_metrics(rid, ["loss"])] == list(range(1, 16))
+
+    # saved: the adapter flat in PEFT layout, with the head beside it; no checkpoints left
+    folder = reward_adapter_path(rid)
+    assert (folder / "adapter_config.json").exists()
+    assert (folder / "adapter_model.safetensors").exists() and (folder / HEAD_FILE).exists()
+    assert not [p for p in folder.iterdir() if p.is_dir()]
+    head, stats = load_reward_head(rid)
+    assert head.weight.shape == (1, 64) and stats["std"] > 0
+
+    # the eval rewards are stored for the charts
+    rows = [s for s in store.get_samples(rid) if s["extra"].get("kind") == "eval_pair"]
+    assert len(rows) == 32
+    extra = rows[0]["extra"]
+    assert {"rejected", "chosen_reward", "rejected_reward", "margin", "chosen_length",
+            "rejected_length"} <= set(extra)
+    assert summary["eval_accuracy"] == pytest.approx(
+        sum(r["extra"]["correct"] for r in rows) / 32)
+
+    # the public scorer (shared inference base) reproduces the stored eval rewards
+    clear_scorers()
+    inference_cache.clear()
+    scorer = load_scorer(store, rid)
+    assert load_scorer(store, rid) is scorer  # cached
+    prompts = [r["prompt"] for r in rows]
+    chosen = scorer.score(prompts, [r["response"] for r in rows])
+    rejected = scorer.score(prompts, [r["extra"]["rejected"] for r in rows])
+    assert chosen == pytest.approx([r["extra"]["chosen_reward"] for r in rows], abs=1e-3)
+    assert rejected == pytest.approx([r["extra"]["rejected_reward"] for r in rows], abs=1e-3)
+    assert [c > r for c, r in zip(chosen, rejected)] == [r["extra"]["correct"] for r in rows]
+    ranked = scorer.rank(prompts[0], [rows[0]["extra"]["rejected"], rows[0]["response"]])
+    assert ranked[0][0] == rows[0]["response"]
+
+    # normalised: mean 0, std 1 on the training responses the statistics came from
+    train = store.list_rows("syn", split="train")[:32]
+    norm = scorer.score([r["prompt"] for r in train for _ in (0, 1)],
+                        [x for r in train for x in (r["chosen"], r["rejected"])])
+    t = torch.tensor(norm, dtype=torch.float64)
+    assert float(t.mean()) == pytest.approx(0.0, abs=1e-3)
+    assert float(t.std(unbiased=False)) == pytest.approx(1.0, abs=1e-3)
+
+    # a private copy on an explicit device gives the same scores
+    private = load_scorer(store, rid, device="cpu")
+    assert private is not scorer
+    assert private.score(prompts[:4], [r["response"] for r in rows[:4]]) == \
+        pytest.approx(chosen[:4], abs=1e-4)
+
+    # PPO-style: the reward adapter on a base that already holds a trainable policy adapter
+    base = load_base(str(tiny_model_dir), device="cpu")
+    model = add_lora(base.model, adapter_name="policy")
+    model = load_adapter(model, folder, adapter_name="reward")
+    model.set_adapter("policy")
+    scores = score_with_model(model, head, base.tokenizer, prompts[:4],
+                              [r["response"] for r in rows[:4]], stats=stats,
+                              adapter_name="reward")
+    assert scores == pytest.approx(chosen[:4], abs=1e-4)
+    assert model.active_adapter == "policy"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".policy." in n for n in trainable)
+    inference_cache.clear()
+    clear_scorers()
+
+
+def test_normalisation_on_an_sft_runs_own_answers(store, tiny_model_dir):
+    from engine.models import add_lora, adapter_dir, load_base
+
+    synthetic_preferences(store)
+    base = load_base(str(tiny_model_dir), device="cpu")
+    sft = store.create_run("sft", {"model": str(tiny_model_dir)}, status="succeeded")
+    add_lora(base.model).save_pretrained(adapter_dir(sft))
+    run = run_sync(store, "reward", tiny_config(
+        tiny_model_dir, max_steps=2, max_eval_pairs=4, normalize_sft_run=sft,
+        normalize_samples=4, normalize_max_new_tokens=6))
+    assert run["status"] == "succeeded", run["error"]
+    assert run["summary"]["norm_source"] == f"sft#{sft}"
+    folder = reward_adapter_path(run["id"])
+    assert not [p for p in folder.iterdir() if p.is_dir()]  # only the reward adapter saved
+    assert json.loads((folder / "adapter_config.json").read_text())["r"] == 16
+    assert load_reward_head(run["id"])[1]["std"] > 0
+
+
+class _CancelAfter(threading.Event):
+    """A cancel flag that turns itself on after `n` checks (a user pressing Cancel)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.n -= 1
+        return self.n < 0 or super().is_set()
+
+
+def test_cancel_keeps_a_checkpoint_and_resume_replays_the_same_steps(store, tiny_model_dir):
+    synthetic_preferences(store)
+    cfg = RewardConfig(**{**tiny_config(tiny_model_dir, max_steps=6, save_every=2,
+                                        max_eval_pairs=8, normalize=False),
+                          "lora": {"r": 4, "alpha": 8, "dropout": 0.05}})
+    rid = store.create_run("reward", {})
+    # checks at the start of steps 1..4: cancelled before step 4, after step 3's metrics
+    status = execute(store, rid, cfg, train_reward, cancel_event=_CancelAfter(3))
+    assert status == "cancelled"
+    before = {m["step"]: m["value"] for m in store.get_metrics(rid, ["loss"])}
+    assert sorted(before) == [1, 2, 3]
+    assert (store.get_run(rid)["step"]) == 3
+    status = execute(store, rid, cfg, train_reward, resume=True)
+    assert status == "succeeded", store.get_run(rid)["error"]
+    assert any("resumed from the checkpoint at step 2" in r["message"]
+               for r in store.get_log(rid))
+    after = store.get_metrics(rid, ["loss"])
+    assert [m["step"] for m in after] == [1, 2, 3, 4, 5, 6]  # step 3 redone, not duplicated
+    assert {m["step"]: m["value"] for m in after}[3] == pytest.approx(before[3], rel=1e-4)
+    assert (reward_adapter_path(rid) / HEAD_FILE).exists()
+
+
+def test_cli_train_reward_reports_run_and_eval_accuracy(store, tiny_model_dir, tmp_path, capsys):
+    from engine.__main__ import main
+
+    synthetic_preferences(store)
+    config = tmp_path / "reward.json"
+    config.write_text(json.dumps(tiny_config(tiny_model_dir, max_eval_pairs=8)))
+    code = main(["--db", str(store.path), "train", "reward", "--config", str(config),
+                 "--set", "max_steps=3", "--set", "lora.r=4"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["status"] == "succeeded" and out["steps"] == 3
+    assert 0.0 <= out["eval_accuracy"] <= 1.0 and out["run_id"] >= 1
+    assert store.get_run(out["run_id"])["config"]["lora"]["r"] == 4
+
+
+# -- the page ---------------------------------------------------------------------------------
+@pytest.fixture
+def fresh_resources():
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def _by_label(elements, label):
+    found = [e for e in elements if e.label == label]
+    assert found, f"no element labelled {label!r}"
+    return found[0]
+
+
+def test_page_without_data_points_to_the_data_page(store, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/reward.py").run()
+    assert not at.exception, at.exception
+    from ui.i18n import t
+
+    assert any(t("reward.no_dataset") in i.value for i in at.info)
+    assert any(t("reward.tester_none") in i.value for i in at.info)
+
+
+def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.models import inference_cache
+    from ui.i18n import t
+
+    synthetic_preferences(store)
+    # the page on its own (no sidebar): the model in use is read from the session
+    at = AppTest.from_file(str(ROOT / "pages" / "reward.py"), default_timeout=90)
+    at.session_state["model_spec"] = str(tiny_model_dir)
+    at.run()
+    assert not at.exception, at.exception
+    _by_label(at.number_input, t("reward.max_steps")).set_value(15)
+    _by_label(at.number_input, t("reward.batch_size")).set_value(8)
+    _by_label(at.number_input, t("reward.lr")).set_value(2e-3)
+    _by_label(at.number_input, t("reward.head_lr")).set_value(1e-2)
+    _by_label(at.number_input, t("reward.max_length")).set_value(64)
+    _by_label(at.button, t("reward.start")).click().run()
+    assert not at.exception, at.exception
+    runs = store.list_runs(stage="reward")
+    assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
+    assert get_manager(store).wait(runs[0]["id"], 180) == "succeeded", \
+        store.get_run(runs[0]["id"])["error"]
+
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    accuracy = float(metrics[t("reward.eval_accuracy")].rstrip("%")) / 100
+    assert accuracy >= 0.8
+    assert t("reward.length_corr") in metrics
+    assert any(t("reward.worst_title") in m.value for m in at.markdown)
+    assert len(at.dataframe) >= 1
+
+    # the tester ranks a full-stop answer above the same answer with "!"
+    at.text_area(key="reward_tester_prompt").input("Tell me about cats.")
+    at.text_area(key="reward_tester_answers").input("I think cats is nice!\nI think cats is nice.")
+    at.button(key="reward_tester_go").click().run()
+    assert not at.exception, at.exception
+    ranked = at.dataframe[-1].value
+    assert list(ranked["answer"]) == ["I think cats is nice.", "I think cats is nice!"]
+    assert list(ranked["rank"]) == [1, 2]
+
+    at.session_state["lang"] = "fr"
+    at.run()
+    assert not at.exception, at.exception
+    assert any(m.label == t("reward.eval_accuracy", lang="fr") for m in at.metric)
+    inference_cache.clear()
+    clear_scorers()

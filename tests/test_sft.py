@@ -1,0 +1,321 @@
+"""SFT: the completion-only loss, the training helpers, and real runs on a tiny model
+(overfit and answer, cancel and resume, the CLI, the page)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from engine import train_utils as tu
+from engine.chat import IGNORE_INDEX
+from engine.sft import response_nll, sft_loss
+from tests.conftest import ROOT
+
+PAIRS = [{"prompt": "What is the capital of France?", "response": "Paris."},
+         {"prompt": "Say hello.", "response": "Hello there!"},
+         {"prompt": "What is two plus two?", "response": "Four."}]
+
+
+def _dataset(store, name="toy", rows=None, eval_fraction=0.25, kind="sft"):
+    store.create_dataset(name, kind, eval_fraction=eval_fraction)
+    store.add_rows(name, rows if rows is not None else
+                   [{"prompt": f"What is {a} plus {b}?", "response": f"{a + b}."}
+                    for a in range(4) for b in range(3)])
+    return name
+
+
+def _quick(model_dir, **over) -> dict:
+    """A config that runs in a second or two on the tiny model."""
+    cfg = {"model": str(model_dir), "dataset": "toy", "max_steps": 4, "batch_size": 2,
+           "learning_rate": 1e-3, "eval_every": 0, "checkpoint_every": 0, "eval_samples": 0,
+           "max_length": 96}
+    cfg.update(over)
+    return cfg
+
+
+# -- the loss --------------------------------------------------------------------------------
+def test_sft_loss_counts_response_tokens_only_hand_checked():
+    # sequence of 4 tokens: 2 prompt tokens (label -100) then 2 response tokens (2 and 3).
+    # logits at position t predict token t+1: positions 1 and 2 score the response.
+    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 3]])
+    logits = torch.zeros(1, 4, 4)
+    assert sft_loss(logits, labels).item() == pytest.approx(math.log(4))
+    logits[0, 1, 2] = math.log(3)  # p(token 2) = 3 / (3 + 1 + 1 + 1) = 1/2
+    expected = (math.log(2) + math.log(4)) / 2
+    assert sft_loss(logits, labels).item() == pytest.approx(expected)
+
+    # changing the logits that predict prompt tokens (position 0) or nothing (the last
+    # position) changes neither the loss nor gives them a gradient
+    changed = logits.clone()
+    changed[0, 0] = torch.tensor([9.0, -3.0, 5.0, 1.0])
+    changed[0, 3] = torch.tensor([-7.0, 2.0, 0.5, 8.0])
+    changed.requires_grad_(True)
+    loss = sft_loss(changed, labels)
+    assert loss.item() == pytest.approx(expected)
+    loss.backward()
+    assert changed.grad[0, 0].abs().sum() == 0 and changed.grad[0, 3].abs().sum() == 0
+    assert changed.grad[0, 1].abs().sum() > 0
+
+    total, count = response_nll(logits, labels)
+    assert count.item() == 2 and (total / count).item() == pytest.approx(expected)
+
+
+def test_sft_loss_without_response_tokens_is_zero_not_nan():
+    logits = torch.randn(2, 5, 7, requires_grad=True)
+    loss = sft_loss(logits, torch.full((2, 5), IGNORE_INDEX))
+    assert loss.item() == 0.0
+    loss.backward()
+
+
+def test_real_encoding_masks_the_prompt(tiny_model_dir):
+    from engine.chat import encode_completion
+    from engine.models import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    enc = encode_completion(tok, "What is the capital of France?", "Paris.", 256)
+    n_prompt = sum(1 for x in enc.labels if x == IGNORE_INDEX)
+    assert n_prompt > 5
+    assert tok.decode([x for x in enc.labels if x != IGNORE_INDEX]).startswith("Paris.")
+    # a model whose logits differ only where prompt tokens are predicted gives the same loss
+    v = len(tok)
+    ids = torch.tensor([enc.input_ids])
+    labels = torch.tensor([enc.labels])
+    logits = torch.randn(1, ids.shape[1], v)
+    other = logits.clone()
+    other[0, : n_prompt - 1] = torch.randn(n_prompt - 1, v) * 5
+    assert sft_loss(other, labels).item() == pytest.approx(sft_loss(logits, labels).item())
+
+
+def test_response_window_forward_gives_the_full_loss(tiny_model_dir):
+    from engine.chat import collate_completions, encode_completion
+    from engine.models import load_base
+    from engine.sft import forward_logits
+
+    loaded = load_base(str(tiny_model_dir), "cpu")
+    tok = loaded.tokenizer
+    batch = collate_completions([encode_completion(tok, p["prompt"], p["response"], 256)
+                                 for p in PAIRS], tok.pad_token_id)
+    with torch.no_grad():
+        full = loaded.model(input_ids=batch["input_ids"],
+                            attention_mask=batch["attention_mask"]).logits
+        window, labels = forward_logits(loaded.model, batch)
+    assert window.shape[1] < full.shape[1]  # prompt logits are not computed
+    assert sft_loss(window, labels).item() == pytest.approx(
+        sft_loss(full, batch["labels"]).item(), rel=1e-5)
+
+
+# -- the helpers -------------------------------------------------------------------------------
+def test_learning_rate_schedules():
+    assert tu.lr_factor(0, 2, 10, "cosine") == 0.5 and tu.lr_factor(1, 2, 10, "cosine") == 1.0
+    assert tu.lr_factor(2, 2, 10, "cosine") == 1.0
+    assert tu.lr_factor(6, 2, 10, "cosine") == pytest.approx(0.5)
+    assert tu.lr_factor(6, 2, 10, "linear") == pytest.approx(0.5)
+    assert tu.lr_factor(10, 2, 10, "linear") == 0.0 and tu.lr_factor(9, 0, 10, "constant") == 1
+    with pytest.raises(ValueError, match="schedule"):
+        tu.lr_factor(0, 0, 10, "exponential")
+
+
+def test_data_order_is_deterministic_by_seed_and_covers_each_epoch():
+    first = tu.stream_indices(10, seed=3, start=0, count=30)
+    assert first == tu.stream_indices(10, seed=3, start=0, count=30)
+    assert first[12:17] == tu.stream_indices(10, seed=3, start=12, count=5)  # resume mid-way
+    for epoch in range(3):
+        assert sorted(first[epoch * 10:(epoch + 1) * 10]) == list(range(10))
+    assert first[:10] != first[10:20] and first != tu.stream_indices(10, 4, 0, 30)
+
+
+def test_adapter_save_is_flat_and_checkpoint_round_trips(tiny_model_dir, tmp_path):
+    from engine.models import LoraSettings, add_lora, load_adapter, load_base
+
+    model = add_lora(load_base(str(tiny_model_dir), "cpu").model, LoraSettings(r=4),
+                     adapter_name="policy")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_()
+    out = tu.save_adapter(model, tmp_path / "adapter")
+    assert sorted(f.name for f in out.iterdir() if f.suffix in (".json", ".safetensors")) \
+        == ["adapter_config.json", "adapter_model.safetensors"]
+    assert not [p for p in out.iterdir() if p.is_dir()]
+    reloaded = load_adapter(load_base(str(tiny_model_dir), "cpu").model, out)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    model.eval()  # LoRA dropout off
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, reloaded(input_ids=ids).logits,
+                              atol=1e-5)
+
+    model.train()
+    opt = tu.make_optimizer(model, 1e-2)
+    sched = tu.make_scheduler(opt, "linear", 1, 10)
+    model(input_ids=ids).logits.sum().backward()
+    opt.step(), sched.step()
+    folder = tu.save_checkpoint(tmp_path / "run", 7, model, opt, sched, {"eval_loss_before": 2.5})
+    assert tu.latest_checkpoint(tmp_path / "run") == folder
+    snapshot = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for p in tu.trainable_parameters(model):
+            p.zero_()
+    opt2 = tu.make_optimizer(model, 1e-2)
+    sched2 = tu.make_scheduler(opt2, "linear", 1, 10)
+    state = tu.load_checkpoint(folder, model, opt2, sched2)
+    assert state == {"step": 7, "eval_loss_before": 2.5}
+    assert sched2.last_epoch == 1 and opt2.state_dict()["state"]
+    for n, p in model.named_parameters():
+        if p.requires_grad:
+            assert torch.equal(p, snapshot[n]), n
+
+
+# -- real runs ---------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def sharp_model_dir(tiny_model_dir, tmp_path_factory):
+    """The tiny model with its (tied) embeddings scaled ×10: a random 64-wide model's logits
+    span only ±1, which frozen embeddings keep LoRA from overcoming; real models' logits span
+    tens. Same weights otherwise."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = tmp_path_factory.mktemp("sharp") / "tiny-sharp"
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        model.get_input_embeddings().weight.mul_(10)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(folder)
+    return folder
+
+
+def test_overfits_a_handful_of_pairs_then_answers_them(store, sharp_model_dir):
+    from engine.generate import SamplingConfig, generate
+    from engine.jobs import run_sync
+    from engine.models import adapter_dir, inference_cache
+
+    _dataset(store, rows=PAIRS, eval_fraction=0)
+    run = run_sync(store, "sft", _quick(
+        sharp_model_dir, max_steps=40, batch_size=3, learning_rate=1e-2, warmup_ratio=0.0,
+        lora={"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["all-linear"]}))
+    assert run["status"] == "succeeded", run["error"]
+    s = run["summary"]
+    assert s["steps"] == 40 and s["final_train_loss"] < 0.25 * s["first_train_loss"]
+    assert s["adapter"] == str(adapter_dir(run["id"]))
+    assert (adapter_dir(run["id"]) / "adapter_model.safetensors").exists()
+    assert [a["kind"] for a in store.list_artifacts(run["id"])] == ["adapter"]
+    steps = [m["step"] for m in store.get_metrics(run["id"], ["train_loss"])]
+    assert steps == list(range(1, 41))
+    assert {"learning_rate", "grad_norm", "tokens_per_s"} <= set(store.metric_names(run["id"]))
+    inference_cache.clear()
+    try:
+        with inference_cache.use(store, run["id"]) as (model, tok):
+            answers = generate(model, tok, [p["prompt"] for p in PAIRS],
+                               SamplingConfig(greedy=True, max_new_tokens=8))
+    finally:
+        inference_cache.clear()
+    assert answers == [p["response"] for p in PAIRS]
+
+
+def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, tiny_model_dir):
+    from engine.jobs import JobManager, run_sync
+    from engine.models import run_dir
+
+    _dataset(store)
+    cfg = _quick(tiny_model_dir, max_steps=14, eval_every=5, checkpoint_every=4, eval_samples=1)
+    straight = run_sync(store, "sft", cfg)
+    assert straight["status"] == "succeeded", straight["error"]
+
+    jobs = JobManager(store)
+    rid = jobs.submit("sft", cfg)
+    while (store.get_run(rid)["step"] or 0) < 2 and store.get_run(rid)["status"] in (
+            "queued", "running"):
+        time.sleep(0.01)
+    jobs.cancel(rid)
+    at_cancel = store.get_run(rid)["step"]
+    assert jobs.wait(rid, 120) == "cancelled"
+    stopped = store.get_run(rid)["step"]
+    assert at_cancel <= stopped <= at_cancel + 1  # within one step
+    assert stopped < 14, "the run finished before the cancel landed"
+    assert tu.latest_checkpoint(run_dir(rid)).name == f"step-{stopped}"
+
+    jobs.resume(rid)
+    assert jobs.wait(rid, 120) == "succeeded", store.get_run(rid)["error"]
+    run = store.get_run(rid)
+    assert run["summary"]["resumed_from"] == stopped and run["summary"]["steps"] == 14
+    assert run["step"] == run["total_steps"] == 14
+    steps = [m["step"] for m in store.get_metrics(rid, ["train_loss"])]
+    assert steps == list(range(1, 15))  # each step once: continued, not restarted
+    assert [m["step"] for m in store.get_metrics(rid, ["eval_loss"])] == [0, 5, 10, 14]
+    assert any("resumed from checkpoint" in r["message"] for r in store.get_log(rid))
+    # same data order, optimizer, schedule and RNG: the same result as without the cancel
+    assert run["summary"]["final_train_loss"] == pytest.approx(
+        straight["summary"]["final_train_loss"], rel=1e-4)
+    assert run["summary"]["eval_loss_after"] == pytest.approx(
+        straight["summary"]["eval_loss_after"], rel=1e-4)
+    assert run["summary"]["eval_loss_before"] == straight["summary"]["eval_loss_before"]
+
+
+def test_a_preference_dataset_is_refused_clearly(store, tiny_model_dir):
+    from engine.jobs import run_sync
+
+    _dataset(store, name="prefs", kind="preference",
+             rows=[{"prompt": "p", "chosen": "a", "rejected": "b"}])
+    run = run_sync(store, "sft", _quick(tiny_model_dir, dataset="prefs"))
+    assert run["status"] == "failed" and "SFT needs an sft dataset" in run["error"]
+
+
+def test_cli_trains_and_reports_truncation(store, tiny_model_dir, tmp_path, lab_home):
+    rows = [*PAIRS, {"prompt": "Tell me a long story.", "response": "Once upon a time " * 40}]
+    _dataset(store, rows=rows, eval_fraction=0.25)
+    config = tmp_path / "sft.json"
+    config.write_text(json.dumps(_quick(tiny_model_dir, max_steps=100)))
+    out = subprocess.run(
+        [sys.executable, "-m", "engine", "train", "sft", "--config", str(config),
+         "--set", "max_steps=3", "--set", "lora.r=4", "--set", "max_length=64"],
+        cwd=ROOT, env=dict(os.environ, RLHF_LAB_HOME=str(lab_home)), capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    summary = json.loads(out.stdout[out.stdout.index("{"):])
+    assert summary["status"] == "succeeded" and summary["steps"] == 3
+    assert summary["truncated"] == 1 and math.isfinite(summary["final_train_loss"])
+    assert summary["eval_loss_before"] is not None and summary["eval_loss_after"] is not None
+    assert os.path.exists(os.path.join(summary["adapter"], "adapter_config.json"))
+    run = store.get_run(summary["run_id"])
+    assert run["config"]["lora"]["r"] == 4
+    assert any("truncated" in r["message"] and r["level"] == "warning"
+               for r in store.get_log(run["id"]))
+
+
+# -- the page ----------------------------------------------------------------------------------
+def test_page_renders_and_starts_a_run(store, tiny_model_dir):
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from engine.jobs import get_manager
+
+    st.cache_resource.clear()  # each test its own database
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.session_state["model_kind"] = "folder"  # the sidebar's base model: the tiny one
+    at.session_state["model_value"] = str(tiny_model_dir)
+    at.run()
+    at.switch_page("pages/sft.py").run()
+    assert not at.exception, at.exception
+    assert at.info  # no dataset yet: it says where to make one
+
+    _dataset(store)
+    at.run()
+    assert not at.exception, at.exception
+    at.number_input[0].set_value(0.5)  # epochs
+    at.number_input[1].set_value(4)  # batch size
+    at.button[0].click().run()  # the form's start button
+    assert not at.exception, at.exception
+    runs = store.list_runs(stage="sft")
+    assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
+    assert runs[0]["config"]["epochs"] == 0.5 and runs[0]["dataset"] == "toy"
+    assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded"
+
+    at.run()  # the finished run: numbers, curves and the "try it" box
+    assert not at.exception, at.exception
+    assert at.selectbox(key="sft_view").value == runs[0]["id"]
+    assert len(at.metric) == 4 and at.text_area
+    st.cache_resource.clear()
