@@ -22,8 +22,14 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q tests
 
-bench: install
-	$(BIN)/python bench/run.py --stage all --quick
+# the TRL anchor lives in its own environment (bench only; the app never needs it)
+.venv-trl/.installed: bench/requirements-trl.txt
+	test -x .venv-trl/bin/python || $(PYTHON) -m venv .venv-trl
+	.venv-trl/bin/python -m pip install --quiet -r bench/requirements-trl.txt
+	touch .venv-trl/.installed
+
+bench: install .venv-trl/.installed
+	$(BIN)/python bench/run.py --stage all
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,7 +11,7 @@ from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
 from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label)
+                       run_label, run_name)
 from ui.i18n import t
 
 store = get_store()
@@ -401,7 +401,7 @@ else:
     if st.session_state.get("ppo_view") not in by_id:
         st.session_state["ppo_view"] = runs[0]["id"]
     run_id = st.selectbox(t("ppo.view_run"), list(by_id), key="ppo_view",
-                          format_func=lambda i: run_label(by_id[i]))
+                          format_func=lambda i: run_name(by_id[i]))
     if store.get_run(run_id)["status"] in ("queued", "running"):
         live_view(run_id)
     else:

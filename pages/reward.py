@@ -9,7 +9,7 @@ from engine.models import LoraSettings
 from engine.reward import RewardConfig, load_scorer, pearson
 from storage.db import RUN_STATES
 from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label, runs_options)
+                       run_label, run_name, runs_options)
 from ui.i18n import t
 
 store = get_store()
@@ -96,7 +96,7 @@ else:
     if st.session_state.get("reward_run_select") not in by_id:
         st.session_state["reward_run_select"] = runs[0]["id"]
     run_id = st.selectbox(t("reward.pick_run"), list(by_id), key="reward_run_select",
-                          format_func=lambda i: run_label(by_id[i]))
+                          format_func=lambda i: run_name(by_id[i]))
     smoothing = st.slider(t("reward.smoothing"), 0.0, 0.95, 0.6, 0.05,
                           help=t("reward.smoothing_help"))
     was_active = by_id[run_id]["status"] in ("queued", "running")

@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.models import LoraSettings, display_name
 from engine.sft import SFTConfig
-from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec, run_label
+from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec, run_label, run_name
 from ui.i18n import t
 
 store = get_store()
@@ -217,7 +217,7 @@ else:
     if st.session_state.get("sft_view") not in by_id:
         st.session_state["sft_view"] = runs[0]["id"]
     run_id = st.selectbox(t("sft.view_run"), list(by_id), key="sft_view",
-                          format_func=lambda i: run_label(by_id[i]))
+                          format_func=lambda i: run_name(by_id[i]))
     run = store.get_run(run_id)
     if run["status"] in ("queued", "running"):
         live_view(run_id)

@@ -11,7 +11,7 @@ def test_home_page_shows_pipeline_and_model(store):
     text = " ".join(m.value for m in at.markdown)
     assert "SmolLM2-135M-Instruct" in text
     captions = " ".join(c.value for c in at.caption)
-    assert "1 datasets · 3 rows" in captions
+    assert "datasets: 1 · rows: 3" in captions
     assert at.title[0].value.endswith("RLHF Lab")
 
 

@@ -47,6 +47,12 @@ def status_label(status: str) -> str:
     return f"{STATUS_ICONS.get(status, '')} {t('common.status_' + status)}"
 
 
+def run_name(run: dict) -> str:
+    """#id and name only: for selectors drawn outside a live fragment, where a status
+    would go stale while the run moves on."""
+    return f"#{run['id']} {run['name']}"
+
+
 def run_label(run: dict) -> str:
     """Plain text (select boxes do not render icons)."""
     return f"#{run['id']} {run['name']} · {t('common.status_' + run['status'])}"
