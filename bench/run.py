@@ -29,7 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.workload import Workload, build_data, build_tiny_model  # noqa: E402
+from bench.workload import Workload, build_data  # noqa: E402
+from engine.models import build_tiny_model  # noqa: E402
 
 STAGES = ("sft", "reward", "ppo")
 DEFAULT_TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"

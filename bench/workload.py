@@ -212,23 +212,3 @@ def build_data(tokenizer, folder: Path, rows: int, max_length: int,
         "sources": {"sft": sft_src, "pairs": pairs_src, "prompts": pairs_src},
         "tokens": {"sft": sft_tokens, "pairs": pair_tokens, "prompts": prompt_tokens},
     }
-
-
-def build_tiny_model(folder: Path, tokenizer_dir: str, seed: int = 0, layers: int = 2,
-                     hidden: int = 64) -> Path:
-    """A small random Llama with the given tokenizer (as tests/conftest.py builds one)."""
-    if (folder / "config.json").exists():
-        return folder
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder

@@ -211,6 +211,29 @@ def load_base(spec: str | None = None, device: torch.device | str | None = None,
                        time.perf_counter() - t0)
 
 
+def build_tiny_model(folder: str | os.PathLike, tokenizer_dir: str | os.PathLike, seed: int = 0,
+                     layers: int = 2, hidden: int = 64) -> Path:
+    """A small randomly initialised Llama with a real tokenizer and its chat template.
+
+    Trains in seconds on a CPU: used by the tests and by `bench/run.py --quick`.
+    """
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    folder = Path(folder)
+    if (folder / "config.json").exists():
+        return folder
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
+                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 # -- LoRA ----------------------------------------------------------------------------
 _TARGETS_BY_ARCH = {
     "gpt2": ["c_attn", "c_proj"],

@@ -548,14 +548,8 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
             acc_sums["margin"] += float((rc - rr).detach().mean())
             acc_sums["reward_chosen"] += float(rc.detach().mean())
             acc_sums["reward_rejected"] += float(rr.detach().mean())
-        if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(reward_model.parameters(), cfg.max_grad_norm)
-        else:
-            grad_norm = tu.grad_norm(reward_model.parameters())
-        lr_now = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr_now = tu.optimizer_step(accelerator, reward_model.parameters(), optimizer,
+                                               scheduler, cfg.max_grad_norm)
         step += 1
         steps_done += 1
         values = {k: v / accum for k, v in acc_sums.items()}

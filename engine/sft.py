@@ -299,14 +299,8 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
                 step_loss += loss.detach().float() / cfg.grad_accum
                 tokens += int(batch["attention_mask"].sum())
                 ctx.check_cancel()
-            if cfg.max_grad_norm and cfg.max_grad_norm > 0:
-                norm = float(accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm))
-            else:
-                norm = tu.grad_norm(model.parameters())
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            norm, lr = tu.optimizer_step(accelerator, model.parameters(), optimizer, scheduler,
+                                         cfg.max_grad_norm)
             if accelerator.num_processes > 1:
                 step_loss = accelerator.reduce(step_loss.reshape(1), "mean")
                 tokens = int(accelerator.reduce(torch.tensor([tokens], device=accelerator.device),

@@ -111,6 +111,23 @@ def grad_norm(parameters: Iterable[torch.nn.Parameter]) -> float:
     return float(torch.linalg.vector_norm(torch.stack(norms), 2))
 
 
+def optimizer_step(accelerator, parameters, optimizer, scheduler, max_grad_norm: float | None):
+    """One update: clip ‖g‖₂ to max_grad_norm (when > 0), step optimizer and schedule.
+
+    Returns (gradient norm before clipping, learning rate used for this step).
+    """
+    parameters = list(parameters)
+    if max_grad_norm and max_grad_norm > 0:
+        norm = float(accelerator.clip_grad_norm_(parameters, max_grad_norm))
+    else:
+        norm = grad_norm(parameters)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, lr
+
+
 class TokenTimer:
     """Counts tokens over timed sections: `with timer.section(n_tokens): ...`.
 

@@ -11,7 +11,7 @@ from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
 from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label, run_name)
+                       run_label, run_picker)
 from ui.i18n import t
 
 store = get_store()
@@ -393,16 +393,12 @@ with st.container(border=True):
     new_run_form()
 
 st.subheader(":material/monitoring: " + t("ppo.runs"))
-runs = store.list_runs(stage="ppo")
-if not runs:
+picked = run_picker("ppo", t("ppo.view_run"), key="ppo_view")
+if picked is None:
     st.caption(t("ppo.no_runs"))
 else:
-    by_id = {r["id"]: r for r in runs}
-    if st.session_state.get("ppo_view") not in by_id:
-        st.session_state["ppo_view"] = runs[0]["id"]
-    run_id = st.selectbox(t("ppo.view_run"), list(by_id), key="ppo_view",
-                          format_func=lambda i: run_name(by_id[i]))
-    if store.get_run(run_id)["status"] in ("queued", "running"):
+    run_id = picked["id"]
+    if picked["status"] in ("queued", "running"):
         live_view(run_id)
     else:
         run_view(run_id)

@@ -9,7 +9,7 @@ from engine.models import LoraSettings
 from engine.reward import RewardConfig, load_scorer, pearson
 from storage.db import RUN_STATES
 from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label, run_name, runs_options)
+                       run_picker, runs_options)
 from ui.i18n import t
 
 store = get_store()
@@ -87,19 +87,16 @@ new_run_form()
 
 # -- one run: live curves, then results ---------------------------------------------------
 st.subheader(t("reward.run"))
-runs = store.list_runs(stage="reward", status=RUN_STATES)
-if not runs:
+picked = run_picker("reward", t("reward.pick_run"), key="reward_run_select",
+                    status=RUN_STATES)
+if picked is None:
     st.caption(t("reward.no_runs"))
     run_id = None
 else:
-    by_id = {r["id"]: r for r in runs}
-    if st.session_state.get("reward_run_select") not in by_id:
-        st.session_state["reward_run_select"] = runs[0]["id"]
-    run_id = st.selectbox(t("reward.pick_run"), list(by_id), key="reward_run_select",
-                          format_func=lambda i: run_name(by_id[i]))
+    run_id = picked["id"]
     smoothing = st.slider(t("reward.smoothing"), 0.0, 0.95, 0.6, 0.05,
                           help=t("reward.smoothing_help"))
-    was_active = by_id[run_id]["status"] in ("queued", "running")
+    was_active = picked["status"] in ("queued", "running")
 
     @st.fragment(run_every=2 if was_active else None)
     def live(run_id: int) -> None:
@@ -233,7 +230,7 @@ def results(run: dict) -> None:
             "margin": st.column_config.NumberColumn(t("reward.col_margin"), format="%.3f")})
 
 
-if run_id is not None and by_id[run_id]["status"] == "succeeded":
+if run_id is not None and picked["status"] == "succeeded":
     results(store.get_run(run_id))
 
 # -- the tester ----------------------------------------------------------------------------

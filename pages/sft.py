@@ -6,7 +6,7 @@ import streamlit as st
 
 from engine.models import LoraSettings, display_name
 from engine.sft import SFTConfig
-from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec, run_label, run_name
+from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec, run_picker
 from ui.i18n import t
 
 store = get_store()
@@ -209,16 +209,11 @@ with st.container(border=True):
     new_run_form()
 
 st.subheader(":material/monitoring: " + t("sft.runs"))
-runs = store.list_runs(stage="sft")
-if not runs:
+run = run_picker("sft", t("sft.view_run"), key="sft_view")
+if run is None:
     st.caption(t("sft.no_runs"))
 else:
-    by_id = {r["id"]: r for r in runs}
-    if st.session_state.get("sft_view") not in by_id:
-        st.session_state["sft_view"] = runs[0]["id"]
-    run_id = st.selectbox(t("sft.view_run"), list(by_id), key="sft_view",
-                          format_func=lambda i: run_name(by_id[i]))
-    run = store.get_run(run_id)
+    run_id = run["id"]
     if run["status"] in ("queued", "running"):
         live_view(run_id)
     else:

@@ -52,26 +52,31 @@ def embedded_dir(models_home) -> Path:
     return ensure_embedded_cache()
 
 
-def build_tiny_model(folder: Path, tokenizer_dir: Path, seed: int = 0, layers: int = 2,
-                     hidden: int = 64) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+def make_adapter_run(store, model_dir, stage: str = "sft", spec: str | None = None, seed: int = 1,
+                     dataset: str | None = None) -> int:
+    """A finished run holding a real LoRA adapter on `model_dir`, with lora_B perturbed so
+    that it changes the outputs (a fresh LoRA is the identity)."""
+    from engine.models import adapter_dir, add_lora, load_base
 
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    peft_model = add_lora(load_base(str(model_dir), device="cpu").model)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-                         num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=0)
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    config = {"model": spec or str(model_dir)}
+    if dataset:
+        config["dataset"] = dataset
+    rid = store.create_run(stage, config, status="succeeded", dataset=dataset)
+    peft_model.save_pretrained(adapter_dir(rid))
+    return rid
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     """A 2-layer, 64-wide Llama with the embedded tokenizer: a real model that trains in seconds."""
+    from engine.models import build_tiny_model
+
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", embedded_dir)
 
 

@@ -11,22 +11,8 @@ from engine.compare import (blind_items, distinct_1, distinct_2, distinct_n, hid
                             reward_preference, wilson_interval, win_rate)
 from engine.generate import SamplingConfig, generate
 from engine.jobs import JobManager
-from engine.models import adapter_dir, add_lora, inference_cache, load_base
-from tests.conftest import ROOT
-
-
-def make_adapter_run(store, tiny_model_dir, stage="sft", seed=1) -> int:
-    """A finished run with a real (perturbed) LoRA adapter on the tiny model."""
-    base = load_base(str(tiny_model_dir), device="cpu")
-    peft_model = add_lora(base.model)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    rid = store.create_run(stage, {"model": str(tiny_model_dir)}, status="succeeded")
-    peft_model.save_pretrained(adapter_dir(rid))
-    return rid
+from engine.models import inference_cache
+from tests.conftest import ROOT, make_adapter_run
 
 
 # -- equations on hand-checked numbers ----------------------------------------------------

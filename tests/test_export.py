@@ -19,8 +19,9 @@ from engine.chat import encode_prompt
 from engine.export import (EMBEDDED_HUB_ID, UnsafePathError, export_run, exports_root,
                            resolve_export_dir, zip_folder)
 from engine.generate import SamplingConfig, generate
-from engine.models import adapter_dir, add_lora, inference_cache, load_base
+from engine.models import inference_cache
 from tests.conftest import ROOT
+from tests.conftest import make_adapter_run as shared_adapter_run
 
 PROMPT = "Name three colours."
 NEW_TOKENS = 12
@@ -52,18 +53,7 @@ print(json.dumps({"adapter": greedy(adapter, tok), "merged": greedy(merged, merg
 
 
 def make_adapter_run(store, tiny_model_dir, stage="sft", spec=None, seed=1) -> int:
-    """A finished run with a real (perturbed) LoRA adapter on the tiny model."""
-    base = load_base(str(tiny_model_dir), device="cpu")
-    peft_model = add_lora(base.model)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)
-    rid = store.create_run(stage, {"model": spec or str(tiny_model_dir), "dataset": "demo"},
-                           status="succeeded", dataset="demo")
-    peft_model.save_pretrained(adapter_dir(rid))
-    return rid
+    return shared_adapter_run(store, tiny_model_dir, stage, spec=spec, seed=seed, dataset="demo")
 
 
 def app_greedy(store, rid) -> tuple[list[int], str]:

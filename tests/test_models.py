@@ -8,7 +8,7 @@ import torch
 from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, encode_prompt
 from engine.generate import SamplingConfig, generate
 from engine.models import ModelLoadError, add_lora, load_base, pick_device
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_adapter_run
 
 
 def test_pick_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
@@ -89,17 +89,9 @@ def test_cli_model_info_and_runs_list(tiny_model_dir, lab_home):
 
 
 def test_inference_cache_switches_between_base_and_run_adapters(store, tiny_model_dir):
-    from engine.models import adapter_dir, inference_cache
+    from engine.models import inference_cache
 
-    base = load_base(str(tiny_model_dir), device="cpu")
-    peft_model = add_lora(base.model)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.5)  # make the adapter change the outputs
-    rid = store.create_run("sft", {"model": str(tiny_model_dir)}, status="succeeded")
-    peft_model.save_pretrained(adapter_dir(rid))
+    rid = make_adapter_run(store, tiny_model_dir)
     cfg = SamplingConfig(greedy=True, max_new_tokens=8)
     inference_cache.clear()
     with inference_cache.use(store, "base", base_spec=str(tiny_model_dir)) as (m, tok):

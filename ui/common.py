@@ -172,6 +172,18 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
     st.altair_chart(chart, width="stretch")
 
 
+def run_picker(stage: str, label: str, key: str, status=None) -> dict | None:
+    """A select box of a stage's runs, newest first (picked by default); returns the run."""
+    runs = get_store().list_runs(stage=stage, status=status)
+    if not runs:
+        return None
+    by_id = {r["id"]: r for r in runs}
+    if st.session_state.get(key) not in by_id:
+        st.session_state[key] = runs[0]["id"]
+    run_id = st.selectbox(label, list(by_id), key=key, format_func=lambda i: run_name(by_id[i]))
+    return by_id[run_id]
+
+
 def runs_options(stage: str, status: str | tuple = "succeeded") -> dict[str, int]:
     """{label: run_id} of a stage's runs, newest first (for select boxes)."""
     return {run_label(r): r["id"] for r in get_store().list_runs(stage=stage, status=status)}
