@@ -57,3 +57,28 @@ def test_browser_sees_home_page(lab_home, models_home, embedded_dir):
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_first_visit_to_a_page_url_gets_the_app_shell(lab_home, models_home, embedded_dir):
+    """A fresh server whose first visitor opens /data directly (a bookmark) must run app.py's
+    navigation and sidebar, not Streamlit's old pages/ file list."""
+    from playwright.sync_api import sync_playwright
+
+    port = free_port()
+    proc = start_streamlit(lab_home, port)
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 900}, locale="en-US")
+            page.goto(f"http://127.0.0.1:{port}/data", wait_until="domcontentloaded")
+            page.get_by_text("Load the sample datasets").wait_for(timeout=60_000)
+            wait_idle(page)
+            sidebar = page.locator('[data-testid="stSidebar"]')
+            assert sidebar.get_by_text("Reward model").count() == 1  # the app's page titles
+            assert sidebar.get_by_text("Language").count() == 1
+            assert sidebar.get_by_text("reward", exact=True).count() == 0  # no file list
+            page.screenshot(path=str(ARTIFACTS / "direct-data.png"))
+            browser.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)

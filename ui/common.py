@@ -14,6 +14,21 @@ from storage.db import default_db_path
 from ui.i18n import t
 
 EMBEDDED = "embedded"
+
+
+def _leave_legacy_multipage_mode() -> None:
+    """Streamlit sees the `pages/` folder and, until some session has run app.py's
+    st.navigation, serves a fresh server's first direct visit to /data, /sft, ... by running
+    pages/<x>.py alone (its old multipage mode: no sidebar, a plain file list). Turn that
+    mode off and rerun, so app.py runs and routes to the same page."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_legacy_multipage_mode()
 STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:",
                 "succeeded": ":material/check_circle:", "failed": ":material/error:",
                 "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
