@@ -404,6 +404,12 @@ class PPOTrainer:
 
         self._keep_arg = "logits_to_keep" in inspect.signature(
             self.policy.get_base_model().forward).parameters
+        from engine.packing import DEFAULT_ROW_TOKENS, supports_packing
+
+        self.row_tokens = DEFAULT_ROW_TOKENS
+        self.packing = supports_packing(self.policy)
+        if not self.packing:
+            log("this model does not support packed sequences: PPO runs padded passes")
 
     # -- parts ---------------------------------------------------------------------
     @property
@@ -472,7 +478,11 @@ class PPOTrainer:
     def forward(self, query, query_mask, response, mask, values: bool = False,
                 entropy: bool = False):
         """Log-probs (at the sampling temperature) of the response tokens, and optionally
-        V(s_t) and the entropy, from one forward pass over prompt + response."""
+        V(s_t) and the entropy, from one forward pass over prompt + response; [B, T] each,
+        0 where the response is padding. Padding-free (engine.packing) where the model
+        supports it, else one padded pass."""
+        if self.packing:
+            return self._forward_packed(query, query_mask, response, mask, values, entropy)
         P, T = query.shape[1], response.shape[1]
         input_ids = torch.cat([query, response], 1)
         attn = torch.cat([query_mask, mask], 1)
@@ -484,13 +494,54 @@ class PPOTrainer:
             kwargs["logits_to_keep"] = T + 1
         out = self.model(**kwargs)
         logits = out.logits[:, -(T + 1):-1]  # position P−1+t predicts response token t
-        logp = logprobs_from_logits(logits, response, self.cfg.temperature)
-        v = self.value_head(out.hidden_states[-1][:, P - 1:P + T - 1]) if values else None
+        logp = logprobs_from_logits(logits, response, self.cfg.temperature) * mask
+        v = self.value_head(out.hidden_states[-1][:, P - 1:P + T - 1]) * mask if values \
+            else None
         ent = None
         if entropy:
             with torch.no_grad():
-                ent = entropy_from_logits(logits.detach(), self.cfg.temperature)
+                ent = entropy_from_logits(logits.detach(), self.cfg.temperature) * mask
         return logp, v, ent
+
+    def _forward_packed(self, query, query_mask, response, mask, values: bool,
+                        entropy: bool):
+        """`forward` without padding: each prompt + response laid end to end in short rows
+        (engine.packing); the LM head only on the positions that predict response tokens
+        (position P_b − 1 + t of sequence b predicts its token t)."""
+        from engine.packing import pack_sequences, unpad
+
+        B, T = response.shape
+        prompts = unpad(query, query_mask)
+        answers = unpad(response, mask)
+        rows = pack_sequences([torch.cat([q, a]) for q, a in zip(prompts, answers)],
+                              self.row_tokens)
+        b_idx, t_idx, lps, vs, ents = [], [], [], [], []
+        for row in rows:
+            keep, targets = [], []
+            for b, start in zip(row.members, row.starts):
+                n, p0 = len(answers[b]), start + len(prompts[b]) - 1
+                keep.append(torch.arange(p0, p0 + n, device=self.device))
+                targets.append(answers[b])
+                b_idx.append(torch.full((n,), b, device=self.device))
+                t_idx.append(torch.arange(n, device=self.device))
+            keep_t = torch.cat(keep)
+            out = self.model(input_ids=row.input_ids, position_ids=row.position_ids,
+                             use_cache=False, output_hidden_states=values,
+                             **({"logits_to_keep": keep_t} if self._keep_arg else {}))
+            logits = out.logits[0] if self._keep_arg else out.logits[0, keep_t]
+            lps.append(logprobs_from_logits(logits, torch.cat(targets), self.cfg.temperature))
+            if values:
+                vs.append(self.value_head(out.hidden_states[-1][0, keep_t]))
+            if entropy:
+                with torch.no_grad():
+                    ents.append(entropy_from_logits(logits.detach(), self.cfg.temperature))
+        where = (torch.cat(b_idx), torch.cat(t_idx))
+
+        def scatter(parts):
+            return torch.zeros(B, T, device=self.device).index_put(where, torch.cat(parts))
+
+        return (scatter(lps), scatter(vs) if values else None,
+                scatter(ents) if entropy else None)
 
     @torch.no_grad()
     def ref_logprobs(self, query, query_mask, response, mask) -> torch.Tensor:
@@ -510,7 +561,12 @@ class PPOTrainer:
 
     @torch.no_grad()
     def generate(self, prompts: list) -> Rollout:
-        """Sample one response per prompt from π_θ (KV cache, stop at EOS)."""
+        """Sample one response per prompt from π_θ (KV cache, stop at EOS).
+
+        The sampling pass already computes, at every response position t, the policy's
+        logits and last hidden state h_t: they give the old log-probs log π_θ_old(y_t | ·)
+        and the values V(s_t) of the rollout for free, without a second forward pass over
+        prompt + response (they agree with such a pass to float error, ~1e-5)."""
         from transformers import GenerationConfig
 
         cfg, tok = self.cfg, self.tokenizer
@@ -518,22 +574,30 @@ class PPOTrainer:
         gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
                                top_k=0, max_new_tokens=cfg.max_new_tokens, use_cache=True,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                               bos_token_id=tok.bos_token_id)
+                               bos_token_id=tok.bos_token_id, return_dict_in_generate=True,
+                               output_logits=True, output_hidden_states=True)
         self.policy.set_adapter(self.POLICY)
         out = self.policy.generate(input_ids=query, attention_mask=query_mask,
                                    generation_config=gen)
-        response, mask, has_eos = truncate_after_eos(out[:, query.shape[1]:], tok.eos_token_id,
-                                                     tok.pad_token_id)
+        response, mask, has_eos = truncate_after_eos(out.sequences[:, query.shape[1]:],
+                                                     tok.eos_token_id, tok.pad_token_id)
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(response, mask)]
-        return Rollout(prompts, query, query_mask, response, mask, has_eos, texts)
+        ro = Rollout(prompts, query, query_mask, response, mask, has_eos, texts)
+        logits = torch.stack(out.logits, 1).float()             # [B, T, V]: step t's logits
+        hidden = torch.stack([h[-1][:, -1] for h in out.hidden_states], 1)  # [B, T, H]
+        ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
+        ro.values = self.value_head(hidden) * mask
+        return ro
 
     @torch.no_grad()
     def score(self, ro: Rollout) -> Rollout:
-        """Old log-probs and values under π_θ, reference log-probs, and the reward."""
+        """Reference log-probs and the reward (the old log-probs and values come with the
+        rollout; computed here only for a rollout built without them)."""
         cfg = self.cfg
-        ro.logp, ro.values, _ = self.forward(ro.query, ro.query_mask, ro.response, ro.mask,
-                                             values=True)
+        if ro.logp is None or ro.values is None:
+            ro.logp, ro.values, _ = self.forward(ro.query, ro.query_mask, ro.response,
+                                                 ro.mask, values=True)
         ro.ref_logp = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
         raw = torch.tensor(self.scorer.score(ro.prompts, ro.texts), dtype=torch.float32,
                            device=self.device)

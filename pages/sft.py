@@ -83,6 +83,8 @@ def new_run_form() -> None:
                                              defaults.lora.dropout, step=0.05)
             targets = c[3].text_input(t("sft.lora_targets"), placeholder="q_proj, v_proj",
                                       help=t("sft.lora_targets_help"))
+            group = st.checkbox(t("sft.group_by_length"), defaults.group_by_length,
+                                help=t("sft.group_by_length_help"))
         name = st.text_input(t("sft.run_name"), placeholder=t("sft.run_name_placeholder"))
         submitted = st.form_submit_button(t("sft.start"), icon=":material/play_arrow:",
                                           type="primary")
@@ -95,7 +97,7 @@ def new_run_form() -> None:
             max_grad_norm=float(max_grad_norm), max_length=int(max_length),
             eval_every=int(eval_every), eval_max_rows=int(eval_rows),
             eval_samples=int(eval_samples), sample_tokens=int(sample_tokens), seed=int(seed),
-            checkpoint_every=int(ckpt_every),
+            checkpoint_every=int(ckpt_every), group_by_length=bool(group),
             lora=LoraSettings(r=int(lora_r), alpha=int(lora_alpha), dropout=float(lora_dropout),
                               target_modules=target_list))
         run_id = get_jobs().submit("sft", cfg, name=name.strip() or None)

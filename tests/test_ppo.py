@@ -382,6 +382,16 @@ def test_reference_stays_frozen_and_the_saved_adapter_stands_alone(store, bigram
     assert torch.equal(ref_before, ref_after)
     assert (pol_after - pol_before)[m].abs().max() > 1e-3  # the policy did move
 
+    # the old log-probs and values a rollout takes from its sampling pass are those of a
+    # separate forward pass over prompt + response (now with a trained, non-zero V)
+    ro2 = trainer.generate(PROMPTS)
+    with torch.no_grad():
+        logp2, v2, _ = trainer.forward(ro2.query, ro2.query_mask, ro2.response, ro2.mask,
+                                       values=True)
+    m2 = ro2.mask.bool()
+    assert torch.allclose(ro2.logp[m2], logp2[m2], atol=1e-4)
+    assert v2[m2].abs().max() > 1e-3 and torch.allclose(ro2.values[m2], v2[m2], atol=1e-4)
+
     # the trained adapter, loaded alone on the base, is the trained policy
     run_id = store.create_run("ppo", asdict(cfg))
     folder, head = trainer.save_final(run_id)
@@ -583,3 +593,31 @@ def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resou
     jobs = get_manager(store)
     jobs.cancel(runs[0]["id"])
     assert jobs.wait(runs[0]["id"], 120) in ("cancelled", "succeeded", "failed")
+
+
+def test_packed_and_padded_passes_agree_with_gradients(store, bigram_dir):
+    """The padding-free scoring/training pass gives the padded pass's log-probs, values,
+    entropies and gradients (varied prompt and answer lengths, left-padded prompts)."""
+    _dataset(store)
+    sft_id = _fake_sft_run(store, bigram_dir)
+    trainer = PPOTrainer(_config(bigram_dir, sft_run=sft_id, max_new_tokens=6), store)
+    assert trainer.packing is True
+    with torch.no_grad():
+        trainer.value_head.linear.weight.normal_(0, 0.5)  # non-zero V(s)
+    torch.manual_seed(3)
+    ro = trainer.generate(PROMPTS)
+    assert len(set(ro.mask.sum(1).tolist())) > 1 and len(set(ro.query_mask.sum(1).tolist())) > 1
+    m = ro.mask.bool()
+    results = {}
+    for packing in (True, False):
+        trainer.packing = packing
+        trainer.optimizer.zero_grad(set_to_none=True)
+        logp, v, ent = trainer.forward(ro.query, ro.query_mask, ro.response, ro.mask,
+                                       values=True, entropy=True)
+        (logp[m].sum() + v[m].sum()).backward()
+        grads = torch.cat([p.grad.flatten() for p in trainer.params])
+        results[packing] = (logp, v, ent, grads)
+    for a, b in zip(results[True], results[False]):
+        assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+    assert results[True][3].abs().max() > 0
+    assert torch.all(results[True][0][~m] == 0)  # nothing outside the answers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import time
@@ -130,6 +131,38 @@ def test_data_order_is_deterministic_by_seed_and_covers_each_epoch():
     assert first[:10] != first[10:20] and first != tu.stream_indices(10, 4, 0, 30)
 
 
+def padded_positions(batches: list[list[int]], lengths: list[int]) -> int:
+    """Positions a right-padded forward pass computes: Σ_batches |batch| · max length."""
+    return sum(len(b) * max(lengths[i] for i in b) for b in batches)
+
+
+def test_length_grouped_order_pads_less_and_stays_resumable():
+    rng = random.Random(0)
+    n, batch = 101, 8                       # n not a multiple of the batch
+    lengths = [rng.randint(20, 250) for _ in range(n)]
+    size = 104                              # an epoch: n filled up to a multiple of 8
+    grouped = tu.stream_indices(n, 5, 0, 3 * size, lengths=lengths, batch=batch)
+    assert grouped == tu.stream_indices(n, 5, 0, 3 * size, lengths=lengths, batch=batch)
+    assert grouped[40:72] == tu.stream_indices(n, 5, 40, 32, lengths=lengths, batch=batch)
+    for epoch in range(3):  # every example once per epoch, 3 repeats to fill the last batch
+        part = grouped[epoch * size:(epoch + 1) * size]
+        assert set(part) == set(range(n)) and len(part) - len(set(part)) == 3
+    assert grouped[:size] != grouped[size:2 * size]  # a fresh order every epoch
+    batches = [grouped[k:k + batch] for k in range(0, 3 * size, batch)]
+    plain = tu.stream_indices(n, 5, 0, 3 * size)
+    plain_batches = [plain[k:k + batch] for k in range(0, 3 * size, batch)]
+    real = sum(lengths[i] for i in grouped)
+    assert padded_positions(batches, lengths) < 1.15 * real  # ≤ 15% padding once grouped
+    assert padded_positions(plain_batches, lengths) > 1.4 * real  # vs > 40% at random
+    # the batches' order is shuffled, not longest first
+    maxima = [max(lengths[i] for i in b) for b in batches[:12]]
+    assert maxima != sorted(maxima, reverse=True) and maxima != sorted(maxima)
+    # without lengths (or batch 1) the plain stream is unchanged
+    assert tu.stream_indices(n, 5, 0, 50, lengths=lengths, batch=1) == plain[:50]
+    with pytest.raises(ValueError, match="lengths"):
+        tu.stream_indices(n, 5, 0, 8, lengths=lengths[:-1], batch=batch)
+
+
 def test_adapter_save_is_flat_and_checkpoint_round_trips(tiny_model_dir, tmp_path):
     from engine.models import LoraSettings, add_lora, load_adapter, load_base
 
@@ -253,6 +286,42 @@ def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, ti
     assert run["summary"]["eval_loss_after"] == pytest.approx(
         straight["summary"]["eval_loss_after"], rel=1e-4)
     assert run["summary"]["eval_loss_before"] == straight["summary"]["eval_loss_before"]
+
+
+def test_a_run_grouped_by_length_pads_less_over_the_same_rows(store, tiny_model_dir,
+                                                             monkeypatch):
+    """The stage's data order: with group_by_length (default) a run's batches compute far
+    fewer padded positions than at random, over exactly the same rows per epoch."""
+    import engine.sft as sft
+    from engine.jobs import run_sync
+
+    rows = [{"prompt": f"Question {i}?", "response": ("word " * (1 + 40 * (i % 2))).strip()}
+            for i in range(16)]
+    _dataset(store, rows=rows, eval_fraction=0)
+    original, seen = sft.collate_completions, []
+
+    def spy(batch, pad_id):
+        out = original(batch, pad_id)
+        seen.append((out["input_ids"].numel(), int(out["attention_mask"].sum()),
+                     sorted(len(e.input_ids) for e in batch)))
+        return out
+
+    monkeypatch.setattr(sft, "collate_completions", spy)
+    positions = {}
+    for group in (True, False):
+        seen.clear()
+        run = run_sync(store, "sft", _quick(tiny_model_dir, max_steps=4, batch_size=4,
+                                            group_by_length=group))
+        assert run["status"] == "succeeded", run["error"]
+        real = sum(r for _, r, _ in seen)
+        positions[group] = sum(n for n, _, _ in seen) / real
+        lengths = sorted(x for _, _, ls in seen for x in ls)
+        if group:
+            # short with short, long with long (±1 token: "Question 7?" vs "Question 12?")
+            assert all(ls[-1] - ls[0] <= 1 for _, _, ls in seen), seen
+            grouped_lengths = lengths
+    assert grouped_lengths == lengths  # one epoch each: the same 16 rows
+    assert positions[True] < 1.01 and positions[False] > 1.2
 
 
 def test_a_preference_dataset_is_refused_clearly(store, tiny_model_dir):
