@@ -33,6 +33,8 @@ from bench.workload import Workload, build_data  # noqa: E402
 from engine.models import build_tiny_model  # noqa: E402
 
 STAGES = ("sft", "reward", "ppo")
+# extra TRL runs beside its defaults (each with its own ratio row)
+VARIANTS = {"trl_lora": "TRL with a LoRA policy", "trl_grouped": "TRL grouping by length too"}
 DEFAULT_TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
 # Goals of the issue, reported (never asserted): metric, comparison, bound.
 GOALS = {
@@ -168,8 +170,9 @@ def finish_entry(entry: dict, stage: str, wl: Workload, raw: dict,
     if entry.get("ours", {}).get("ok") and entry.get("trl", {}).get("ok"):
         entry["ratio"] = ratios(entry["ours"], entry["trl"])
         entry["goals"] = goals_for(stage, entry["ratio"])
-    if entry.get("ours", {}).get("ok") and entry.get("trl_lora", {}).get("ok"):
-        entry["ratio_vs_trl_lora"] = ratios(entry["ours"], entry["trl_lora"])
+    for other in VARIANTS:
+        if entry.get("ours", {}).get("ok") and entry.get(other, {}).get("ok"):
+            entry[f"ratio_vs_{other}"] = ratios(entry["ours"], entry[other])
     return entry
 
 
@@ -181,7 +184,8 @@ def from_work(work: Path, previous: dict | None = None) -> dict:
     for stage in STAGES:
         raw, wl, fixed = {}, None, None
         for side, tag in (("ours", f"{stage}-ours"), ("trl", f"{stage}-trl"),
-                          ("trl_lora", f"{stage}-trl-lora")):
+                          ("trl_lora", f"{stage}-trl-lora"),
+                          ("trl_grouped", f"{stage}-trl-grouped")):
             rpath, wpath = work / f"{tag}.result.json", work / f"{tag}.workload.json"
             if not wpath.exists():
                 continue
@@ -257,12 +261,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", metavar="OUT", help="also write the JSON document to this file")
     p.add_argument("--model", default="embedded",
                    help="'embedded' (SmolLM2-135M), a local Hugging Face folder, or a hub id")
-    p.add_argument("--warmup", type=int, default=1, help="steps not measured (≥ 1)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="steps not measured (≥ 1; default: SFT and reward one epoch, PPO 1)")
     p.add_argument("--measured", type=int, default=None,
-                   help="steps measured (default 3; 2 with --quick)")
+                   help="steps measured (default: SFT and reward one epoch, PPO 3; "
+                        "1 + 2 with --quick)")
     p.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
     p.add_argument("--trl-ppo-lora", action="store_true",
                    help="also run TRL's PPO with a LoRA policy (3 models instead of 4)")
+    p.add_argument("--trl-grouped", action="store_true",
+                   help="also run TRL's SFT and reward trainers with length-grouped batches")
     p.add_argument("--trl-python", default=os.environ.get("RLHF_LAB_TRL_PYTHON",
                                                           str(DEFAULT_TRL_PYTHON)),
                    help="python of the TRL virtual environment")
@@ -289,8 +297,6 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(text + "\n")
         print(markdown_table(doc), file=sys.stderr)
         return 0
-    args.warmup = max(1, args.warmup)
-    measured = args.measured or (2 if args.quick else 3)
     stages = STAGES if args.stage == "all" else (args.stage,)
     sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     if "trl" in sides and not Path(args.trl_python).exists():
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     models = models_home()
     spec, model_path = resolve_model(args, work)
     tokenizer = load_tokenizer(spec)
-    base = Workload(stage="all", warmup=args.warmup, measured=measured)
+    base = Workload(stage="all")
     log(f"work folder {work}; model {spec}; building data")
     data = build_data(tokenizer, work / "data", base.rows, base.max_length, base.new_tokens)
 
@@ -323,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     doc["environment"]["sides"] = sides
 
     for stage in stages:
-        wl = Workload(stage=stage, warmup=args.warmup, measured=measured)
+        wl = Workload(stage=stage)
+        wl.warmup, wl.measured = steps_for(stage, wl, args)
         wl.lora["target_modules"] = targets
         common = dict(wl.to_dict(), model_spec=spec, model_path=model_path,
                       pad_token=tokenizer.pad_token, temperature=0.7, threads=args.threads,
@@ -341,6 +348,10 @@ def main(argv: list[str] | None = None) -> int:
         if stage != "ppo":
             for k in ("new_tokens", "minibatches", "ppo_epochs"):
                 entry["workload"].pop(k)
+            # each side's default data order
+            entry["workload"]["data_order"] = {"ours": "grouped by length",
+                                               "trl": "random",
+                                               "trl_grouped": "grouped by length"}
         raw: dict = {}
         if "ours" in sides:
             if stage == "ppo":
@@ -355,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
             if stage == "ppo" and args.trl_ppo_lora:
                 raw["trl_lora"] = run_side("trl", dict(common, ppo_lora=True, variant="lora"),
                                            work, env, args)
+            if stage != "ppo" and args.trl_grouped:
+                raw["trl_grouped"] = run_side("trl", dict(common, group_by_length=True,
+                                                          variant="grouped"), work, env, args)
         finish_entry(entry, stage, wl, raw, fixed_tokens)
         doc["stages"][stage] = entry
         log(f"{stage}: " + json.dumps(entry.get("ratio")))
@@ -379,6 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def steps_for(stage: str, wl: Workload, args) -> tuple[int, int]:
+    """(warm-up, measured) steps. SFT and reward: one full epoch each by default, so that
+    both sides measure the very same rows whatever order each batches them in (the
+    engine groups rows by length, TRL draws them at random: any few steps of one side
+    hold other rows than the same steps of the other). PPO: 1 + 3."""
+    epoch = max(1, wl.rows // wl.batch_size)
+    warmup, measured = (1, 2) if args.quick else ((1, 3) if stage == "ppo" else (epoch, epoch))
+    return max(1, args.warmup or warmup), args.measured or measured
+
+
 def markdown_table(doc: dict) -> str:
     """The side-by-side table (for bench/RESULTS.md)."""
     def fmt(v, nd=2):
@@ -388,9 +412,9 @@ def markdown_table(doc: dict) -> str:
              "|---|---|---:|---:|---:|---|"]
     for stage, e in doc["stages"].items():
         rows = [(stage, "trl", "ratio", True)]
-        if e.get("trl_lora"):
-            rows.append((f"{stage} (TRL with a LoRA policy)", "trl_lora", "ratio_vs_trl_lora",
-                         False))
+        for other, label in VARIANTS.items():
+            if e.get(other):
+                rows.append((f"{stage} ({label})", other, f"ratio_vs_{other}", False))
         for label, other, ratio_key, with_goals in rows:
             ours, trl, ratio = e.get("ours", {}), e.get(other, {}), e.get(ratio_key) or {}
             goals = {g["goal"].split()[1]: g for g in e.get("goals", [])} if with_goals else {}

@@ -125,6 +125,13 @@ def lora_config(w: dict, task_type: str):
                       target_modules=lora["target_modules"], task_type=task_type)
 
 
+def sampling_args(w: dict) -> dict:
+    """The data order: TRL's default (random), or transformers' length-grouped sampler."""
+    if w.get("group_by_length"):
+        return {"train_sampling_strategy": "group_by_length", "length_column_name": "length"}
+    return {}
+
+
 def load_tokenizer(w: dict, padding_side: str = "right"):
     from transformers import AutoTokenizer
 
@@ -158,7 +165,8 @@ def run_sft(w: dict, device: str, torch) -> dict:
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(**common_args(w, out, device), max_steps=w["steps"],
                          max_length=w["max_length"], packing=False, padding_free=False,
-                         completion_only_loss=True, dataset_num_proc=None)
+                         completion_only_loss=True, dataset_num_proc=None,
+                         **sampling_args(w))
         trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                              peft_config=lora_config(w, "CAUSAL_LM"), callbacks=[timer])
         counts: list[int] = []
@@ -185,13 +193,18 @@ def run_reward(w: dict, device: str, torch) -> dict:
     model.config.pad_token_id = tok.pad_token_id
     timer = step_timer(torch, device)
     with tempfile.TemporaryDirectory() as out:
-        # TRL disables every dropout by default here (LoRA's too); the workload keeps the
-        # LoRA dropout on both sides, so that both compute the same thing
+        # TRL's default: every dropout off (LoRA's too), as the engine's reward stage does
         args = RewardConfig(**common_args(w, out, device), max_steps=w["steps"],
                             max_length=w["max_length"], dataset_num_proc=None,
-                            disable_dropout=False)
+                            disable_dropout=True, **sampling_args(w))
         trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
                                 peft_config=lora_config(w, "SEQ_CLS"), callbacks=[timer])
+        if w.get("group_by_length"):
+            # the sampler groups by a "length" column: a pair pads to its longer sequence
+            trainer.train_dataset = trainer.train_dataset.map(
+                lambda x: {"length": max(len(x["chosen_ids"]), len(x["rejected_ids"]))})
+            trainer._set_signature_columns_if_needed()
+            trainer._signature_columns = [*trainer._signature_columns, "length"]
         counts: list[int] = []
         trainer.data_collator = counting_collator(trainer.data_collator, counts)
         kept = len(trainer.train_dataset)

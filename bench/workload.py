@@ -38,6 +38,12 @@ class Workload:
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05,
                                                 "target_modules": None})
 
+    def __post_init__(self):
+        # each side's own default: LoRA dropout 0.05 in SFT; none in reward (TRL's
+        # RewardTrainer switches dropout off, the engine's reward stage has none) and PPO
+        if self.stage in ("reward", "ppo"):
+            self.lora["dropout"] = 0.0
+
     @property
     def steps(self) -> int:
         return self.warmup + self.measured
