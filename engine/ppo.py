@@ -9,10 +9,11 @@ One base model in memory (peft multi-adapter):
 - reward  = a finished reward-model run, or a built-in programmatic rule
             (engine.rewards_builtin).
 
-Each step: sample B responses (KV cache, left-padded prompts, stop at EOS), score them,
-compute log π_θ, log π_ref and V on the sampled tokens, build per-token rewards
-(−β·KL on every token, the score on the last), advantages by GAE, then `ppo_epochs`
-passes over `minibatches` minibatches of the clipped PPO objective.
+Each step: sample B responses (KV cache, left-padded prompts, stop at EOS) and keep the
+sampling pass's own log π_θ and V on the sampled tokens; score them and compute log π_ref
+(padding-free passes, engine.packing); build per-token rewards (−β·KL on every token,
+the score on the last), advantages by GAE, then `ppo_epochs` passes over `minibatches`
+minibatches of the clipped PPO objective.
 Details follow "The N Implementation Details of RLHF with PPO" (Huang et al., 2023).
 
 The equations are the functions below, one each, with the formula in the docstring.
