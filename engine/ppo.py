@@ -482,7 +482,9 @@ class PPOTrainer:
         V(s_t) and the entropy, from one forward pass over prompt + response; [B, T] each,
         0 where the response is padding. Padding-free (engine.packing) where the model
         supports it, else one padded pass."""
-        if self.packing:
+        # several forward calls before one backward: fine on one process; under DDP
+        # (several processes) only the no-grad passes pack
+        if self.packing and (self.accelerator.num_processes == 1 or not torch.is_grad_enabled()):
             return self._forward_packed(query, query_mask, response, mask, values, entropy)
         P, T = query.shape[1], response.shape[1]
         input_ids = torch.cat([query, response], 1)

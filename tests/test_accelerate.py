@@ -65,10 +65,8 @@ def tiny_sft(store, tiny_model_dir, tmp_path) -> Path:
     return path
 
 
-def test_sft_on_two_processes_records_one_run_with_identical_weights(store, tiny_sft, tmp_path,
-                                                                     lab_home):
-    from safetensors.torch import load_file
-
+def _launch(probe_args: list[str], store, tmp_path, lab_home) -> tuple[Path, str]:
+    """`accelerate launch` 2 CPU processes (gloo) of the CLI under the probe."""
     probe = tmp_path / "probe.py"
     probe.write_text(PROBE)
     dumps = tmp_path / "dumps"
@@ -80,9 +78,44 @@ def test_sft_on_two_processes_records_one_run_with_identical_weights(store, tiny
     cmd = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "--num_cpu_threads_per_process", "1",
-           str(probe), "--db", str(store.path), "train", "sft", "--config", str(tiny_sft)]
+           str(probe), "--db", str(store.path), *probe_args]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return dumps, proc.stdout
+
+
+def test_ppo_on_two_processes_trains_identical_policies(store, tiny_model_dir, tmp_path,
+                                                        lab_home):
+    """PPO under DDP: each process samples its own prompts, the no-grad scoring passes
+    run padding-free, the training passes padded (one forward per backward), and both
+    ranks end with the same policy."""
+    from safetensors.torch import load_file
+
+    store.create_dataset("tiny-prompts", "preference")
+    store.add_rows("tiny-prompts", [{"prompt": f"Say {w}.", "chosen": "Yes.", "rejected": "No"}
+                                    for w in ("a", "b c", "d e f", "g", "h i", "j k l m")])
+    config = {"model": str(tiny_model_dir), "dataset": "tiny-prompts", "steps": 2,
+              "batch_size": 2, "minibatches": 2, "max_new_tokens": 4, "lr": 1e-2,
+              "checkpoint_every": 0, "builtin_reward": "ends_with_period"}
+    path = tmp_path / "ppo.json"
+    path.write_text(json.dumps(config))
+    dumps, _ = _launch(["train", "ppo", "--config", str(path)], store, tmp_path, lab_home)
+    runs = store.list_runs()
+    assert len(runs) == 1 and runs[0]["status"] == "succeeded", runs[0]["error"]
+    assert [m["step"] for m in store.get_metrics(runs[0]["id"], ["kl"])] == [1, 2]
+    rank0, rank1 = load_file(dumps / "rank0.safetensors"), load_file(dumps / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys() and len(rank0) > 0
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    assert any(t.abs().sum() > 0 for n, t in rank1.items() if "lora_B" in n)  # it trained
+
+
+def test_sft_on_two_processes_records_one_run_with_identical_weights(store, tiny_sft, tmp_path,
+                                                                     lab_home):
+    from safetensors.torch import load_file
+
+    dumps, stdout = _launch(["train", "sft", "--config", str(tiny_sft)], store, tmp_path,
+                            lab_home)
 
     # the run is recorded once, by the main process only
     runs = store.list_runs()
@@ -90,7 +123,7 @@ def test_sft_on_two_processes_records_one_run_with_identical_weights(store, tiny
     run = runs[0]
     assert run["status"] == "succeeded" and run["stage"] == "sft", run["error"]
     # only main prints its report
-    report, _ = json.JSONDecoder().raw_decode(proc.stdout[proc.stdout.index("{"):])
+    report, _ = json.JSONDecoder().raw_decode(stdout[stdout.index("{"):])
     assert report["run_id"] == run["id"] and report["status"] == "succeeded"
     assert [m["step"] for m in store.get_metrics(run["id"], ["train_loss"])] == [1, 2, 3, 4]
     assert sum(1 for line in store.get_log(run["id"]) if line["message"] == "started") == 1
