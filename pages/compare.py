@@ -7,7 +7,8 @@ from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_m
                             model_summary, outputs_by_prompt, pending_items, record_vote,
                             reward_preference, short_prompt, win_rate)
 from engine.models import display_name
-from ui.common import get_jobs, get_store, job_panel, model_spec, run_label
+from ui.common import (get_jobs, get_store, job_panel, model_spec, run_label, translated_choice,
+                       translated_radio)
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
@@ -30,7 +31,7 @@ def comparison_picker(key: str) -> int | None:
         labels[c["id"]] = t("compare.comparison_label", id=c["id"], name=c["name"],
                             n=len(cfg.get("prompts") or []),
                             models=", ".join((cfg.get("labels") or {}).values()))
-    return st.selectbox(t("compare.pick"), list(labels), format_func=labels.get, key=key)
+    return translated_choice(st.selectbox, t("compare.pick"), list(labels), key, labels.get)
 
 
 tab_new, tab_results, tab_vote = st.tabs([":material/play_arrow: " + t("compare.tab_new"),
@@ -44,11 +45,12 @@ with tab_new:
         for run in store.list_runs(stage=stage, status="succeeded"):
             sources[str(run["id"])] = f"{stage.upper()} · {run_label(run)}"
     default = ["base"] + [k for k in sources if k != "base"][:1]
-    chosen = st.multiselect(t("compare.models"), list(sources), default=default,
-                            format_func=sources.get, max_selections=MAX_MODELS,
-                            key="compare_models", help=t("compare.models_help"))
-    mode = st.radio(t("compare.prompt_source"), ["typed", "dataset"], horizontal=True,
-                    format_func=lambda m: t("compare.prompt_" + m), key="compare_prompt_mode")
+    chosen = translated_choice(st.multiselect, t("compare.models"), list(sources),
+                               "compare_models", sources.get, default=default,
+                               max_selections=MAX_MODELS, help=t("compare.models_help"))
+    mode = translated_radio(t("compare.prompt_source"), ["typed", "dataset"], horizontal=True,
+                            format_func=lambda m: t("compare.prompt_" + m),
+                            key="compare_prompt_mode")
     prompts: list = []
     dataset, split, num_prompts = None, "eval", 8
     if mode == "typed":
@@ -69,8 +71,8 @@ with tab_new:
     rewards = {None: t("compare.no_reward")}
     for run in store.list_runs(stage="reward", status="succeeded"):
         rewards[run["id"]] = run_label(run)
-    reward_run = st.selectbox(t("compare.reward_run"), list(rewards), format_func=rewards.get,
-                              key="compare_reward", help=t("compare.reward_help"))
+    reward_run = translated_choice(st.selectbox, t("compare.reward_run"), list(rewards),
+                                   "compare_reward", rewards.get, help=t("compare.reward_help"))
     with st.expander(t("compare.sampling"), icon=":material/tune:"):
         c1, c2, c3, c4 = st.columns(4)
         max_new = int(c1.number_input(t("compare.max_new_tokens"), 1, 1024, 64, key="cmp_mnt"))

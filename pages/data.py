@@ -10,7 +10,8 @@ from engine import collect
 from engine import data as D
 from engine.chat import prompt_text as short_prompt
 from engine.models import display_name
-from ui.common import get_jobs, get_store, job_panel, model_spec
+from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
+                       translated_radio)
 from ui.i18n import t
 
 PAGE_ROWS = 200
@@ -72,8 +73,8 @@ def samples_button() -> None:
 def new_dataset_form() -> None:
     with st.popover(t("data.new_dataset"), icon=":material/add:"):
         name = st.text_input(t("data.name"), key="new_name")
-        kind = st.radio(t("data.kind"), D.KINDS, key="new_kind", format_func=kind_label,
-                        horizontal=True)
+        kind = translated_radio(t("data.kind"), D.KINDS, key="new_kind",
+                                format_func=kind_label, horizontal=True)
         if st.button(t("data.create"), key="create_dataset"):
             try:
                 store.create_dataset(name, kind)
@@ -236,10 +237,10 @@ def import_tab() -> None:
     path = st.text_input(t("data.local_path"), key=f"import_path_{version}",
                          help=t("data.local_path_help")).strip()
     cols = st.columns(3)
-    kind = cols[0].selectbox(t("data.kind"), ["auto", *D.KINDS], key="import_kind",
-                             format_func=lambda k: t("data.kind_" + k))
-    fmt = cols[1].selectbox(t("data.format"), list(D.FORMATS), key="import_format",
-                            format_func=lambda f: t("data.format_" + f))
+    kind = translated_choice(cols[0].selectbox, t("data.kind"), ["auto", *D.KINDS],
+                             "import_kind", lambda k: t("data.kind_" + k))
+    fmt = translated_choice(cols[1].selectbox, t("data.format"), list(D.FORMATS),
+                            "import_format", lambda f: t("data.format_" + f))
     max_chars = cols[2].number_input(t("data.max_chars"), 100, 1_000_000, D.DEFAULT_MAX_CHARS,
                                      step=1000, key="import_max_chars")
     source = uploaded if uploaded is not None else (path or None)
@@ -250,8 +251,9 @@ def import_tab() -> None:
     mode = "new"
     if target and target in {d["name"] for d in D.list_datasets(store)}:
         st.warning(t("data.exists", name=target))
-        mode = st.radio(t("data.exists_choice"), ["append", "overwrite"], key="import_mode",
-                        horizontal=True, format_func=lambda m: t("data.mode_" + m))
+        mode = translated_radio(t("data.exists_choice"), ["append", "overwrite"],
+                                key="import_mode", horizontal=True,
+                                format_func=lambda m: t("data.mode_" + m))
     if st.button(t("data.import_go"), key="import_go", type="primary",
                  icon=":material/upload_file:", disabled=source is None):
         bar = st.progress(0.0, text=t("data.importing"))
@@ -342,10 +344,11 @@ def _vote(run_id: int, choice: str) -> None:
 def collect_settings() -> None:
     sources = collect.model_sources(store)
     sources["base"] = t("data.source_base", model=display_name(model_spec()))
-    st.selectbox(t("data.collect_source"), list(sources), key="collect_source",
-                 format_func=sources.get)
-    origin = st.radio(t("data.collect_origin"), ["dataset", "typed"], key="collect_origin",
-                      horizontal=True, format_func=lambda o: t("data.origin_" + o))
+    translated_choice(st.selectbox, t("data.collect_source"), list(sources), "collect_source",
+                      sources.get)
+    origin = translated_radio(t("data.collect_origin"), ["dataset", "typed"],
+                              key="collect_origin", horizontal=True,
+                              format_func=lambda o: t("data.origin_" + o))
     if origin == "dataset":
         names = [d["name"] for d in D.list_datasets(store)]
         if not names:

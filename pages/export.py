@@ -5,7 +5,7 @@ import streamlit as st
 
 from engine.export import (EXPORTABLE_STAGES, ExportConfig, UnsafePathError,
                            default_export_name, exports_root, resolve_export_dir, zip_folder)
-from ui.common import get_jobs, get_store, job_panel, run_label
+from ui.common import get_jobs, get_store, job_panel, run_label, translated_choice
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
@@ -20,8 +20,8 @@ if not runs:
     st.info(t("export.no_runs"))
 else:
     ordered = sorted(runs, reverse=True)
-    run_id = st.selectbox(t("export.run"), ordered, key="export_run",
-                          format_func=lambda i: f"{runs[i]['stage'].upper()} · {run_label(runs[i])}")
+    run_id = translated_choice(st.selectbox, t("export.run"), ordered, "export_run",
+                               lambda i: f"{runs[i]['stage'].upper()} · {run_label(runs[i])}")
     run = runs[run_id]
     out_dir = st.text_input(t("export.out_dir"), key="export_out",
                             placeholder=default_export_name(run),
@@ -60,8 +60,8 @@ if not exports:
 else:
     labels = {r["id"]: t("export.export_label", id=r["id"], run=r["summary"].get("run_name"),
                          path=r["summary"]["out_dir"]) for r in exports}
-    pick = st.selectbox(t("export.pick"), list(labels), format_func=labels.get,
-                        key="export_pick")
+    pick = translated_choice(st.selectbox, t("export.pick"), list(labels), "export_pick",
+                             labels.get)
     summary = next(r for r in exports if r["id"] == pick)["summary"]
     adapter = Path(summary["adapter_dir"])
     if not adapter.exists():

@@ -11,7 +11,7 @@ from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
 from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label, run_picker)
+                       run_label, run_picker, translated_choice, translated_radio)
 from ui.i18n import t
 
 store = get_store()
@@ -37,8 +37,8 @@ def _reward_params(name: str) -> dict:
             text = col.text_input(label, ", ".join(value), key=wkey, help=t("ppo.param_words_help"))
             out[key] = [w.strip() for w in text.split(",") if w.strip()]
         elif key == "unit":
-            out[key] = col.selectbox(label, ["words", "chars"], key=wkey,
-                                     format_func=lambda u: t("ppo.unit_" + u))
+            out[key] = translated_choice(col.selectbox, label, ["words", "chars"], wkey,
+                                         lambda u: t("ppo.unit_" + u))
         elif isinstance(value, int):
             out[key] = int(col.number_input(label, 1, 10_000, value, key=wkey))
         else:
@@ -57,35 +57,35 @@ def new_run_form() -> None:
 
     sft_runs = {r["id"]: r for r in store.list_runs(stage="sft", status="succeeded")}
     c = st.columns(2)
-    sft_choice = c[0].selectbox(t("ppo.start_from"), [None, *sft_runs], key="ppo_sft",
-                                format_func=lambda i: t("ppo.base_model") if i is None
-                                else run_label(sft_runs[i]), help=t("ppo.start_from_help"))
+    sft_choice = translated_choice(c[0].selectbox, t("ppo.start_from"), [None, *sft_runs],
+                                   "ppo_sft", lambda i: t("ppo.base_model") if i is None
+                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"))
     names = [d["name"] for d in datasets]
     rows = {d["name"]: d for d in datasets}
-    dataset = c[1].selectbox(t("ppo.dataset"), names, key="ppo_dataset",
-                             index=names.index(defaults.dataset) if defaults.dataset in names
-                             else 0,
-                             format_func=lambda n: t("ppo.dataset_option", name=n,
-                                                     rows=rows[n]["rows"],
-                                                     kind=rows[n]["kind"]),
-                             help=t("ppo.dataset_help"))
+    dataset = translated_choice(c[1].selectbox, t("ppo.dataset"), names, "ppo_dataset",
+                                lambda n: t("ppo.dataset_option", name=n, rows=rows[n]["rows"],
+                                            kind=rows[n]["kind"]),
+                                index=names.index(defaults.dataset)
+                                if defaults.dataset in names else 0,
+                                help=t("ppo.dataset_help"))
 
     reward_runs = {r["id"]: r for r in store.list_runs(stage="reward", status="succeeded")}
-    source = st.radio(t("ppo.reward_source"), ["builtin", "model"], horizontal=True,
-                      key="ppo_reward_source", format_func=lambda s: t("ppo.reward_" + s))
+    source = translated_radio(t("ppo.reward_source"), ["builtin", "model"], horizontal=True,
+                              key="ppo_reward_source",
+                              format_func=lambda s: t("ppo.reward_" + s))
     reward_run, builtin, params = None, defaults.builtin_reward, {}
     if source == "model":
         if not reward_runs:
             st.info(t("ppo.no_reward_runs"))
             st.page_link("pages/reward.py", label=t("ppo.go_reward"), icon=":material/balance:")
             return
-        reward_run = st.selectbox(t("ppo.reward_run"), list(reward_runs), key="ppo_reward_run",
-                                  format_func=lambda i: run_label(reward_runs[i]))
+        reward_run = translated_choice(st.selectbox, t("ppo.reward_run"), list(reward_runs),
+                                       "ppo_reward_run", lambda i: run_label(reward_runs[i]))
     else:
         options = rewards_builtin.names()
-        builtin = st.selectbox(t("ppo.builtin_reward"), options, key="ppo_builtin",
-                               index=options.index(defaults.builtin_reward),
-                               format_func=lambda n: t("ppo.rw_" + n))
+        builtin = translated_choice(st.selectbox, t("ppo.builtin_reward"), options,
+                                    "ppo_builtin", lambda n: t("ppo.rw_" + n),
+                                    index=options.index(defaults.builtin_reward))
         st.caption(t("ppo.rw_" + builtin + "_help"))
         params = _reward_params(builtin)
 

@@ -12,7 +12,7 @@ import streamlit as st
 from engine import runs as R
 from storage import NotFound
 from storage.db import RUN_STATES
-from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame
+from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, translated_choice
 from ui.i18n import t
 
 MAX_SAMPLES = 500
@@ -67,11 +67,11 @@ if not all_rows:
 
 cols = st.columns([2, 2, 3])
 present = sorted({r["stage"] for r in all_rows})
-stage_filter = cols[0].multiselect(t("runs.filter_stage"), present, format_func=stage_label,
-                                   key="runs_stage", placeholder=t("runs.all"))
-status_filter = cols[1].multiselect(t("runs.filter_status"), list(RUN_STATES),
-                                    format_func=lambda s: t("common.status_" + s),
-                                    key="runs_status", placeholder=t("runs.all"))
+stage_filter = translated_choice(cols[0].multiselect, t("runs.filter_stage"), present,
+                                 "runs_stage", stage_label, placeholder=t("runs.all"))
+status_filter = translated_choice(cols[1].multiselect, t("runs.filter_status"),
+                                  list(RUN_STATES), "runs_status",
+                                  lambda s: t("common.status_" + s), placeholder=t("runs.all"))
 search = cols[2].text_input(t("runs.search"), key="runs_search",
                             placeholder=t("runs.search_placeholder"))
 rows = R.filter_rows(all_rows, stage_filter, status_filter, search)

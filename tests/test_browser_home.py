@@ -1,5 +1,6 @@
 """A real browser (Debian's chromium, driven by Playwright) sees the home page."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -59,9 +60,9 @@ def test_browser_sees_home_page(lab_home, models_home, embedded_dir):
         proc.wait(10)
 
 
-def test_first_visit_to_a_page_url_gets_the_app_shell(lab_home, models_home, embedded_dir):
-    """A fresh server whose first visitor opens /data directly (a bookmark) must run app.py's
-    navigation and sidebar, not Streamlit's old pages/ file list."""
+@contextmanager
+def page_on_fresh_server(lab_home, path: str):
+    """A fresh Streamlit server and an English browser page opened at `path` on it."""
     from playwright.sync_api import sync_playwright
 
     port = free_port()
@@ -70,15 +71,46 @@ def test_first_visit_to_a_page_url_gets_the_app_shell(lab_home, models_home, emb
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
             page = browser.new_page(viewport={"width": 1400, "height": 900}, locale="en-US")
-            page.goto(f"http://127.0.0.1:{port}/data", wait_until="domcontentloaded")
-            page.get_by_text("Load the sample datasets").wait_for(timeout=60_000)
-            wait_idle(page)
-            sidebar = page.locator('[data-testid="stSidebar"]')
-            assert sidebar.get_by_text("Reward model").count() == 1  # the app's page titles
-            assert sidebar.get_by_text("Language").count() == 1
-            assert sidebar.get_by_text("reward", exact=True).count() == 0  # no file list
-            page.screenshot(path=str(ARTIFACTS / "direct-data.png"))
+            page.goto(f"http://127.0.0.1:{port}{path}", wait_until="domcontentloaded")
+            yield page
             browser.close()
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_first_visit_to_a_page_url_gets_the_app_shell(lab_home, models_home, embedded_dir):
+    """A fresh server whose first visitor opens /data directly (a bookmark) must run app.py's
+    navigation and sidebar, not Streamlit's old pages/ file list."""
+    with page_on_fresh_server(lab_home, "/data") as page:
+        page.get_by_text("Load the sample datasets").wait_for(timeout=60_000)
+        wait_idle(page)
+        sidebar = page.locator('[data-testid="stSidebar"]')
+        assert sidebar.get_by_text("Reward model").count() == 1  # the app's page titles
+        assert sidebar.get_by_text("Language").count() == 1
+        assert sidebar.get_by_text("reward", exact=True).count() == 0  # no file list
+        page.screenshot(path=str(ARTIFACTS / "direct-data.png"))
+
+
+def test_a_translated_radio_keeps_its_choice_across_a_language_switch(lab_home, models_home,
+                                                                       embedded_dir):
+    """Pick "From a dataset" on the Compare page, switch to French: the same option must
+    still show selected ("Tirés d'un jeu de données"), not an empty radio, and the reward
+    select box must read "Pas de modèle de récompense", not the English label."""
+    with page_on_fresh_server(lab_home, "/compare") as page:
+        page.get_by_text("From a dataset").first.wait_for(timeout=60_000)
+        wait_idle(page)
+        page.get_by_text("From a dataset").first.click()
+        wait_idle(page)
+        page.get_by_test_id("stSidebar").get_by_test_id("stSelectbox").first.click()
+        page.get_by_role("option", name="Français").click()
+        page.get_by_text("Tirés d'un jeu de données").first.wait_for(timeout=30_000)
+        wait_idle(page)
+        main = page.get_by_test_id("stMain")
+        radios = main.get_by_role("radio")
+        assert [radios.nth(i).is_checked() for i in range(radios.count())] == [False, True]
+        # select boxes show their choice in the new language too, not the old label
+        reward_box = main.get_by_test_id("stSelectbox").first.locator("input").input_value()
+        assert reward_box == "Pas de modèle de récompense", reward_box
+        assert "Modèle de base" in main.get_by_test_id("stMultiSelect").first.inner_text()
+        page.screenshot(path=str(ARTIFACTS / "radio-after-language-switch.png"))

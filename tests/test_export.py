@@ -178,7 +178,7 @@ def test_export_page_exports_and_offers_downloads(store, tiny_model_dir):
     rid = make_adapter_run(store, tiny_model_dir)
     at = _app().run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="export_run").value == rid
+    assert at.selectbox(key="export_run__en").value == rid
     at.text_input(key="export_out").set_value("../../outside").run()
     assert any("refused" in e.value for e in at.error)
     assert at.button(key="export_start").disabled

@@ -11,7 +11,7 @@ import streamlit as st
 from engine.jobs import JobManager, get_manager
 from storage import Store
 from storage.db import default_db_path
-from ui.i18n import t
+from ui.i18n import current_language, t
 
 EMBEDDED = "embedded"
 
@@ -202,3 +202,44 @@ def run_picker(stage: str, label: str, key: str, status=None) -> dict | None:
 def runs_options(stage: str, status: str | tuple = "succeeded") -> dict[str, int]:
     """{label: run_id} of a stage's runs, newest first (for select boxes)."""
     return {run_label(r): r["id"] for r in get_store().list_runs(stage=stage, status=status)}
+
+
+def translated_choice(widget, label: str, options: list, key: str, format_func, **kwargs):
+    """A radio, select box or multiselect (`widget`: st.radio, st.selectbox, st.multiselect
+    or a column's) whose option labels are translated, keeping its choice across a language
+    switch. The browser remembers a keyed choice widget's selection by its *label*, so after
+    a switch it would show no option selected (radio) or the old language's label (select
+    box) while the script still holds the old value. So the widget's key carries the
+    language (`<key>__<lang>`, a new widget in each language), and the choice lives under
+    `key` (what pages read), carried into the new language's widget. `index=` / `default=`
+    give the first choice."""
+    multi = widget.__name__ == "multiselect"
+    widget_key = f"{key}__{current_language()}"
+    if multi:
+        first = list(kwargs.pop("default", None) or [])
+    else:
+        first = options[kwargs.pop("index", 0)] if options else None
+    choice = st.session_state.get(key, first)
+    if multi:
+        kwargs["default"] = [c for c in (choice or []) if c in options]
+    else:  # (not through session_state: a select box would read None as "nothing chosen")
+        kwargs["index"] = options.index(choice) if choice in options else \
+            (options.index(first) if first in options else 0)
+
+    def keep() -> None:
+        st.session_state[key] = st.session_state[widget_key]
+
+    value = widget(label, options, key=widget_key, format_func=format_func, on_change=keep,
+                   **kwargs)
+    st.session_state[key] = value
+    return value
+
+
+def widget_key(key: str, lang: str = "en") -> str:
+    """The key of a `translated_choice` widget in a language (tests drive it by this)."""
+    return f"{key}__{lang}"
+
+
+def translated_radio(label: str, options: list, key: str, format_func, **kwargs):
+    """`translated_choice` for st.radio."""
+    return translated_choice(st.radio, label, options, key, format_func, **kwargs)
