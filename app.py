@@ -10,6 +10,8 @@ from ui.common import get_jobs, get_store, model_spec
 from ui.i18n import LANGUAGES, current_language, t
 
 st.set_page_config(page_title="RLHF Lab", page_icon=":material/science:", layout="wide")
+# a formula wider than its column scrolls sideways instead of being cut off (KaTeX's advice)
+st.html("<style>.katex-display { overflow-x: auto; overflow-y: hidden; }</style>")
 
 
 @st.cache_data(show_spinner=False, ttl=10)

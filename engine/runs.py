@@ -25,6 +25,8 @@ KEY_METRICS: dict[str, tuple[tuple[str, ...], ...]] = {
     "reward": (("eval", "acc"), ("acc",), ("eval", "loss"), ("loss",)),
     "ppo": (("score", "mean"), ("score",), ("reward", "mean"), ("reward",), ("kl",)),
     "compare": (("win",), ("reward",)),
+    "pair_sample": (("seconds",),),  # how long the two answers took
+    "export": (),                    # ids and timestamps only: no number to show
 }
 DEFAULT_KEY = (("eval", "loss"), ("loss",), ("acc",), ("score",), ("reward",))
 
@@ -41,6 +43,8 @@ def key_metric(run: dict) -> tuple[str | None, float | None]:
                 # "loss" over "policy_loss": prefer the shortest matching name
                 name = min(names, key=len)
                 return name, float(source[name])
+    if run.get("stage") in KEY_METRICS:  # a known stage without its metric: show none
+        return None, None
     for source in (last, summary):
         if source:
             name = sorted(source)[0]

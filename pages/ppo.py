@@ -244,15 +244,19 @@ def samples_table(run_id: int) -> None:
     if not samples:
         st.caption(t("common.no_data"))
         return
+    # the numbers first: a long answer must not push reward and KL off-screen
     frame = pd.DataFrame([{
-        t("ppo.col_step"): s["step"], t("ppo.col_prompt"): s["prompt"],
-        t("ppo.col_response"): s["response"], t("ppo.col_reward"): s["reward"],
-        t("ppo.col_kl"): s["kl"], t("ppo.col_length"): (s.get("extra") or {}).get("length"),
-        t("ppo.col_eos"): bool((s.get("extra") or {}).get("eos"))}
+        t("ppo.col_step"): s["step"], t("ppo.col_reward"): s["reward"], t("ppo.col_kl"): s["kl"],
+        t("ppo.col_length"): (s.get("extra") or {}).get("length"),
+        t("ppo.col_eos"): bool((s.get("extra") or {}).get("eos")),
+        t("ppo.col_prompt"): s["prompt"], t("ppo.col_response"): s["response"]}
         for s in reversed(samples)])
     st.dataframe(frame, hide_index=True, width="stretch", height=320,
                  column_config={t("ppo.col_reward"): st.column_config.NumberColumn(format="%.3f"),
-                                t("ppo.col_kl"): st.column_config.NumberColumn(format="%.3f")})
+                                t("ppo.col_kl"): st.column_config.NumberColumn(format="%.3f"),
+                                t("ppo.col_prompt"): st.column_config.TextColumn(width="medium"),
+                                t("ppo.col_response"): st.column_config.TextColumn(
+                                    width="large")})
     scatter = pd.DataFrame([{"length": (s.get("extra") or {}).get("length"),
                              "reward": s["reward"], "step": s["step"]} for s in samples])
     if scatter["length"].notna().any():
@@ -295,8 +299,9 @@ def run_view(run_id: int) -> dict:
     with tab_reward:
         _chart_with_formula(
             ["score_mean", "rlhf_reward", "non_score_reward"], t("ppo.chart_reward"),
-            r"r_t = -\beta\,\big(\log\pi_\theta(y_t|s_t)-\log\pi_{\mathrm{ref}}(y_t|s_t)\big)"
-            r" + \mathbb{1}[t=T]\,R(x,y)", run_id, smoothing, t("ppo.reward_caption"))
+            r"\begin{aligned}r_t &= -\beta\,\big(\log\pi_\theta(y_t|s_t)"
+            r"-\log\pi_{\mathrm{ref}}(y_t|s_t)\big)\\ &\quad + \mathbb{1}[t=T]\,R(x,y)"
+            r"\end{aligned}", run_id, smoothing, t("ppo.reward_caption"))
         _chart_with_formula(
             ["kl"], t("ppo.chart_kl"),
             r"\mathrm{KL} \approx \sum_{t=1}^{T}\log\frac{\pi_\theta(y_t|s_t)}"
@@ -304,8 +309,9 @@ def run_view(run_id: int) -> dict:
             rule=float(cfg["target_kl"]) if cfg.get("adaptive_kl") else None)
         _chart_with_formula(
             ["beta"], t("ppo.chart_beta"),
-            r"\beta_{k+1} = \beta_k\Big(1 + \mathrm{clip}\big(\tfrac{\mathrm{KL}_k}"
-            r"{\mathrm{KL}_{\mathrm{target}}}-1,\,-0.2,\,0.2\big)\,\tfrac{n_k}{H}\Big)",
+            r"\begin{aligned}\beta_{k+1} &= \beta_k\big(1 + e_k\,\tfrac{n_k}{H}\big)\\"
+            r"e_k &= \mathrm{clip}\big(\tfrac{\mathrm{KL}_k}{\mathrm{KL}_{\mathrm{target}}}-1,"
+            r"\,-0.2,\,0.2\big)\end{aligned}",
             run_id, 0.0, t("ppo.beta_caption"))
         _chart_with_formula(["score_std"], t("ppo.chart_score_std"),
                             r"\sigma_R = \sqrt{\mathrm{Var}_{i}[R(x_i,y_i)]}", run_id, smoothing)
@@ -323,8 +329,9 @@ def run_view(run_id: int) -> dict:
                             r"\bar r,\ \min_t r_t,\ \max_t r_t", run_id, smoothing, rule=1.0)
         _chart_with_formula(
             ["policy_loss"], t("ppo.chart_policy_loss"),
-            r"L^{\mathrm{CLIP}}(\theta) = \mathbb{E}_t\Big[\max\big(-\hat A_t\,r_t(\theta),\;"
-            r"-\hat A_t\,\mathrm{clip}(r_t(\theta),1-\epsilon,1+\epsilon)\big)\Big]",
+            r"\begin{aligned}&L^{\mathrm{CLIP}}(\theta) = \mathbb{E}_t\Big[\max\big(-\hat A_t\,"
+            r"r_t(\theta),\\ &\qquad -\hat A_t\,\mathrm{clip}(r_t(\theta),1-\epsilon,1+\epsilon)"
+            r"\big)\Big]\end{aligned}",
             run_id, smoothing)
         _chart_with_formula(
             ["clipfrac"], t("ppo.chart_clipfrac"),
@@ -341,8 +348,9 @@ def run_view(run_id: int) -> dict:
     with tab_value:
         _chart_with_formula(
             ["value_loss"], t("ppo.chart_value_loss"),
-            r"L^{V} = \tfrac12\,\mathbb{E}_t\Big[\max\big((V_\phi(s_t)-R_t)^2,\,"
-            r"(\mathrm{clip}(V_\phi(s_t),V_{\mathrm{old}}\pm\epsilon_V)-R_t)^2\big)\Big]",
+            r"\begin{aligned}&L^{V} = \tfrac12\,\mathbb{E}_t\Big[\max\big((V_\phi(s_t)-R_t)^2,"
+            r"\\ &\qquad (\mathrm{clip}(V_\phi(s_t),V_{\mathrm{old}}\pm\epsilon_V)-R_t)^2\big)"
+            r"\Big]\end{aligned}",
             run_id, smoothing)
         chart, eq = st.columns([3, 2])
         with chart:

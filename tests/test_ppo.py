@@ -544,7 +544,9 @@ def test_page_draws_every_quantity_with_its_formula_and_warns(store, fresh_resou
     assert "0.50" in warnings  # the clip fraction warning
     assert len(at.get("vega_lite_chart")) >= 15
     table = at.dataframe[0].value
-    assert list(table.iloc[:, 0]) == [3, 2, 1] and "Hi..." in set(table.iloc[:, 2])
+    assert list(table.iloc[:, 0]) == [3, 2, 1] and "Hi..." in set(table.iloc[:, -1])
+    # the numbers before the texts: a long answer cannot push them off-screen
+    assert list(table.columns[-2:]) == [t("ppo.col_prompt"), t("ppo.col_response")]
     # in French too
     at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
     at.session_state["lang"] = "fr"

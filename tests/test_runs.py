@@ -91,6 +91,13 @@ def test_key_metric_prefers_eval_then_summary():
                          "summary": {"final_train_loss": 0.7, "adapter": "x"}}) \
         == ("final_train_loss", 0.7)
     assert R.key_metric({"stage": "export", "summary": {"adapter": "x"}}) == (None, None)
+    # a known stage's ids and timestamps are not its key metric
+    assert R.key_metric({"stage": "export", "summary": {"run_id": 3, "created": 1.7e9}}) \
+        == (None, None)
+    assert R.key_metric({"stage": "pair_sample", "summary": {"seed": 1, "attempts": 1,
+                                                             "seconds": 2.5}}) == ("seconds", 2.5)
+    # a stage a plugin registered: its first number, for want of a better one
+    assert R.key_metric({"stage": "my_stage", "summary": {"b": 2.0, "a": 1.0}}) == ("a", 1.0)
 
 
 def test_overview_filters_and_search(store):
