@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 from engine.models import ModelLoadError, device_summary, resolve
-from ui.common import get_jobs, get_store, model_spec
+from ui.common import get_jobs, get_store
 from ui.i18n import LANGUAGES, current_language, t
 
 st.set_page_config(page_title="RLHF Lab", page_icon=":material/science:", layout="wide")

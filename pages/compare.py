@@ -6,6 +6,7 @@ import streamlit as st
 from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_models,
                             model_summary, outputs_by_prompt, pending_items, record_vote,
                             reward_preference, short_prompt, win_rate)
+from engine import data as D
 from engine.models import display_name
 from ui.common import (get_jobs, get_store, job_panel, model_spec, run_label, translated_choice,
                        translated_radio)
@@ -58,7 +59,7 @@ with tab_new:
                              height=140, key="compare_prompts", help=t("compare.prompts_help"))
         prompts = [line.strip() for line in typed.splitlines() if line.strip()]
     else:
-        datasets = [d["name"] for d in store.list_datasets()]
+        datasets = [d["name"] for d in D.list_datasets(store)]
         if not datasets:
             st.warning(t("compare.no_datasets"))
         else:

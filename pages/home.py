@@ -1,6 +1,7 @@
 """Home: the pipeline as steps, each with its state; the model, the device, running jobs."""
 import streamlit as st
 
+from engine import data as D
 from engine.models import device_summary, display_name
 from ui.common import get_jobs, get_store, model_spec, run_label
 from ui.i18n import t
@@ -9,7 +10,7 @@ store = get_store()
 st.title(":material/science: " + t("home.title"))
 st.write(t("home.intro"))
 
-datasets = store.list_datasets()
+datasets = D.list_datasets(store)
 steps = [
     ("data", ":material/edit_note:", len(datasets), t("home.data_state", n=len(datasets),
                                     rows=sum(d["rows"] for d in datasets))),

@@ -10,7 +10,7 @@ import streamlit as st
 from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
-from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
                        run_label, run_picker, translated_choice, translated_radio)
 from ui.i18n import t
 
@@ -47,10 +47,8 @@ def _reward_params(name: str) -> dict:
 
 
 def new_run_form() -> None:
-    datasets = [d for d in store.list_datasets() if d["rows"]]
+    datasets = datasets_or_hint(None, "ppo")
     if not datasets:
-        st.info(t("ppo.no_dataset"))
-        st.page_link("pages/data.py", label=t("ppo.go_data"), icon=":material/edit_note:")
         return
     spec = model_spec()
     st.caption(t("ppo.model_line", name=display_name(spec), spec=spec))

@@ -8,7 +8,7 @@ import streamlit as st
 from engine.models import LoraSettings
 from engine.reward import RewardConfig, load_scorer, pearson
 from storage.db import RUN_STATES
-from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
                        run_picker, runs_options)
 from ui.i18n import t
 
@@ -22,10 +22,8 @@ defaults = RewardConfig()
 
 # -- a new run -----------------------------------------------------------------------------
 def new_run_form() -> None:
-    datasets = [d for d in store.list_datasets(kind="preference") if d["rows"]]
+    datasets = datasets_or_hint("preference", "reward")
     if not datasets:
-        st.info(t("reward.no_dataset"))
-        st.page_link("pages/data.py", label=t("reward.go_data"), icon=":material/edit_note:")
         return
     names = [d["name"] for d in datasets]
     sft_runs = runs_options("sft")

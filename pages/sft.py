@@ -6,7 +6,8 @@ import streamlit as st
 
 from engine.models import LoraSettings, display_name
 from engine.sft import SFTConfig
-from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec, run_picker
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame,
+                       model_spec, run_picker)
 from ui.i18n import t
 
 store = get_store()
@@ -21,10 +22,8 @@ st.latex(r"\mathcal{L}_{SFT}(\theta) = -\sum_{t \in \text{response}} "
 
 # -- a new run -----------------------------------------------------------------------------
 def new_run_form() -> None:
-    datasets = [d for d in store.list_datasets(kind="sft") if d["rows"]]
+    datasets = datasets_or_hint("sft", "sft")
     if not datasets:
-        st.info(t("sft.no_dataset"))
-        st.page_link("pages/data.py", label=t("sft.go_data"), icon=":material/edit_note:")
         return
     names = [d["name"] for d in datasets]
     rows = {d["name"]: d["rows"] for d in datasets}

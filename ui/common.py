@@ -243,3 +243,15 @@ def widget_key(key: str, lang: str = "en") -> str:
 def translated_radio(label: str, options: list, key: str, format_func, **kwargs):
     """`translated_choice` for st.radio."""
     return translated_choice(st.radio, label, options, key, format_func, **kwargs)
+
+
+def datasets_or_hint(kind: str | None, ns: str) -> list[dict]:
+    """The datasets with rows a new run can use (imports being staged left out); when there
+    are none, the page's hint `<ns>.no_dataset` and a link to the Data page instead."""
+    from engine.data import list_datasets
+
+    datasets = [d for d in list_datasets(get_store(), kind) if d["rows"]]
+    if not datasets:
+        st.info(t(f"{ns}.no_dataset"))
+        st.page_link("pages/data.py", label=t(f"{ns}.go_data"), icon=":material/edit_note:")
+    return datasets
