@@ -569,7 +569,10 @@ class PPOTrainer:
         The sampling pass already computes, at every response position t, the policy's
         logits and last hidden state h_t: they give the old log-probs log π_θ_old(y_t | ·)
         and the values V(s_t) of the rollout for free, without a second forward pass over
-        prompt + response (they agree with such a pass to float error, ~1e-5)."""
+        prompt + response. In fp32 they agree with such a pass to ~1e-5. In bf16/fp16 the
+        cached pass differs from a full one by up to ~0.3 nats a token, which would show as
+        KL and as ratios ≠ 1 before any update: there `score()` recomputes them with the
+        same pass the reference and training use."""
         from transformers import GenerationConfig
 
         cfg, tok = self.cfg, self.tokenizer
@@ -580,6 +583,8 @@ class PPOTrainer:
                                bos_token_id=tok.bos_token_id, return_dict_in_generate=True,
                                output_logits=True, output_hidden_states=True)
         self.policy.set_adapter(self.POLICY)
+        reuse = next(self.policy.parameters()).dtype == torch.float32
+        gen.output_logits = gen.output_hidden_states = reuse
         out = self.policy.generate(input_ids=query, attention_mask=query_mask,
                                    generation_config=gen)
         response, mask, has_eos = truncate_after_eos(out.sequences[:, query.shape[1]:],
@@ -587,16 +592,17 @@ class PPOTrainer:
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(response, mask)]
         ro = Rollout(prompts, query, query_mask, response, mask, has_eos, texts)
-        logits = torch.stack(out.logits, 1).float()             # [B, T, V]: step t's logits
-        hidden = torch.stack([h[-1][:, -1] for h in out.hidden_states], 1)  # [B, T, H]
-        ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
-        ro.values = self.value_head(hidden) * mask
+        if reuse:
+            logits = torch.stack(out.logits, 1).float()             # [B, T, V]: step t's
+            hidden = torch.stack([h[-1][:, -1] for h in out.hidden_states], 1)  # [B, T, H]
+            ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
+            ro.values = self.value_head(hidden) * mask
         return ro
 
     @torch.no_grad()
     def score(self, ro: Rollout) -> Rollout:
         """Reference log-probs and the reward (the old log-probs and values come with the
-        rollout; computed here only for a rollout built without them)."""
+        rollout in fp32; computed here for a rollout built without them, see `generate`)."""
         cfg = self.cfg
         if ro.logp is None or ro.values is None:
             ro.logp, ro.values, _ = self.forward(ro.query, ro.query_mask, ro.response,
