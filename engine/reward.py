@@ -436,19 +436,8 @@ def evaluate_pairs(reward_model, pairs: list[tuple[Encoded, Encoded]], pad_token
 
 
 @torch.no_grad()
-def _score_texts(reward_model, tokenizer, prompts, responses, max_length, device,
-                 batch_size) -> list[float]:
-    encs = [encode_completion(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
-    out = []
-    for start in range(0, len(encs), batch_size):
-        batch = collate_completions(encs[start:start + batch_size], tokenizer.pad_token_id)
-        out.extend(reward_model(batch["input_ids"].to(device),
-                                batch["attention_mask"].to(device)).cpu().tolist())
-    return out
-
-
-def _normalisation_stats(cfg: RewardConfig, ctx, lm, reward_model, tokenizer, train_rows,
-                         device) -> dict | None:
+def _normalisation_stats(cfg: RewardConfig, ctx, lm, head, tokenizer, train_rows
+                         ) -> dict | None:
     """μ, σ of the raw reward on the training responses, or on an SFT run's own answers."""
     n = max(2, cfg.normalize_samples)
     if cfg.normalize_sft_run:
@@ -476,9 +465,8 @@ def _normalisation_stats(cfg: RewardConfig, ctx, lm, reward_model, tokenizer, tr
                     prompts.append(r["prompt"])
                     responses.append(text)
         source = "train"
-    reward_model.eval()
-    raw = _score_texts(reward_model, tokenizer, prompts, responses, cfg.max_length, device,
-                       cfg.eval_batch_size)
+    raw = score_with_model(lm, head, tokenizer, prompts, responses,
+                           max_length=cfg.max_length, batch_size=cfg.eval_batch_size)
     stats = reward_stats(raw)
     stats.update(source=source, n=len(raw))
     ctx.log(f"normalisation on {len(raw)} {source} responses: mean {stats['mean']:.4f}, "
@@ -547,9 +535,10 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
         else:
             ctx.log(f"{last} has no head.pt: the head restarts from its initialisation",
                     "warning")
-        if ctx.is_main_process and hasattr(store, "delete_after_step"):
-            store.delete_after_step(ctx.run_id, step)  # steps after it are redone
         ctx.log(f"resumed from the checkpoint at step {step}")
+    if ctx.resume and ctx.is_main_process:
+        # steps after the checkpoint are redone; without one everything is redone
+        store.delete_after_step(ctx.run_id, step if step > 0 else -1)
 
     # a pair's chosen and rejected share one padded forward pass: group by the longer
     pair_lengths = ([max(len(c.input_ids), len(r.input_ids)) for c, r in train_pairs]
@@ -601,7 +590,7 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     ctx.progress(step, total, "evaluating")
     stats = None
     if cfg.normalize:
-        stats = _normalisation_stats(cfg, ctx, lm, reward_model, tok, train_rows, device)
+        stats = _normalisation_stats(cfg, ctx, lm, head, tok, train_rows)
     summary: dict[str, Any] = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                "steps": step, "seconds_per_step": seconds_per_step,
                                "device": str(device)}

@@ -12,8 +12,9 @@ The data order is an endless stream of seeded epoch permutations
 (train_utils.stream_indices): optimizer step s uses stream positions
 [s·G, (s+1)·G) with G = batch_size · grad_accum · processes, so a resumed run continues
 with exactly the examples it would have seen. With `group_by_length` (the default) each
-micro-batch holds examples of similar length, so the batch pads little: the same loss on
-the same examples per epoch, 15–30% less compute on data of mixed lengths.
+micro-batch holds examples of similar length, so the batch pads little: the same examples
+per epoch (each batch's loss still the mean over its own response tokens), 15–30% less
+compute on data of mixed lengths.
 """
 from __future__ import annotations
 
@@ -66,12 +67,8 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     label −100 and contribute nothing: their logits do not change the loss or its gradient.
     A batch without any response token gives 0 (with a gradient graph), not NaN.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    mask = shift_labels != IGNORE_INDEX
-    if not mask.any():
-        return shift_logits.sum() * 0.0
-    return F.cross_entropy(shift_logits[mask], shift_labels[mask])
+    total, n = response_nll(logits, labels)
+    return total / n if n > 0 else logits.float().sum() * 0.0
 
 
 def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,6 +24,7 @@ Only the main process writes; every process loads.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import random
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 
@@ -131,7 +132,7 @@ def optimizer_step(accelerator, parameters, optimizer, scheduler, max_grad_norm:
 
 
 class TokenTimer:
-    """Counts tokens over timed sections: `with timer.section(n_tokens): ...`.
+    """Counts tokens over timed sections: `timer.start()` … `timer.stop(n_tokens)`.
 
     `rate` is the tokens/s of the last section, `average` over all sections so far
     (time outside sections, e.g. evaluation, is not counted). `tokens`/`seconds` can be
@@ -192,6 +193,12 @@ def epoch_order(n: int, seed: int, epoch: int, lengths: list[int] | None = None,
     return order + perm[:fill]
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order_cached(n: int, seed: int, epoch: int, lengths: tuple | None, batch: int
+                        ) -> tuple[int, ...]:
+    return tuple(epoch_order(n, seed, epoch, list(lengths) if lengths else None, batch))
+
+
 def stream_indices(n: int, seed: int, start: int, count: int,
                    lengths: list[int] | None = None, batch: int = 1) -> list[int]:
     """Positions start .. start+count−1 of an endless stream of epochs over n examples,
@@ -205,13 +212,10 @@ def stream_indices(n: int, seed: int, start: int, count: int,
         raise ValueError(f"{len(lengths)} lengths for {n} examples")
     grouped = lengths is not None and batch > 1
     size = n + ((-n) % batch if grouped else 0)
+    key = tuple(lengths) if grouped else None
     out: list[int] = []
-    orders: dict[int, list[int]] = {}
-    for pos in range(start, start + count):
-        epoch = pos // size
-        if epoch not in orders:
-            orders[epoch] = epoch_order(n, seed, epoch, lengths if grouped else None, batch)
-        out.append(orders[epoch][pos % size])
+    for pos in range(start, start + count):  # each epoch's order is computed once (cached)
+        out.append(_epoch_order_cached(n, int(seed), pos // size, key, batch)[pos % size])
     return out
 
 
@@ -369,13 +373,3 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=
 def _unwrap_optimizer(optimizer):
     # accelerate's AcceleratedOptimizer keeps the real one in .optimizer
     return getattr(optimizer, "optimizer", optimizer)
-
-
-def to_jsonable(values: dict[str, Any]) -> dict[str, Any]:
-    """Floats from tensors, for summaries and state.json."""
-    out = {}
-    for k, v in values.items():
-        if isinstance(v, torch.Tensor):
-            v = v.item()
-        out[k] = v
-    return out
