@@ -194,15 +194,19 @@ class JobManager:
 
     def _enqueue(self, run_id: int, stage: str, config: Any, resume: bool) -> None:
         spec = stages.get(stage)
+        # each queued item carries its own events: a run cancelled while queued and then
+        # resumed has a stale item still in the queue, which must not run it a second time
+        cancel, done = threading.Event(), threading.Event()
         with self._lock:
-            self._events[run_id] = threading.Event()
-            self._done[run_id] = threading.Event()
+            self._events[run_id] = cancel
+            self._done[run_id] = done
             self._live.add(run_id)
+        item = (run_id, spec, config, resume, cancel, done)
         if spec.light:
-            threading.Thread(target=self._run_one, args=(run_id, spec, config, resume),
-                             name=f"job-{run_id}", daemon=True).start()
+            threading.Thread(target=self._run_one, args=item, name=f"job-{run_id}",
+                             daemon=True).start()
         else:
-            self._queue.put((run_id, spec, config, resume))
+            self._queue.put(item)
             self._ensure_worker()
 
     def _ensure_worker(self) -> None:
@@ -219,20 +223,21 @@ class JobManager:
                 return
             self._run_one(*item)
 
-    def _run_one(self, run_id: int, spec, config, resume: bool) -> None:
+    def _run_one(self, run_id: int, spec, config, resume: bool, cancel: threading.Event,
+                 done: threading.Event) -> None:
         try:
-            if self._events[run_id].is_set():
-                self.store.finish_run(run_id, "cancelled")
+            if cancel.is_set():  # cancelled while queued: cancel() recorded it
                 return
             execute(self.store, run_id, config, spec.function(), resume=resume,
-                    cancel_event=self._events[run_id])
+                    cancel_event=cancel)
         except BaseException as exc:  # noqa: BLE001 - e.g. the stage failed to import
             self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n"
                                                           f"{traceback.format_exc()}")
         finally:
             with self._lock:
-                self._live.discard(run_id)
-            self._done[run_id].set()
+                if self._done.get(run_id) is done:  # not a stale item of a resumed run
+                    self._live.discard(run_id)
+            done.set()
 
     # -- control -------------------------------------------------------------------
     def cancel(self, run_id: int) -> None:

@@ -91,6 +91,22 @@ def test_training_jobs_queue_while_light_jobs_run_at_once(store):
     assert jobs.wait(queued, 30) == "succeeded"
 
 
+def test_a_run_cancelled_while_queued_then_resumed_runs_once(store):
+    jobs = JobManager(store)
+    long = jobs.submit("count", {"steps": 100, "delay": 0.02})
+    queued = jobs.submit("count", {"steps": 2})
+    jobs.cancel(queued)
+    assert store.get_run(queued)["status"] == "cancelled"
+    jobs.resume(queued)  # its first queue item is still there, behind the long run
+    jobs.cancel(long)
+    assert jobs.wait(queued, 30) == "succeeded"
+    time.sleep(0.3)  # give a second, stale execution the time to show up
+    messages = [r["message"] for r in store.get_log(queued)]
+    assert messages.count("resumed") == 1 and "started" not in messages
+    assert [m["step"] for m in store.get_metrics(queued, ["loss"])] == [1, 2]
+    assert store.get_run(queued)["status"] == "succeeded"
+
+
 def test_crash_leaves_run_interrupted_and_it_resumes(store):
     rid = store.create_run("count", {"steps": 4})
     store.update_run(rid, status="running", pid=2**22 + 999, host=os.uname().nodename, step=2)
