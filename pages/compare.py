@@ -7,9 +7,10 @@ from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_m
                             model_summary, outputs_by_prompt, pending_items, record_vote,
                             reward_preference, short_prompt, win_rate)
 from engine import data as D
+from engine.collect import model_sources
 from engine.models import display_name
-from ui.common import (get_jobs, get_store, job_panel, model_spec, run_label, translated_choice,
-                       translated_radio)
+from ui.common import (get_jobs, get_store, live_job_panel, model_spec, run_label,
+                       translated_choice, translated_radio)
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
@@ -41,10 +42,14 @@ tab_new, tab_results, tab_vote = st.tabs([":material/play_arrow: " + t("compare.
 
 # -- a new comparison -----------------------------------------------------------------------
 with tab_new:
-    sources = {"base": t("compare.base_model", name=display_name(model_spec()))}
-    for stage in ("sft", "ppo"):
-        for run in store.list_runs(stage=stage, status="succeeded"):
-            sources[str(run["id"])] = f"{stage.upper()} · {run_label(run)}"
+    def source_label(key: str) -> str:
+        if key == "base":
+            return t("compare.base_model", name=display_name(model_spec()))
+        run = store.get_run(int(key))
+        return f"{run['stage'].upper()} · {run_label(run)}"
+
+    # the base and the runs that saved an adapter (engine.collect.model_sources)
+    sources = {key: source_label(key) for key in model_sources(store)}
     default = ["base"] + [k for k in sources if k != "base"][:1]
     chosen = translated_choice(st.multiselect, t("compare.models"), list(sources),
                                "compare_models", sources.get, default=default,
@@ -101,17 +106,11 @@ with tab_new:
             st.session_state["compare_job"] = jobs.submit("compare", cfg)
 
     job_id = st.session_state.get("compare_job")
-    if job_id:
-        @st.fragment(run_every=1.0)
-        def _progress():
-            run = job_panel(job_id, show_log=True)
-            if run["status"] == "succeeded":
-                st.success(t("compare.done", id=run["summary"].get("comparison_id")))
-                if st.session_state.get("compare_job_seen") != job_id:
-                    st.session_state["compare_job_seen"] = job_id
-                    st.rerun(scope="app")  # the results and vote tabs list the new comparison
-
-        _progress()
+    if job_id:  # when it ends, the results and vote tabs list the new comparison
+        live_job_panel(job_id, "compare_job_seen")
+        done = store.get_run(job_id)
+        if done["status"] == "succeeded":
+            st.success(t("compare.done", id=done["summary"].get("comparison_id")))
 
 # -- results ------------------------------------------------------------------------------------
 with tab_results:

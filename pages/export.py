@@ -5,7 +5,7 @@ import streamlit as st
 
 from engine.export import (EXPORTABLE_STAGES, ExportConfig, UnsafePathError,
                            default_export_name, exports_root, resolve_export_dir, zip_folder)
-from ui.common import get_jobs, get_store, job_panel, run_label, translated_choice
+from ui.common import get_jobs, get_store, live_job_panel, run_label, translated_choice
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
@@ -41,15 +41,8 @@ else:
                                                       name=f"export-{run['name']}")
 
 job_id = st.session_state.get("export_job")
-if job_id:
-    @st.fragment(run_every=1.0)
-    def _progress():
-        run = job_panel(job_id, show_log=False)
-        if run["status"] == "succeeded" and st.session_state.get("export_seen") != job_id:
-            st.session_state["export_seen"] = job_id
-            st.rerun(scope="app")  # list the new export below
-
-    _progress()
+if job_id:  # when it ends, the new export is listed below
+    live_job_panel(job_id, "export_seen", show_log=False)
 
 # -- finished exports ---------------------------------------------------------------------------
 st.subheader(t("export.done_title"))

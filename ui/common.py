@@ -9,6 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.jobs import JobManager, get_manager
+from engine.runs import ACTIVE_STATES, RESUMABLE_STATES
 from storage import Store
 from storage.db import default_db_path
 from ui.i18n import current_language, t
@@ -88,11 +89,11 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
     run = store.get_run(run_id)
     cols = st.columns([3, 1])
     cols[0].markdown(f"**#{run['id']} {run['name']}** · {status_label(run['status'])}")
-    if run["status"] in ("queued", "running"):
+    if run["status"] in ACTIVE_STATES:
         if cols[1].button(t("common.cancel"), key=f"cancel-{run_id}"):
             jobs.cancel(run_id)
             st.rerun()
-    elif run["status"] in ("interrupted", "cancelled", "failed"):
+    elif run["status"] in RESUMABLE_STATES:
         if cols[1].button(t("common.resume"), key=f"resume-{run_id}"):
             jobs.resume(run_id)
             st.rerun()
@@ -103,7 +104,7 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
                     + (" · " + eta_text(run) if eta_text(run) else "")
                     + (f" · {run['message']}" if run.get("message")
                        and run["status"] != "succeeded" else ""))
-    elif run["status"] in ("queued", "running"):
+    elif run["status"] in ACTIVE_STATES:
         st.progress(0.0, text=run.get("message") or t("common.status_" + run["status"]))
     if run["status"] == "failed" and run.get("error"):
         st.error(run["error"].split("\n\n")[0])
@@ -115,6 +116,21 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
             st.code("\n".join(time.strftime("%H:%M:%S", time.localtime(r["time"]))
                               + f" {r['level']:<5} {r['message']}" for r in lines) or "—")
     return run
+
+
+def live_job_panel(run_id: int, seen_key: str, show_log: bool = True) -> None:
+    """`job_panel` refreshed every second while the job is queued or running; when it ends,
+    the whole page reruns once (so its lists show what the job made) and polling stops."""
+    active = get_store().get_run(run_id)["status"] in ACTIVE_STATES
+
+    @st.fragment(run_every=1.0 if active else None)
+    def panel() -> None:
+        run = job_panel(run_id, show_log=show_log)
+        if run["status"] not in ACTIVE_STATES and st.session_state.get(seen_key) != run_id:
+            st.session_state[seen_key] = run_id
+            st.rerun(scope="app")
+
+    panel()
 
 
 def ema(values: pd.Series, smoothing: float) -> pd.Series:
