@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import torch
 
 from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
+from engine.reward import pearson
 
 MAX_MODELS = 4
 CHOICES = ("a", "b", "tie")
@@ -141,19 +142,6 @@ def mean(values: Iterable[float | None]) -> float | None:
     return sum(vals) / len(vals) if vals else None
 
 
-def pearson_correlation(xs: list[float], ys: list[float]) -> float | None:
-    """r = Σ(x−x̄)(y−ȳ) / sqrt(Σ(x−x̄)² · Σ(y−ȳ)²): reward vs length, the length-bias check."""
-    if len(xs) < 3:
-        return None
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
-    if sxx == 0 or syy == 0:
-        return None
-    return sxy / math.sqrt(sxx * syy)
-
-
 # -- the comparison job ----------------------------------------------------------------
 def resolve_prompts(store, cfg: CompareConfig) -> list:
     """The typed prompts, or up to num_prompts drawn (seeded) from a dataset's split."""
@@ -162,24 +150,15 @@ def resolve_prompts(store, cfg: CompareConfig) -> list:
         return prompts
     if not cfg.dataset:
         raise ValueError("compare: give prompts or a dataset to sample them from")
-    try:
-        from engine.data import prompts_of  # written by the data issue
-        pool = list(prompts_of(store, cfg.dataset, cfg.split))
-    except ImportError:
-        pool = [r["prompt"] for r in store.list_rows(cfg.dataset, split=cfg.split)]
+    from engine.data import prompts_of
+
+    pool = list(prompts_of(store, cfg.dataset, cfg.split))
     if not pool:
         raise ValueError(f"compare: dataset {cfg.dataset!r} has no {cfg.split} rows")
     if len(pool) <= cfg.num_prompts:
         return pool
     picked = sorted(random.Random(cfg.seed).sample(range(len(pool)), cfg.num_prompts))
     return [pool[i] for i in picked]
-
-
-def source_label(store, source) -> str:
-    """"base", or "<stage>#<run id>": the model name stored with answers and votes."""
-    from engine.models import source_of
-
-    return source_of(store, source)[2]
 
 
 def run_compare(cfg: CompareConfig, ctx) -> dict:
@@ -261,7 +240,7 @@ def model_summary(outputs: list[dict]) -> list[dict]:
             "mean_reward": mean(rewards), "distinct_1": distinct_1(texts),
             "distinct_2": distinct_2(texts), "mean_length": mean(lengths),
             "mean_kl": mean(r.get("kl") for r in rows),
-            "reward_length_corr": pearson_correlation(
+            "reward_length_corr": pearson(
                 [float(r["length"]) for r in rows if r.get("reward") is not None],
                 rewards) if len(rewards) == len(rows) else None,
         })

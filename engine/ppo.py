@@ -26,7 +26,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -855,7 +855,3 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
         if value is not None and not math.isfinite(value):
             raise NonFiniteError(f"step {step}: {name} is {value} (not finite); lower the "
                                  f"learning rate or raise β")
-
-
-def config_json(cfg: PPOConfig) -> str:
-    return json.dumps(asdict(cfg), indent=2)

@@ -143,10 +143,6 @@ def clone_run(jobs, run_id: int, config: dict | str | None = None,
                        dataset=cfg.get("dataset") or run.get("dataset"))
 
 
-def can_resume(run: dict) -> bool:
-    return run.get("status") in RESUMABLE_STATES
-
-
 # -- deleting ------------------------------------------------------------------------
 def run_folder(run_id: int) -> Path:
     """The run's folder (`engine.models.run_dir`) without creating it."""

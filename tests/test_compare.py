@@ -13,6 +13,7 @@ from engine.generate import SamplingConfig, generate
 from engine.jobs import JobManager
 from engine.models import inference_cache
 from tests.conftest import ROOT, make_adapter_run
+from ui.common import widget_key
 
 
 # -- equations on hand-checked numbers ----------------------------------------------------
@@ -199,7 +200,7 @@ def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
     at = _app()
     at.session_state["model_spec"] = str(tiny_model_dir)
     at.run()
-    assert at.multiselect(key="compare_models__en").value == ["base", str(rid)]
+    assert at.multiselect(key=widget_key("compare_models")).value == ["base", str(rid)]
     at.text_area(key="compare_prompts").set_value("Hello\nName a colour.")
     at.number_input(key="cmp_mnt").set_value(6)
     at.button(key="compare_start").click().run()
@@ -208,7 +209,7 @@ def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
     at.run()
     assert not at.exception, at.exception
     cid = store.get_run(job)["summary"]["comparison_id"]
-    assert at.selectbox(key="compare_pick__en").value == cid
+    assert at.selectbox(key=widget_key("compare_pick")).value == cid
     assert len(store.get_comparison_outputs(cid)) == 4
     inference_cache.clear()
 

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from engine import data
 from storage import DatasetExists
 from tests.conftest import ROOT
+from ui.common import widget_key
 
 FIX = Path(__file__).resolve().parent / "fixtures"
 
@@ -355,8 +356,8 @@ def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources)
     at.file_uploader(key="import_file_1").set_value(
         ("pref.csv", (FIX / "pref.csv").read_bytes(), "text/csv"))
     at.run()
-    assert at.radio(key="import_mode__en").value == "append"
-    at.radio(key="import_mode__en").set_value("overwrite")
+    assert at.radio(key=widget_key("import_mode")).value == "append"
+    at.radio(key=widget_key("import_mode")).set_value("overwrite")
     at.button(key="import_go").click().run()
     assert not at.exception, at.exception
     assert [r["prompt"] for r in store.list_rows("uploaded")][0] == "Who wrote Germinal?"

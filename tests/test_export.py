@@ -22,6 +22,7 @@ from engine.generate import SamplingConfig, generate
 from engine.models import inference_cache
 from tests.conftest import ROOT
 from tests.conftest import make_adapter_run as shared_adapter_run
+from ui.common import widget_key
 
 PROMPT = "Name three colours."
 NEW_TOKENS = 12
@@ -178,7 +179,7 @@ def test_export_page_exports_and_offers_downloads(store, tiny_model_dir):
     rid = make_adapter_run(store, tiny_model_dir)
     at = _app().run()
     assert not at.exception, at.exception
-    assert at.selectbox(key="export_run__en").value == rid
+    assert at.selectbox(key=widget_key("export_run")).value == rid
     at.text_input(key="export_out").set_value("../../outside").run()
     assert any("refused" in e.value for e in at.error)
     assert at.button(key="export_start").disabled

@@ -27,6 +27,7 @@ from engine.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLControlle
                         per_token_rewards, ppo_ratio, ratio_histogram, truncate_after_eos,
                         whiten)
 from tests.conftest import ROOT
+from ui.common import widget_key
 
 PROMPTS = [f"Say something about {w}." for w in
            ("cats", "dogs", "rain", "the sun", "tea", "code", "snow", "bread")]
@@ -580,7 +581,7 @@ def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resou
     at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
     at.session_state["model_spec"] = str(bigram_dir)
     at.run()
-    at.selectbox(key="ppo_builtin__en").set_value("contains_words").run()
+    at.selectbox(key=widget_key("ppo_builtin")).set_value("contains_words").run()
     at.text_input(key="ppo_param_contains_words_words").set_value("yes, sure").run()
     submit = [b for b in at.button if "Start" in str(b.label)]
     assert submit

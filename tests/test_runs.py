@@ -17,6 +17,7 @@ from engine.jobs import get_manager
 from engine.models import run_dir
 from storage import NotFound
 from tests.conftest import ROOT
+from ui.common import widget_key
 
 PAGE = str(ROOT / "pages" / "runs.py")
 
@@ -167,9 +168,9 @@ def test_page_lists_and_opens_a_run(store):
     assert "eval_loss = 0.8333" in set(table["metric"])
     assert f"#{sft}, #{rew}" in set(table["parents"])
 
-    at.multiselect(key="runs_stage__en").set_value(["reward"]).run()
+    at.multiselect(key=widget_key("runs_stage")).set_value(["reward"]).run()
     assert list(at.dataframe[0].value["id"]) == [rew]
-    at.multiselect(key="runs_stage__en").set_value([]).run()
+    at.multiselect(key=widget_key("runs_stage")).set_value([]).run()
     at.text_input(key="runs_search").set_value(f"sft-{sft}").run()
     assert list(at.dataframe[0].value["id"]) == [sft]
 
