@@ -520,7 +520,9 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
          {"params": list(head.parameters()), "lr": cfg.head_lr or cfg.lr}],
         weight_decay=cfg.weight_decay)
     accum = max(1, cfg.grad_accum)
-    per_epoch = math.ceil(len(train_pairs) / (cfg.batch_size * accum))
+    # batch_size pairs per process: each takes its own slice of every global batch
+    procs, rank = accelerator.num_processes, accelerator.process_index
+    per_epoch = math.ceil(len(train_pairs) / (cfg.batch_size * accum * procs))
     total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else max(1, cfg.epochs) * per_epoch
     scheduler = tu.make_scheduler(optimizer, cfg.schedule,
                                   tu.warmup_steps_for(total, cfg.warmup_ratio), total)
@@ -552,9 +554,10 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
                     "reward_rejected": 0.0}
         for k in range(accum):
             # a deterministic stream of (seed, position): a resumed run replays the same order
-            idx = tu.stream_indices(len(train_pairs), cfg.seed,
-                                    (step * accum + k) * cfg.batch_size, cfg.batch_size,
-                                    lengths=pair_lengths, batch=cfg.batch_size)
+            B = cfg.batch_size
+            idx = tu.stream_indices(len(train_pairs), cfg.seed, (step * accum + k) * B * procs,
+                                    B * procs, lengths=pair_lengths, batch=B)[rank * B:
+                                                                              (rank + 1) * B]
             rc, rr = pair_rewards(reward_model, [train_pairs[i] for i in idx],
                                   tok.pad_token_id, device)
             loss = pairwise_loss(rc, rr, cfg.margin or None)
@@ -569,6 +572,9 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
         step += 1
         steps_done += 1
         values = {k: v / accum for k, v in acc_sums.items()}
+        if procs > 1:  # the metrics of the whole global batch, not of this process's slice
+            mean = accelerator.reduce(torch.tensor(list(values.values()), device=device), "mean")
+            values = dict(zip(values, mean.tolist()))
         values.update(grad_norm=float(grad_norm), lr=lr_now)
         ctx.metrics(step, values)
         train_seconds += time.perf_counter() - t_step
