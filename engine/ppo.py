@@ -649,8 +649,11 @@ class PPOTrainer:
 
         kl_tokens = kl_penalty(ro.logp, ro.ref_logp) * mask
         seq_kl = kl_tokens.sum(1)
-        mean_kl = float(seq_kl.mean())
-        self.kl_ctl.update(mean_kl, cfg.batch_size)
+        procs = self.accelerator.num_processes
+        # β follows the KL of the whole global batch, the same on every process
+        mean_kl = float(self.accelerator.reduce(seq_kl.mean().reshape(1), "mean")) \
+            if procs > 1 else float(seq_kl.mean())
+        self.kl_ctl.update(mean_kl, cfg.batch_size * procs)
         lengths = ro.mask.sum(1).float()
         non_score_seq = non_score.sum(1)
         metrics = {
@@ -673,6 +676,12 @@ class PPOTrainer:
             "time_step": t3 - t0,
             **stats,
         }
+        if procs > 1:  # the global batch: means over processes (ratio_min/max too), histogram summed
+            names = list(metrics)
+            mean = self.accelerator.reduce(torch.tensor([float(metrics[k]) for k in names],
+                                                        device=self.device), "mean").tolist()
+            metrics = {k: v * procs if k.startswith("ratio_hist_") else v
+                       for k, v in zip(names, mean)}
         rows = []
         if cfg.sample_every and step % cfg.sample_every == 0:
             for i in range(min(cfg.samples_per_step, len(ro.prompts))):
