@@ -676,7 +676,7 @@ class PPOTrainer:
             "time_step": t3 - t0,
             **stats,
         }
-        if procs > 1:  # the global batch: means over processes (ratio_min/max too), histogram summed
+        if procs > 1:  # all processes: means (ratio_min/max too), histogram summed
             names = list(metrics)
             mean = self.accelerator.reduce(torch.tensor([float(metrics[k]) for k in names],
                                                         device=self.device), "mean").tolist()
