@@ -70,8 +70,9 @@ with tab_new:
         else:
             c1, c2, c3 = st.columns(3)
             dataset = c1.selectbox(t("compare.dataset"), datasets, key="compare_dataset")
-            split = c2.radio(t("compare.split"), ["eval", "train"], horizontal=True,
-                             format_func=lambda s: t("compare.split_" + s), key="compare_split")
+            split = translated_choice(c2.radio, t("compare.split"), ["eval", "train"],
+                                      "compare_split", lambda s: t("compare.split_" + s),
+                                      horizontal=True)
             num_prompts = int(c3.number_input(t("compare.num_prompts"), 1, 200, 8,
                                               key="compare_num"))
     rewards = {None: t("compare.no_reward")}

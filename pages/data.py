@@ -143,8 +143,8 @@ def rows_section(ds: dict, stats: dict) -> None:
     st.subheader(t("data.rows_title"))
     answer_fields = list(D.ANSWER_FIELDS[ds["kind"]])
     cols = st.columns([2, 1])
-    split = cols[0].radio(t("data.show_split"), ["all", "train", "eval"], horizontal=True,
-                          key="rows_split", format_func=lambda s: t("data.split_" + s))
+    split = translated_choice(cols[0].radio, t("data.show_split"), ["all", "train", "eval"],
+                              "rows_split", lambda s: t("data.split_" + s), horizontal=True)
     split = None if split == "all" else split
     total = stats["rows"] if split is None else stats[split]
     pages = max(1, -(-total // PAGE_ROWS))
@@ -216,10 +216,10 @@ def datasets_tab() -> None:
     if st.session_state.get("dataset") not in names:
         st.session_state["dataset"] = names[0]
     with top[0]:
-        name = st.selectbox(t("data.dataset"), names, key="dataset",
-                            format_func=lambda n: t("data.dataset_option", name=n,
-                                                    kind=kind_label(by_name[n]["kind"]),
-                                                    rows=by_name[n]["rows"]))
+        name = translated_choice(st.selectbox, t("data.dataset"), names, "dataset",
+                                 lambda n: t("data.dataset_option", name=n,
+                                             kind=kind_label(by_name[n]["kind"]),
+                                             rows=by_name[n]["rows"]))
     ds = store.get_dataset(name)
     if ds.get("description"):
         st.caption(ds["description"])

@@ -10,8 +10,9 @@ import streamlit as st
 from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
-from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_label, run_picker, translated_choice, translated_radio)
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
+                       metrics_frame, model_spec, run_label, run_picker, translated_choice,
+                       translated_radio)
 from ui.i18n import t
 
 store = get_store()

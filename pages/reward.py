@@ -8,8 +8,8 @@ import streamlit as st
 from engine.models import LoraSettings
 from engine.reward import RewardConfig, load_scorer, pearson
 from storage.db import RUN_STATES
-from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame, model_spec,
-                       run_picker, runs_options)
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
+                       metrics_frame, model_spec, run_picker, runs_options, translated_choice)
 from ui.i18n import t
 
 store = get_store()
@@ -245,8 +245,8 @@ else:
     ids = list(finished.values())
     labels = {v: k for k, v in finished.items()}
     default = ids.index(run_id) if run_id in ids else 0
-    scorer_run = st.selectbox(t("reward.tester_run"), ids, index=default,
-                              format_func=labels.get, key="reward_tester_run")
+    scorer_run = translated_choice(st.selectbox, t("reward.tester_run"), ids,
+                                   "reward_tester_run", labels.get, index=default)
     prompt = st.text_area(t("reward.tester_prompt"), key="reward_tester_prompt",
                           placeholder=t("reward.tester_prompt_placeholder"), height=80)
     answers = st.text_area(t("reward.tester_answers"), key="reward_tester_answers",

@@ -267,10 +267,10 @@ with tab_open:
             st.session_state["runs_open"] = wanted
         if st.session_state.get("runs_open") not in by_id:
             st.session_state.pop("runs_open", None)
-        run_id = st.selectbox(t("runs.open"), list(by_id), key="runs_open",
-                              format_func=lambda i: f"#{i} {by_id[i]['name']} · "
-                                                    f"{stage_label(by_id[i]['stage'])} · "
-                                                    + t("common.status_" + by_id[i]["status"]))
+        run_id = translated_choice(st.selectbox, t("runs.open"), list(by_id), "runs_open",
+                                   lambda i: f"#{i} {by_id[i]['name']} · "
+                                             f"{stage_label(by_id[i]['stage'])} · "
+                                             + t("common.status_" + by_id[i]["status"]))
         live = by_id[run_id]["status"] in R.ACTIVE_STATES
         st.fragment(run_every=2.0 if live else None)(run_details)(run_id)
     else:
@@ -288,8 +288,9 @@ with tab_overlay:
         order = {"sft": 0, "reward": 1, "ppo": 2}
         busiest = min(stages_here, key=lambda s: (-sum(r["stage"] == s for r in rows),
                                                   order.get(s, 9), s))
-        stage = c1.selectbox(t("runs.overlay_stage"), stages_here, format_func=stage_label,
-                             index=stages_here.index(busiest), key="runs_overlay_stage")
+        stage = translated_choice(c1.selectbox, t("runs.overlay_stage"), stages_here,
+                                  "runs_overlay_stage", stage_label,
+                                  index=stages_here.index(busiest))
         candidates = [r for r in rows if r["stage"] == stage]
         default = [r["id"] for r in candidates if r["n_metrics"]][:2]
         picked = c2.multiselect(t("runs.overlay_runs"), [r["id"] for r in candidates],

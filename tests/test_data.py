@@ -336,8 +336,8 @@ def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources)
     at.button(key="load_samples").click().run()
     assert not at.exception, at.exception
     assert {d["name"] for d in data.list_datasets(store)} == {"sample-sft", "sample-preferences"}
-    assert at.selectbox(key="dataset").value in ("sample-preferences", "sample-sft")
-    at.selectbox(key="dataset").set_value("sample-preferences").run()
+    assert at.selectbox(key=widget_key("dataset")).value in ("sample-preferences", "sample-sft")
+    at.selectbox(key=widget_key("dataset")).set_value("sample-preferences").run()
     assert not at.exception, at.exception
     metrics = {m.label: m.value for m in at.metric}
     assert "144" in metrics.values()
@@ -350,7 +350,7 @@ def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources)
     assert not at.exception, at.exception
     assert store.get_dataset("uploaded")["rows"] == 3
     assert any("6" in (s.value or "") for s in at.warning)  # 6 rows rejected, listed
-    assert at.selectbox(key="dataset").value == "uploaded"
+    assert at.selectbox(key=widget_key("dataset")).value == "uploaded"
     # the form is cleared; the same name again must be a choice (append / replace), never silent
     at.text_input(key="import_name_1").set_value("uploaded")
     at.file_uploader(key="import_file_1").set_value(
@@ -366,7 +366,7 @@ def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources)
 def test_data_page_split_and_delete(store, fresh_resources):
     data.ensure_sample_datasets(store)
     at = _page().run()
-    at.selectbox(key="dataset").set_value("sample-sft").run()
+    at.selectbox(key=widget_key("dataset")).set_value("sample-sft").run()
     at.slider(key="eval_fraction").set_value(0.25).run()
     at.button(key="resplit").click().run()
     assert not at.exception, at.exception

@@ -174,7 +174,7 @@ def test_page_lists_and_opens_a_run(store):
     at.text_input(key="runs_search").set_value(f"sft-{sft}").run()
     assert list(at.dataframe[0].value["id"]) == [sft]
 
-    at.selectbox(key="runs_open").set_value(sft).run()
+    at.selectbox(key=widget_key("runs_open")).set_value(sft).run()
     assert not at.exception
     assert any(json.loads(j.value).get("dataset") == "demo" for j in at.json)  # its config
     samples = [d.value for d in at.dataframe if "response" in d.value.columns]
@@ -203,7 +203,7 @@ def test_overlay_of_two_runs(store):
                      metrics={s: {"train_loss": 2.0 - s / 5, "grad_norm": 1.0} for s in range(20)})
     finished_run(store, "reward", {}, metrics={1: {"loss": 0.5}})
     at = app().run()
-    at.selectbox(key="runs_overlay_stage").set_value("sft").run()
+    at.selectbox(key=widget_key("runs_overlay_stage")).set_value("sft").run()
     at.multiselect(key="runs_overlay_ids_sft").set_value([a, b]).run()
     assert not at.exception
     assert at.selectbox(key="runs_overlay_metric").options == ["train_loss"]  # shared only
@@ -218,7 +218,7 @@ def test_resume_an_interrupted_run_from_the_page(store):
     store.update_run(rid, status="interrupted", started=time.time() - 5, step=2)
     (run_dir(rid) / "ckpt.txt").write_text("2")
     at = app().run()
-    at.selectbox(key="runs_open").set_value(rid).run()
+    at.selectbox(key=widget_key("runs_open")).set_value(rid).run()
     at.button(key=f"resume-{rid}").click().run()
     assert not at.exception
     assert get_manager(store).wait(rid, 30) == "succeeded"
@@ -230,7 +230,7 @@ def test_resume_an_interrupted_run_from_the_page(store):
 def test_clone_from_the_page_with_an_edited_config(store):
     src = finished_run(store, "runs_tick", {"steps": 2, "lr": 0.1})
     at = app().run()
-    at.selectbox(key="runs_open").set_value(src).run()
+    at.selectbox(key=widget_key("runs_open")).set_value(src).run()
     at.text_area(key=f"runs_clone_cfg_{src}").set_value(json.dumps({"steps": 5, "lr": 0.1})).run()
     at.text_input(key=f"runs_clone_name_{src}").set_value("longer").run()
     at.button(key=f"runs_clone_{src}").click().run()
@@ -238,7 +238,7 @@ def test_clone_from_the_page_with_an_edited_config(store):
     new = [r for r in store.list_runs() if r["name"] == "longer"]
     assert len(new) == 1 and new[0]["config"]["steps"] == 5
     assert get_manager(store).wait(new[0]["id"], 30) == "succeeded"
-    assert at.selectbox(key="runs_open").value == new[0]["id"]  # the copy is opened
+    assert at.selectbox(key=widget_key("runs_open")).value == new[0]["id"]  # the copy is opened
 
 
 def _seed_full_run(store, tag: str) -> int:
@@ -259,7 +259,7 @@ def test_delete_from_the_page_removes_that_run_and_nothing_else(store, lab_home)
     outside = lab_home / "runs" / "notes.txt"
     outside.write_text("not a run")
     at = app().run()
-    at.selectbox(key="runs_open").set_value(gone).run()
+    at.selectbox(key=widget_key("runs_open")).set_value(gone).run()
     at.button(key=f"runs_delete_{gone}").click().run()
     assert at.warning and "cannot be undone" in at.warning[0].value  # asks first
     assert store.get_run(gone)  # nothing deleted yet
@@ -310,13 +310,13 @@ def test_page_renders_with_100_runs_and_50000_metric_rows(store):
     assert not at.exception
     assert len(at.dataframe[0].value) == 100
     t0 = time.perf_counter()
-    at.selectbox(key="runs_open").set_value(big).run()
+    at.selectbox(key=widget_key("runs_open")).set_value(big).run()
     opened = time.perf_counter() - t0
     assert not at.exception
     frames = chart_frames(at)
     assert frames and max(len(f) for f in frames) <= 1200  # drawn downsampled
     assert len(store.get_metrics(big, ["train_loss"])) == 5000  # stored in full
-    at.selectbox(key="runs_overlay_stage").set_value("sft").run()
+    at.selectbox(key=widget_key("runs_overlay_stage")).set_value("sft").run()
     at.multiselect(key="runs_overlay_ids_sft").set_value([big, ids[3]]).run()
     assert not at.exception
     print(json.dumps({"first_render_s": round(first, 2), "open_big_run_s": round(opened, 2)}))

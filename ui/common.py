@@ -227,8 +227,8 @@ def translated_choice(widget, label: str, options: list, key: str, format_func, 
     a switch it would show no option selected (radio) or the old language's label (select
     box) while the script still holds the old value. So the widget's key carries the
     language (`<key>__<lang>`, a new widget in each language), and the choice lives under
-    `key` (what pages read), carried into the new language's widget. `index=` / `default=`
-    give the first choice."""
+    `key` (what pages read, and may set to select an option), carried into the new
+    language's widget. `index=` / `default=` give the first choice."""
     multi = widget.__name__ == "multiselect"
     widget_key = f"{key}__{current_language()}"
     if multi:
@@ -237,10 +237,16 @@ def translated_choice(widget, label: str, options: list, key: str, format_func, 
         first = options[kwargs.pop("index", 0)] if options else None
     choice = st.session_state.get(key, first)
     if multi:
-        kwargs["default"] = [c for c in (choice or []) if c in options]
+        choice = [c for c in (choice or []) if c in options]
+    elif choice not in options:
+        choice = first if first in options else (options[0] if options else None)
+    if widget_key in st.session_state:  # an existing widget follows a choice set by the page
+        if st.session_state[widget_key] != choice:
+            st.session_state[widget_key] = choice
+    elif multi:
+        kwargs["default"] = choice
     else:  # (not through session_state: a select box would read None as "nothing chosen")
-        kwargs["index"] = options.index(choice) if choice in options else \
-            (options.index(first) if first in options else 0)
+        kwargs["index"] = options.index(choice) if options else None
 
     def keep() -> None:
         st.session_state[key] = st.session_state[widget_key]
