@@ -58,7 +58,8 @@ def new_run_form() -> None:
     c = st.columns(2)
     sft_choice = translated_choice(c[0].selectbox, t("ppo.start_from"), [None, *sft_runs],
                                    "ppo_sft", lambda i: t("ppo.base_model") if i is None
-                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"))
+                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"),
+                                   index=1 if sft_runs else 0)  # the pipeline: newest SFT
     names = [d["name"] for d in datasets]
     rows = {d["name"]: d for d in datasets}
     dataset = translated_choice(c[1].selectbox, t("ppo.dataset"), names, "ppo_dataset",
@@ -71,7 +72,8 @@ def new_run_form() -> None:
     reward_runs = {r["id"]: r for r in store.list_runs(stage="reward", status="succeeded")}
     source = translated_radio(t("ppo.reward_source"), ["builtin", "model"], horizontal=True,
                               key="ppo_reward_source",
-                              format_func=lambda s: t("ppo.reward_" + s))
+                              format_func=lambda s: t("ppo.reward_" + s),
+                              index=1 if reward_runs else 0)  # a trained one when there is
     reward_run, builtin, params = None, defaults.builtin_reward, {}
     if source == "model":
         if not reward_runs:

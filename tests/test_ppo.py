@@ -639,3 +639,25 @@ def test_half_precision_rollouts_are_rescored_by_the_training_pass(store, bigram
     m = ro.mask.bool()
     assert ro.logp.dtype == torch.float32 and ro.values is not None
     assert torch.equal(ro.logp[m], ro.ref_logp[m])  # a fresh LoRA: policy = reference
+
+
+def test_page_defaults_follow_the_pipeline(store, bigram_dir, fresh_resources):
+    """With a finished SFT run and a reward model, a new PPO run starts from the newest SFT
+    run and uses the trained reward by default; without them, the base and a rule."""
+    from streamlit.testing.v1 import AppTest
+
+    _dataset(store)
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at.session_state["model_spec"] = str(bigram_dir)
+    at.run()
+    assert at.selectbox(key=widget_key("ppo_sft")).value is None
+    assert at.radio(key=widget_key("ppo_reward_source")).value == "builtin"
+    sft = _fake_sft_run(store, bigram_dir)
+    rm = _fake_sft_run(store, bigram_dir)
+    store.update_run(rm, stage="reward")
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at.session_state["model_spec"] = str(bigram_dir)
+    at.run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key=widget_key("ppo_sft")).value == sft
+    assert at.radio(key=widget_key("ppo_reward_source")).value == "model"
