@@ -149,8 +149,8 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
         store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n{tb}")
         ctx.log(f"{type(exc).__name__}: {exc}", "error")
         return "failed"
+    store.update_run(run_id, progress=1.0)  # before: a failing write cannot undo the success
     store.finish_run(run_id, "succeeded", summary=summary)
-    store.update_run(run_id, progress=1.0)
     ctx.log("finished")
     return "succeeded"
 

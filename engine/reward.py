@@ -487,6 +487,10 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     tu.seed_everything(cfg.seed)
 
     store = ctx.store
+    kind = store.get_dataset(cfg.dataset)["kind"]
+    if kind != "preference":
+        raise ValueError(f"dataset {cfg.dataset!r} is a {kind} dataset; a reward model needs "
+                         f"a preference dataset with {{prompt, chosen, rejected}} rows")
     train_rows = _split_rows(store.list_rows(cfg.dataset, split="train"), cfg.max_train_pairs)
     eval_rows = store.list_rows(cfg.dataset, split=cfg.eval_split) if cfg.eval_split else []
     if not eval_rows and len(train_rows) >= 4:

@@ -308,3 +308,13 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
     assert any(m.label == t("reward.eval_accuracy", lang="fr") for m in at.metric)
     inference_cache.clear()
     clear_scorers()
+
+
+def test_an_sft_dataset_is_refused_naming_the_kind(store, tiny_model_dir):
+    from engine.jobs import run_sync
+
+    store.create_dataset("answers", "sft")
+    store.add_rows("answers", [{"prompt": "p", "response": "r"}])
+    run = run_sync(store, "reward", {"model": str(tiny_model_dir), "dataset": "answers"})
+    assert run["status"] == "failed"
+    assert "'answers' is a sft dataset; a reward model needs a preference dataset" in run["error"]
