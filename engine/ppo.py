@@ -741,35 +741,22 @@ class PPOTrainer:
     def save_checkpoint(self, run_dir: Path, step: int, keep: int = 1) -> None:
         from engine import train_utils
 
-        ckpts = train_utils.checkpoints_dir(run_dir)
-        ckpts.mkdir(parents=True, exist_ok=True)
-        if self.accelerator.is_main_process:
-            # beside the folder first: save_checkpoint renames its folder into place last
-            torch.save(self.accelerator.unwrap_model(self.value_head).state_dict(),
-                       ckpts / f"value_head-{step}.pt")
         self.policy.set_adapter(self.POLICY)
         train_utils.save_checkpoint(run_dir, step, self.policy, self.optimizer,
                                     extra={"kl_ctl": self.kl_ctl.state_dict()}, keep=keep,
-                                    accelerator=self.accelerator)
-        if self.accelerator.is_main_process:
-            kept = {s for s, _ in train_utils.list_checkpoints(run_dir)}
-            for f in ckpts.glob("value_head-*.pt"):
-                s = f.stem.split("-")[-1]
-                if s.isdigit() and int(s) not in kept:
-                    f.unlink(missing_ok=True)
+                                    accelerator=self.accelerator,
+                                    modules={"value_head": self.value_head})
 
     def load_checkpoint(self, run_dir: Path) -> int:
         """Restore the latest complete checkpoint; returns its step (0 if none)."""
         from engine import train_utils
 
-        for step, folder in reversed(train_utils.list_checkpoints(run_dir)):
-            head = train_utils.checkpoints_dir(run_dir) / f"value_head-{step}.pt"
-            if not head.exists():
+        for _, folder in reversed(train_utils.list_checkpoints(run_dir)):
+            if not (folder / "value_head.pt").exists():
                 continue
             self.policy.set_adapter(self.POLICY)
-            state = train_utils.load_checkpoint(folder, self.policy, self.optimizer)
-            self.accelerator.unwrap_model(self.value_head).load_state_dict(
-                torch.load(head, map_location=self.device))
+            state = train_utils.load_checkpoint(folder, self.policy, self.optimizer,
+                                                modules={"value_head": self.value_head})
             self.kl_ctl.load_state_dict(state["kl_ctl"])
             return int(state["step"])
         return 0

@@ -535,10 +535,10 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     step = 0
     last = tu.latest_checkpoint(ctx.run_dir) if ctx.resume else None
     if last is not None:
-        step = int(tu.load_checkpoint(last, lm, optimizer, scheduler)["step"])
-        if (last / "head.pt").exists():
-            head.load_state_dict(torch.load(last / "head.pt", map_location=device))
-        else:
+        has_head = (last / "head.pt").exists()
+        step = int(tu.load_checkpoint(last, lm, optimizer, scheduler,
+                                      modules={"head": head} if has_head else None)["step"])
+        if not has_head:
             ctx.log(f"{last} has no head.pt: the head restarts from its initialisation",
                     "warning")
         ctx.log(f"resumed from the checkpoint at step {step}")
@@ -589,10 +589,8 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
             ctx.metrics(step, {"eval_loss": res["loss"], "eval_accuracy": res["accuracy"],
                                "eval_margin": res["margin"]})
         if cfg.save_every and step % cfg.save_every == 0 and step < total:
-            folder = tu.save_checkpoint(ctx.run_dir, step, lm, optimizer, scheduler, keep=1,
-                                        accelerator=accelerator)
-            if folder is not None:
-                torch.save(head.state_dict(), folder / "head.pt")
+            tu.save_checkpoint(ctx.run_dir, step, lm, optimizer, scheduler, keep=1,
+                               accelerator=accelerator, modules={"head": head})
     seconds_per_step = train_seconds / steps_done if steps_done else None
 
     # -- normalisation and final evaluation ---------------------------------------------

@@ -318,13 +318,15 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, scheduler=None,
                     extra: dict | None = None, keep: int = 0, accelerator=None,
-                    rng: dict | None = None) -> Path | None:
+                    rng: dict | None = None, modules: dict | None = None) -> Path | None:
     """Write `<run_dir>/checkpoints/step-<step>/` (main process only; others wait).
 
     `extra`: JSON-able values the stage needs back on resume (e.g. the loss before
     training). `keep` > 0 deletes all but the newest `keep` checkpoints. `rng`: the RNG
     state to store (default: the current one; pass a snapshot taken at the end of `step`
-    when saving later, e.g. on cancel mid-step).
+    when saving later, e.g. on cancel mid-step). `modules`: {name: nn.Module} saved as
+    `<name>.pt` inside the same folder (a reward head, a value head), so they are part of
+    the checkpoint's single rename.
     Returns the folder (None on non-main processes).
     """
     main = accelerator is None or accelerator.is_main_process
@@ -341,6 +343,8 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
         if scheduler is not None:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+        for name, module in (modules or {}).items():
+            torch.save(_unwrap(module).state_dict(), tmp / f"{name}.pt")
         (tmp / "state.json").write_text(json.dumps({"step": int(step), **(extra or {})}))
         if folder.exists():
             shutil.rmtree(folder)
@@ -354,10 +358,12 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
 
 
 def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=None,
-                    restore_rng: bool = True) -> dict:
-    """Restore adapter weights, optimizer, scheduler and RNG from a checkpoint folder in
-    place; returns state.json ({"step": N, **extra})."""
+                    restore_rng: bool = True, modules: dict | None = None) -> dict:
+    """Restore adapter weights, optimizer, scheduler, RNG and `modules` (those saved with
+    it) from a checkpoint folder in place; returns state.json ({"step": N, **extra})."""
     folder = Path(folder)
+    for name, module in (modules or {}).items():
+        _unwrap(module).load_state_dict(torch.load(folder / f"{name}.pt", map_location="cpu"))
     load_adapter_weights(model, folder / "adapter")
     # our own files: they hold python objects (RNG tuples), hence weights_only=False
     if optimizer is not None:
