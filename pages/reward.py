@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.models import LoraSettings
-from engine.reward import RewardConfig, load_scorer, pearson
+from engine.reward import RewardConfig, load_scorer
 from storage.db import RUN_STATES
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
                        metrics_frame, model_spec, run_picker, runs_options, translated_choice)
@@ -144,16 +144,13 @@ def results(run: dict) -> None:
         return
     st.subheader(t("reward.results"))
     chosen, rejected = t("reward.chosen"), t("reward.rejected")
-    lengths = list(df["chosen_length"]) + list(df["rejected_length"])
-    rewards = list(df["chosen_reward"]) + list(df["rejected_reward"])
-    rho = pearson([float(x) for x in lengths], [float(x) for x in rewards])
-    differ = df[df["chosen_length"] != df["rejected_length"]]
-    longer = float((differ["chosen_length"] > differ["rejected_length"]).mean()) \
-        if len(differ) else None
+    # the stage's own figures over these pairs (engine.reward.train_reward's summary)
+    rho, longer = summary.get("length_correlation"), summary.get("longer_is_chosen")
+    accuracy = summary.get("eval_accuracy", float(df["correct"].mean()))
     c = st.columns(4)
-    c[0].metric(t("reward.eval_accuracy"), f"{df['correct'].mean():.1%}",
+    c[0].metric(t("reward.eval_accuracy"), f"{accuracy:.1%}",
                 help=t("reward.eval_accuracy_help", n=len(df)))
-    c[1].metric(t("reward.mean_margin"), f"{df['margin'].mean():.3f}")
+    c[1].metric(t("reward.mean_margin"), f"{summary.get('eval_margin', df['margin'].mean()):.3f}")
     c[2].metric(t("reward.length_corr"), "—" if rho is None else f"{rho:+.2f}",
                 help=t("reward.length_corr_help"))
     c[3].metric(t("reward.longer_chosen"), "—" if longer is None else f"{longer:.0%}",
