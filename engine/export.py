@@ -253,40 +253,26 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
     return "\n".join(lines) + "\n"
 
 
-def _adapter_task(adapter: Path) -> str:
-    return json.loads((adapter / "adapter_config.json").read_text()).get("task_type") \
-        or "CAUSAL_LM"
-
-
 def merge_adapter(base_spec: str, adapter: Path, out: Path) -> list[str]:
-    """merge_and_unload the adapter into its base; save safetensors + tokenizer to `out`."""
+    """merge_and_unload the adapter into its base (loaded in fp32 on the CPU, as
+    engine.models.load_base does it); save safetensors + tokenizer to `out`, in the dtype
+    the base model declares."""
     import torch
     from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
-    from engine.models import load_tokenizer, resolve
+    from engine.models import load_base, resolve
 
+    loaded = load_base(base_spec, device="cpu", dtype=torch.float32)
+    model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
     path, kwargs = resolve(base_spec)
-    task = _adapter_task(adapter)
-    if task == "SEQ_CLS":
-        base = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch.float32, **kwargs)
-    else:
-        base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
-    tokenizer = load_tokenizer(base_spec)
-    base.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     declared = getattr(AutoConfig.from_pretrained(path, **kwargs), "dtype", None)
     if declared in (torch.bfloat16, torch.float16, "bfloat16", "float16"):
         model = model.to(getattr(torch, str(declared).replace("torch.", "")))
-    gen = getattr(model, "generation_config", None)
-    if gen is not None:
-        gen.pad_token_id = tokenizer.pad_token_id
-        gen.eos_token_id = tokenizer.eos_token_id
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    del model, base
+    loaded.tokenizer.save_pretrained(out)
+    del model, loaded
     return sorted(p.name for p in out.iterdir())
 
 
