@@ -82,13 +82,16 @@ with tab_new:
                                    "compare_reward", rewards.get, help=t("compare.reward_help"))
     with st.expander(t("compare.sampling"), icon=":material/tune:"):
         c1, c2, c3, c4 = st.columns(4)
-        max_new = int(c1.number_input(t("compare.max_new_tokens"), 1, 1024, 64, key="cmp_mnt"))
-        temperature = float(c2.number_input(t("compare.temperature"), 0.05, 2.0, 0.7, 0.05,
-                                            key="cmp_temp"))
-        top_p = float(c3.number_input(t("compare.top_p"), 0.05, 1.0, 0.9, 0.05, key="cmp_topp"))
-        seed = int(c4.number_input(t("compare.seed"), 0, 2**31 - 1, 0, key="cmp_seed"))
-        greedy = st.checkbox(t("compare.greedy"), key="cmp_greedy")
-        compute_kl = st.checkbox(t("compare.compute_kl"), value=True, key="cmp_kl")
+        d = CompareConfig()
+        max_new = int(c1.number_input(t("compare.max_new_tokens"), 1, 1024, d.max_new_tokens,
+                                      key="cmp_mnt"))
+        temperature = float(c2.number_input(t("compare.temperature"), 0.05, 2.0, d.temperature,
+                                            0.05, key="cmp_temp"))
+        top_p = float(c3.number_input(t("compare.top_p"), 0.05, 1.0, d.top_p, 0.05,
+                                      key="cmp_topp"))
+        seed = int(c4.number_input(t("compare.seed"), 0, 2**31 - 1, d.seed, key="cmp_seed"))
+        greedy = st.checkbox(t("compare.greedy"), value=d.greedy, key="cmp_greedy")
+        compute_kl = st.checkbox(t("compare.compute_kl"), value=d.compute_kl, key="cmp_kl")
     name = st.text_input(t("compare.name"), key="compare_name")
     if st.button(t("compare.start"), type="primary", icon=":material/play_arrow:",
                  key="compare_start"):

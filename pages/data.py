@@ -294,11 +294,13 @@ def _submit_pair() -> None:
     if not prompt or (isinstance(prompt, str) and not prompt.strip()):
         st.session_state["collect_error"] = t("data.collect_no_prompt")
         return
+    d = collect.PairSampleConfig()
     cfg = collect.PairSampleConfig(
-        model=model_spec(), source=st.session_state.get("collect_source", "base"), prompt=prompt,
-        temperature=float(st.session_state.get("collect_temperature", 0.9)),
-        top_p=float(st.session_state.get("collect_top_p", 0.95)),
-        max_new_tokens=int(st.session_state.get("collect_max_new_tokens", 64)),
+        model=model_spec(), source=st.session_state.get("collect_source", d.source),
+        prompt=prompt,
+        temperature=float(st.session_state.get("collect_temperature", d.temperature)),
+        top_p=float(st.session_state.get("collect_top_p", d.top_p)),
+        max_new_tokens=int(st.session_state.get("collect_max_new_tokens", d.max_new_tokens)),
         seed=st.session_state.get("collect_seed"))
     st.session_state["collect_run"] = get_jobs().submit("pair_sample", cfg)
     st.session_state.pop("collect_error", None)
@@ -367,9 +369,11 @@ def collect_settings() -> None:
     st.text_input(t("data.collect_target"), key="collect_target",
                   help=t("data.collect_target_help"))
     with st.expander(t("data.sampling")):
-        st.slider(t("data.temperature"), 0.1, 1.5, 0.9, 0.05, key="collect_temperature")
-        st.slider(t("data.top_p"), 0.5, 1.0, 0.95, 0.01, key="collect_top_p")
-        st.slider(t("data.max_new_tokens"), 8, 256, 64, 8, key="collect_max_new_tokens")
+        d = collect.PairSampleConfig()
+        st.slider(t("data.temperature"), 0.1, 1.5, d.temperature, 0.05, key="collect_temperature")
+        st.slider(t("data.top_p"), 0.5, 1.0, d.top_p, 0.01, key="collect_top_p")
+        st.slider(t("data.max_new_tokens"), 8, 256, d.max_new_tokens, 8,
+                  key="collect_max_new_tokens")
         st.number_input(t("data.seed_optional"), 0, 2**31 - 1, None, key="collect_seed")
     st.session_state.setdefault("collect_auto", True)
     st.checkbox(t("data.collect_auto"), key="collect_auto")
