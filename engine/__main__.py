@@ -12,23 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+from engine.cli import print_json, store_of
+
 CLI_MODULES = ["engine.data", "engine.compare", "engine.export"]
 
 
-def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
 def cmd_runs_list(args) -> int:
-    from storage import Store
-
-    store = Store(args.db) if args.db else Store()
+    store = store_of(args)
     runs = store.list_runs(stage=args.stage, status=args.status)
     rows = [{k: r[k] for k in ("id", "stage", "name", "status", "model", "dataset", "created",
                                "started", "finished", "step", "total_steps", "summary")}
             for r in runs]
     if args.json:
-        _print_json(rows)
+        print_json(rows)
     else:
         for r in rows:
             print(f"{r['id']:>5}  {r['stage']:<12} {r['status']:<12} {r['name']}")
@@ -41,7 +37,7 @@ def cmd_model_info(args) -> int:
     loaded = load_base(args.model)
     info = loaded.info()
     if args.json:
-        _print_json(info)
+        print_json(info)
     else:
         for k, v in info.items():
             print(f"{k}: {v}")
@@ -51,11 +47,10 @@ def cmd_model_info(args) -> int:
 def cmd_train(args) -> int:
     from engine import stages
     from engine.jobs import run_sync
-    from storage import Store
 
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     data = stages.apply_overrides(data, args.set)
-    store = Store(args.db) if args.db else Store()
+    store = store_of(args)
     t0 = time.perf_counter()
     run = run_sync(store, args.stage, data, name=args.name)
     if not run.get("main", True):  # another process of `accelerate launch`: main reports
@@ -64,7 +59,7 @@ def cmd_train(args) -> int:
            **run["summary"]}
     if run["error"]:
         out["error"] = run["error"].split("\n\n")[0]
-    _print_json(out)
+    print_json(out)
     return 0 if run["status"] == "succeeded" else 1
 
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
+from engine.cli import print_json, store_of
 from storage import DatasetExists, NotFound, Store
 from storage.db import _default_split
 
@@ -1010,37 +1011,29 @@ def prompts_of(store: Store, dataset: str | int, split: str | None = None,
 
 
 # -- command line ----------------------------------------------------------------------
-def _store(args) -> Store:
-    return Store(args.db) if getattr(args, "db", None) else Store()
-
-
-def _print(obj: Any) -> None:
-    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
-
-
 def cmd_import(args) -> int:
-    store = _store(args)
+    store = store_of(args)
     mode = "overwrite" if args.overwrite else "append" if args.append else "new"
     report = import_file(store, args.file, kind=args.kind, fmt=args.format, dataset=args.dataset,
                          mode=mode, max_chars=args.max_chars, eval_fraction=args.eval_fraction)
     out = report.to_dict()
     out["rejected"] = [{"line": r["line"], "reason": r["reason"]} for r in report.rejected]
-    _print(out)
+    print_json(out)
     return 0 if report.imported else 1
 
 
 def cmd_export(args) -> int:
-    store = _store(args)
+    store = store_of(args)
     n = export_jsonl(store, args.name, args.out, split=args.split, extra=args.with_meta)
-    _print({"dataset": args.name, "rows": n, "out": str(args.out)})
+    print_json({"dataset": args.name, "rows": n, "out": str(args.out)})
     return 0
 
 
 def cmd_list(args) -> int:
     rows = [{k: d[k] for k in ("id", "name", "kind", "rows", "eval_fraction", "description")}
-            for d in list_datasets(_store(args))]
+            for d in list_datasets(store_of(args))]
     if args.json:
-        _print(rows)
+        print_json(rows)
     else:
         for d in rows:
             print(f"{d['name']:<30} {d['kind']:<11} {d['rows']:>7} rows")
@@ -1048,7 +1041,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_samples(args) -> int:
-    _print({"created": ensure_sample_datasets(_store(args))})
+    print_json({"created": ensure_sample_datasets(store_of(args))})
     return 0
 
 

@@ -383,10 +383,10 @@ def zip_folder(folder: str | os.PathLike) -> bytes:
 # -- command line ---------------------------------------------------------------------------
 def cmd_generate(args) -> int:
     from engine.generate import SamplingConfig, generate
+    from engine.cli import store_of
     from engine.models import inference_cache
-    from storage import Store
 
-    store = Store(args.db) if getattr(args, "db", None) else Store()
+    store = store_of(args)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
                          temperature=args.temperature, seed=args.seed)
     with inference_cache.use(store, args.run, base_spec=args.model) as (model, tok):
@@ -396,13 +396,13 @@ def cmd_generate(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from storage import Store
+    from engine.cli import print_json, store_of
 
-    store = Store(args.db) if getattr(args, "db", None) else Store()
+    store = store_of(args)
     extra = [Path(args.out).expanduser().absolute()] if args.out else None
     summary = export_run(store, args.run_id, Path(args.out).expanduser().absolute()
                          if args.out else None, merged=args.merged, extra_roots=extra)
-    print(json.dumps(summary, indent=2, ensure_ascii=False, default=str))
+    print_json(summary)
     return 0
 
 

@@ -1,0 +1,17 @@
+"""The two helpers every `python -m engine` command uses (engine/__main__.py and the
+`register_cli` functions of engine.data and engine.export)."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def store_of(args):
+    """The Store of `--db PATH`, or the default database."""
+    from storage import Store
+
+    return Store(getattr(args, "db", None) or None)
+
+
+def print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
