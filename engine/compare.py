@@ -95,17 +95,20 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str],
     the ones the model would have produced, end-of-turn token included. Logits are used
     as they are (temperature 1): the model's own distribution.
     """
+    from engine.sft import forward_logits
+
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
     for start in range(0, len(prompts), batch_size):
         encoded = [encode_completion(tokenizer, p, r, max_length)
                    for p, r in zip(prompts[start:start + batch_size],
                                    responses[start:start + batch_size])]
-        batch = collate_completions(encoded, tokenizer.pad_token_id)
-        logits = model(input_ids=batch["input_ids"].to(device),
-                       attention_mask=batch["attention_mask"].to(device)).logits.float()
-        labels = batch["labels"][:, 1:].to(device)
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        batch = {k: v.to(device) for k, v in
+                 collate_completions(encoded, tokenizer.pad_token_id).items()}
+        # logits only over the batch's response window, not the prompts (as SFT's loss)
+        logits, labels = forward_logits(model, batch)
+        labels = labels[:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
         token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         mask = labels != IGNORE_INDEX
         for row in range(len(encoded)):
@@ -116,10 +119,12 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str],
 def kl_to_reference(logp_source: torch.Tensor, logp_ref: torch.Tensor) -> float:
     """KL̂(π_source ‖ π_ref) = 1/T · Σ_t [log π_source(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)]
 
-    over the T tokens of a response y drawn from π_source: the per-token log-ratio whose
-    expectation is the KL divergence (the same quantity PPO's KL penalty uses). One
-    response gives a noisy, possibly negative, estimate; the mean over prompts is the
-    number to read.
+    over the T tokens of a response y of the source: the per-token log-ratio whose
+    expectation, for y drawn from π_source itself, is the KL divergence (the quantity PPO's
+    KL penalty uses). The comparison samples at its own temperature / top-p and scores at
+    temperature 1, so read it as the mean log-ratio of the two models on these answers, an
+    estimate of the KL only for plain sampling at temperature 1. One response gives a noisy,
+    possibly negative, value; the mean over prompts is the number to read.
     """
     if logp_source.numel() == 0:
         return 0.0
