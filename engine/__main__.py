@@ -44,10 +44,27 @@ def cmd_model_info(args) -> int:
     return 0
 
 
+def train_help(stage: str | None) -> str:
+    """`train STAGE --help`: every setting with its type, default, bounds and help."""
+    from engine import schema, stages
+
+    names = stages.training_stages()
+    head = ("usage: python -m engine train STAGE [--config FILE.json] [--set KEY=VALUE ...] "
+            "[--name NAME]\n\nSTAGE: " + " | ".join(names) + "\n")
+    if stage is None:
+        return head + "\n`python -m engine train STAGE --help` lists the stage's settings.\n"
+    cls = stages.get(stage).config_cls
+    return (head + f"\nSettings of {stage} (--set NAME=VALUE; dotted names for nested ones, "
+            f"values as JSON):\n" + schema.help_text(cls, stage) + "\n")
+
+
 def cmd_train(args) -> int:
     from engine import stages
     from engine.jobs import run_sync
 
+    if args.help or args.stage is None:
+        print(train_help(args.stage), end="")
+        return 0 if args.help else 2
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     data = stages.apply_overrides(data, args.set)
     store = store_of(args)
@@ -83,8 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
 
-    p = sub.add_parser("train", help="run a training stage synchronously")
-    p.add_argument("stage", choices=["sft", "reward", "ppo"])
+    from engine.stages import training_stages
+
+    p = sub.add_parser("train", help="run a training stage synchronously", add_help=False)
+    p.add_argument("stage", nargs="?", choices=training_stages())
+    p.add_argument("-h", "--help", action="store_true", help="the stage's settings")
     p.add_argument("--config", help="JSON file with the stage's config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (dotted for nested, JSON values)")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from engine.schema import LoraSettings  # noqa: F401 - declared with the settings schema
 from storage import data_home
 
 EMBEDDED = "embedded"
@@ -253,13 +254,6 @@ def default_lora_targets(model) -> list[str]:
     wanted = [n for n in ("q_proj", "k_proj", "v_proj", "o_proj") if n in names]
     return wanted or ["all-linear"]
 
-
-@dataclass
-class LoraSettings:
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: default_lora_targets(model)
 
 
 def lora_config(model, settings: LoraSettings, task_type: str = "CAUSAL_LM"):

@@ -6,12 +6,11 @@ training code it does not need. Add a stage with one line in BUILTIN or with
 """
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import json
-import typing
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
+
+from engine import schema
 
 # name: (module, config class, function, light?)
 BUILTIN: dict[str, tuple[str, str, str, bool]] = {
@@ -21,6 +20,8 @@ BUILTIN: dict[str, tuple[str, str, str, bool]] = {
     "pair_sample": ("engine.collect", "PairSampleConfig", "sample_pair", True),
     "compare": ("engine.compare", "CompareConfig", "run_compare", True),
     "export": ("engine.export", "ExportConfig", "run_export", True),
+    "try": ("engine.tryout", "TryConfig", "run_try", True),
+    "score_text": ("engine.tryout", "ScoreTextConfig", "run_score_text", True),
 }
 
 
@@ -39,11 +40,15 @@ class StageSpec:
         return self.fn
 
     def make_config(self, config: Any = None):
+        """The stage's config from None (defaults), an instance or JSON-like data, checked
+        by its `validate()` (ConfigError names the field) before anything runs."""
         if config is None:
-            return self.config_cls()
-        if isinstance(config, self.config_cls):
-            return config
-        return from_dict(self.config_cls, dict(config))
+            config = self.config_cls()
+        elif not isinstance(config, self.config_cls):
+            config = from_dict(self.config_cls, dict(config))
+        if hasattr(config, "validate"):
+            config.validate()
+        return config
 
 
 _registry: dict[str, StageSpec] = {}
@@ -65,42 +70,12 @@ def get(name: str) -> StageSpec:
     return spec
 
 
-# -- configs from JSON, with --set overrides ----------------------------------------------
-def from_dict(cls: type, data: dict) -> Any:
-    """Build a (possibly nested) config dataclass; unknown keys are an error that names them."""
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}; "
-                         f"known: {sorted(known)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        hint = hints.get(key)
-        if is_dataclass(hint) and isinstance(value, dict):
-            value = from_dict(hint, value)
-        kwargs[key] = value
-    return cls(**kwargs)
+# -- configs from JSON: the settings schema (engine.schema) ------------------------------
+from_dict = schema.from_dict
+apply_overrides = schema.apply_overrides
+to_dict = schema.to_dict
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key=value` (dotted keys for nested fields; values parsed as JSON when they can be)."""
-    data = json.loads(json.dumps(data))
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = json.loads(raw)
-        except json.JSONDecodeError:
-            value = raw
-        target = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            target = target.setdefault(part, {})
-        target[parts[-1]] = value
-    return data
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
+def training_stages() -> list[str]:
+    """The stages that train (the `train` verbs of the CLI), without importing them."""
+    return [name for name, (_, _, _, light) in BUILTIN.items() if not light]

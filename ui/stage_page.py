@@ -1,0 +1,86 @@
+"""One page skeleton for every training stage: title and equation, the new-run form
+(drawn from the stage's settings schema), the run picker, and the run's view (live while
+it is queued or running, then once more with what only a finished run shows).
+
+A page gives what is its own: the fields it draws itself (`page_fields`: the dataset, runs
+to start from, a reward), the run view (`run_view(run_id) -> run`) and what follows a
+finished run (`after_run(run)`: e.g. SFT's "try it").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import streamlit as st
+
+from engine import stages
+from engine.runs import ACTIVE_STATES
+from ui.common import get_store, run_picker
+from ui.forms import settings_form, start_button
+from ui.i18n import t
+
+
+@dataclass
+class PageFields:
+    """What a page's own widgets decided: fixed config values, the runs the new run
+    descends from, and defaults for schema fields that depend on the page's choices."""
+    values: dict[str, Any] = field(default_factory=dict)
+    parents: list[int] = field(default_factory=list)
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StagePage:
+    stage: str                                   # the engine stage ("sft", "reward", ...)
+    icon: str                                    # a material icon for the title
+    formulas: list[str]                          # LaTeX shown under the intro
+    page_fields: Callable[[], PageFields | None]  # None: the page said why no run can start
+    run_view: Callable[[int], dict]
+    after_run: Callable[[dict], None] | None = None
+    view_key: str = ""                           # session key of the picked run
+
+    def __post_init__(self) -> None:
+        self.view_key = self.view_key or f"{self.stage}_view"
+
+    def new_run(self) -> None:
+        own = self.page_fields()
+        if own is None:
+            return
+        cls = stages.get(self.stage).config_cls
+        config, _ = settings_form(cls, self.stage, fixed=own.values, defaults=own.defaults)
+        name = st.text_input(t(f"{self.stage}.run_name"),
+                             placeholder=t(f"{self.stage}.run_name_placeholder"),
+                             key=f"form.{self.stage}.run_name")
+        run_id = start_button(self.stage, config, t(f"{self.stage}.start"),
+                              name=name.strip() or None, parents=own.parents)
+        if run_id is not None:
+            st.session_state[self.view_key] = run_id
+            st.toast(t(f"{self.stage}.started", id=run_id), icon=":material/play_arrow:")
+
+    def live(self, run_id: int) -> None:
+        @st.fragment(run_every=2)
+        def view() -> None:
+            run = self.run_view(run_id)
+            if run["status"] not in ACTIVE_STATES:
+                st.rerun()  # the whole page: the finished view and what follows it
+
+        view()
+
+    def render(self) -> None:
+        st.title(f"{self.icon} " + t(f"{self.stage}.title"))
+        st.write(t(f"{self.stage}.intro"))
+        for formula in self.formulas:
+            st.latex(formula)
+        with st.container(border=True):
+            st.subheader(":material/add_circle: " + t(f"{self.stage}.new_run"))
+            self.new_run()
+        st.subheader(":material/monitoring: " + t(f"{self.stage}.runs"))
+        run = run_picker(self.stage, t(f"{self.stage}.view_run"), key=self.view_key)
+        if run is None:
+            st.caption(t(f"{self.stage}.no_runs"))
+        elif run["status"] in ACTIVE_STATES:
+            self.live(run["id"])
+        else:
+            self.run_view(run["id"])
+            if run["status"] == "succeeded" and self.after_run is not None:
+                self.after_run(get_store().get_run(run["id"]))
