@@ -141,10 +141,8 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
                 assert not ui.sidebar.get_by_test_id("stAlert").count(), "the tiny model was refused"
 
                 # -- data: the samples, then two votes -------------------------------------------
-                ui.goto("nav.data", "data.title")
-                ui.button(label("data.load_samples"))
-                ui.main.get_by_role("button").filter(has_text=label("data.load_samples")) \
-                    .wait_for(state="detached", timeout=60_000)
+                ui.goto("nav.data", "data.title")  # the samples were loaded on first open
+                ui.wait_text("sample-preferences")
                 ui.shot("data")
                 ui.tab(label("data.tab_collect"))
                 ui.button(label("data.collect_sample"))
@@ -162,21 +160,21 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
 
                 # -- SFT ------------------------------------------------------------------------------
                 ui.goto("nav.sft", "sft.title")
-                ui.number(label("sft.batch_size"), 4)
-                ui.number(label("sft.max_length"), 64)
-                ui.expand(label("sft.advanced"))
-                ui.number(label("sft.max_steps"), 4)
-                ui.number(label("sft.eval_every"), 2)
+                ui.number(label("settings.batch_size"), 4)
+                ui.number(label("settings.max_length"), 64)
+                ui.number(label("settings.max_steps"), 4)
+                ui.expand(label("settings.advanced"))
+                ui.number(label("settings.eval_every"), 2)
                 ui.button(label("sft.start"))
                 ui.wait_job("sft")
                 ui.shot("sft")
 
                 # -- reward model ------------------------------------------------------------------
                 ui.goto("nav.reward", "reward.title")
-                ui.number(label("reward.max_steps"), 3)
-                ui.number(label("reward.batch_size"), 4)
-                ui.number(label("reward.max_length"), 64)
-                ui.number(label("reward.max_eval_pairs"), 8)
+                ui.number(label("settings.max_steps"), 3)
+                ui.number(label("settings.batch_size"), 4)
+                ui.number(label("settings.max_length"), 64)
+                ui.number(label("settings.max_eval_pairs"), 8)
                 ui.button(label("reward.start"))
                 ui.wait_job("reward")
                 ui.shot("reward")
@@ -188,9 +186,9 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
                                                                exact=True).click()
                 wait_idle(page)
                 ui.widget("stSelectbox", label("ppo.reward_run")).wait_for()
-                ui.number(label("ppo.steps"), 2)
-                ui.number(label("ppo.batch_size"), 4)
-                ui.number(label("ppo.max_new_tokens"), 12)
+                ui.number(label("settings.max_steps"), 2)
+                ui.number(label("settings.batch_size"), 4)
+                ui.number(label("settings.max_new_tokens"), 12)
                 ui.button(label("ppo.start"))
                 ui.wait_job("ppo")
                 ui.shot("ppo")
