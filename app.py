@@ -40,6 +40,8 @@ def _language_chosen() -> None:
 def sidebar() -> None:
     with st.sidebar:
         lang = current_language()
+        if st.query_params.get("lang") != lang:  # remembered across a browser reload
+            st.query_params["lang"] = lang
         st.selectbox(":material/language: " + t("app.language"), list(LANGUAGES),
                      index=list(LANGUAGES).index(lang), format_func=LANGUAGES.get,
                      key="lang_select", on_change=_language_chosen)

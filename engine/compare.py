@@ -168,7 +168,7 @@ def resolve_prompts(store, cfg: CompareConfig) -> list:
 
 def run_compare(cfg: CompareConfig, ctx) -> dict:
     """Answer the prompts with every source, score them, store a comparison."""
-    from engine.generate import SamplingConfig, generate
+    from engine.generate import SamplingConfig, generate_with_lengths
     from engine.models import inference_cache, source_of
 
     store = ctx.store
@@ -191,7 +191,9 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
         ctx.progress(i, total, f"{labels[source]}: {len(prompts)} answers")
         t0 = time.perf_counter()
         with inference_cache.use(store, source, base_spec=cfg.model) as (model, tok):
-            answers[source] = generate(model, tok, prompts, sampling)
+            # lengths in generated tokens (never over max_new_tokens), not re-tokenised text
+            answers[source], lengths[source] = generate_with_lengths(model, tok, prompts,
+                                                                     sampling)
             ctx.check_cancel()
             if source == "base":
                 kls[source] = [0.0] * len(prompts)
@@ -199,8 +201,6 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
                 kls[source] = source_kl(model, tok, prompts, answers[source], cfg.batch_size)
             else:
                 kls[source] = [None] * len(prompts)
-            lengths[source] = [len(tok(a, add_special_tokens=False)["input_ids"])
-                               for a in answers[source]]
         ctx.log(f"{labels[source]}: {len(prompts)} answers in {time.perf_counter() - t0:.1f} s")
     rewards: dict[str, list[float | None]] = {s: [None] * len(prompts) for s in sources}
     if cfg.reward_run:

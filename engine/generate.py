@@ -1,4 +1,4 @@
-"""Sampling: for the compare page, the "try it" boxes and in-app preference collection."""
+"""Sampling: for the compare page, the "try it" jobs and in-app preference collection."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,11 +27,31 @@ def generate(model, tokenizer, prompts: list, cfg: SamplingConfig | None = None,
     With num_return_sequences=k the answers of each prompt are consecutive
     (k answers for prompt 0, then prompt 1, ...).
     """
+    return generate_with_lengths(model, tokenizer, prompts, cfg, num_return_sequences)[0]
+
+
+def answer_length(new_tokens: list[int], eos_token_id: int | None) -> int:
+    """The tokens the model generated for one answer, its end-of-sequence token excluded.
+
+    Counted on the generated ids, not by re-tokenising the decoded text: decoding and
+    encoding again does not give the same tokens back (a 48-token answer can re-encode to
+    50), so a length counted that way can exceed max_new_tokens. After EOS, generate pads.
+    """
+    if eos_token_id is not None and eos_token_id in new_tokens:
+        return new_tokens.index(eos_token_id)
+    return len(new_tokens)
+
+
+@torch.no_grad()
+def generate_with_lengths(model, tokenizer, prompts: list, cfg: SamplingConfig | None = None,
+                          num_return_sequences: int = 1) -> tuple[list[str], list[int]]:
+    """`generate`'s answers and, for each, its length in generated tokens (answer_length)."""
     cfg = cfg or SamplingConfig()
     device = next(model.parameters()).device
     if cfg.seed is not None:
         torch.manual_seed(cfg.seed)
     answers: list[str] = []
+    lengths: list[int] = []
     was_training = model.training
     model.eval()
     for start in range(0, len(prompts), cfg.batch_size):
@@ -49,6 +69,7 @@ def generate(model, tokenizer, prompts: list, cfg: SamplingConfig | None = None,
         out = model.generate(**batch, **kwargs)
         new_tokens = out[:, batch["input_ids"].shape[1]:]
         answers.extend(tokenizer.batch_decode(new_tokens, skip_special_tokens=True))
+        lengths.extend(answer_length(row, tokenizer.eos_token_id) for row in new_tokens.tolist())
     if was_training:
         model.train()
-    return [a.strip() for a in answers]
+    return [a.strip() for a in answers], lengths

@@ -27,6 +27,8 @@ KEY_METRICS: dict[str, tuple[tuple[str, ...], ...]] = {
     "compare": (("win",), ("reward",)),
     "pair_sample": (("seconds",),),  # how long the two answers took
     "export": (),                    # ids and timestamps only: no number to show
+    "try": (("seconds",),),          # the "try it" and tester jobs: how long they took
+    "score_text": (("seconds",),),
 }
 DEFAULT_KEY = (("eval", "loss"), ("loss",), ("acc",), ("score",), ("reward",))
 
@@ -61,8 +63,18 @@ def duration(run: dict, now: float | None = None) -> float | None:
     return None if end is None else max(0.0, end - started)
 
 
+def is_light(stage: str) -> bool:
+    """Whether a stage is a light job (sampling a pair, a comparison, an export, a "try it"):
+    quick helpers of a page, hidden from the runs list unless asked for. Unknown: no."""
+    try:
+        return bool(stages.get(stage).light)
+    except (KeyError, ImportError, AttributeError):
+        return False
+
+
 def overview(store: Store, stages_: Iterable[str] | None = None,
-             statuses: Iterable[str] | None = None, search: str = "") -> list[dict]:
+             statuses: Iterable[str] | None = None, search: str = "",
+             show_light: bool = False) -> list[dict]:
     """Every run (newest first) as a flat row for the runs table, filtered as filter_rows."""
     now = time.time()
     rows = []
@@ -75,19 +87,23 @@ def overview(store: Store, stages_: Iterable[str] | None = None,
                      "started": run.get("started"), "duration": duration(run, now),
                      "metric": name or "", "value": value, "step": run.get("step") or 0,
                      "total_steps": run.get("total_steps") or 0,
-                     "n_metrics": run.get("n_metrics", 0)})
-    return filter_rows(rows, stages_, statuses, search)
+                     "n_metrics": run.get("n_metrics", 0), "light": is_light(run["stage"])})
+    return filter_rows(rows, stages_, statuses, search, show_light)
 
 
 def filter_rows(rows: list[dict], stages_: Iterable[str] | None = None,
-                statuses: Iterable[str] | None = None, search: str = "") -> list[dict]:
+                statuses: Iterable[str] | None = None, search: str = "",
+                show_light: bool = False) -> list[dict]:
     """Rows of the given stages and statuses (none given: all) whose name contains
-    `search` (case-insensitive; "#12" or "12" also finds run 12)."""
+    `search` (case-insensitive; "#12" or "12" also finds run 12). Light jobs (is_light)
+    are left out unless show_light, or their stage is one of `stages_`."""
     stages_, statuses = set(stages_ or []), set(statuses or [])
     needle = (search or "").strip().lower()
     out = []
     for row in rows:
         if stages_ and row["stage"] not in stages_:
+            continue
+        if row.get("light") and not show_light and row["stage"] not in stages_:
             continue
         if statuses and row["status"] not in statuses:
             continue

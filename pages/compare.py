@@ -11,7 +11,7 @@ from engine.collect import model_sources
 from engine.models import display_name
 from ui.common import (get_jobs, get_store, live_job_panel, model_spec, run_label,
                        translated_choice, translated_radio)
-from ui.i18n import t
+from ui.i18n import t, tn
 
 store, jobs = get_store(), get_jobs()
 st.title(":material/compare: " + t("compare.title"))
@@ -31,7 +31,7 @@ def comparison_picker(key: str) -> int | None:
     for c in comparisons:
         cfg = c.get("config") or {}
         labels[c["id"]] = t("compare.comparison_label", id=c["id"], name=c["name"],
-                            n=len(cfg.get("prompts") or []),
+                            prompts=tn("compare.prompts", len(cfg.get("prompts") or [])),
                             models=", ".join((cfg.get("labels") or {}).values()))
     return translated_choice(st.selectbox, t("compare.pick"), list(labels), key, labels.get)
 
@@ -126,15 +126,22 @@ with tab_results:
                      top_p=cfg.get("top_p"), max_new_tokens=cfg.get("max_new_tokens"),
                      greedy=t("compare.yes") if cfg.get("greedy") else t("compare.no")))
         summary = model_summary(outputs)
+        # a missing number (no reward model, KL off, an undefined correlation) shows "—"
         table = pd.DataFrame([{
             t("compare.col_model"): s["model"], t("compare.col_answers"): s["answers"],
-            t("compare.col_reward"): s["mean_reward"], "distinct-1": s["distinct_1"],
+            t("compare.col_reward"): _fmt(s["mean_reward"]), "distinct-1": s["distinct_1"],
             "distinct-2": s["distinct_2"], t("compare.col_length"): s["mean_length"],
-            t("compare.col_kl"): s["mean_kl"], t("compare.col_corr"): s["reward_length_corr"],
+            t("compare.col_kl"): _fmt(s["mean_kl"]),
+            t("compare.col_corr"): "—" if s["reward_length_corr"] is None
+            else f"{s['reward_length_corr']:+.2f}",
         } for s in summary])
         st.subheader(t("compare.per_model"))
-        st.dataframe(table, hide_index=True, width="stretch")
+        st.dataframe(table, hide_index=True, width="stretch", column_config={
+            t("compare.col_corr"): st.column_config.TextColumn(
+                t("compare.col_corr"), help=t("compare.corr_undefined"))})
         st.caption(t("compare.metrics_help"))
+        if any(s["reward_length_corr"] is None for s in summary):
+            st.caption(t("compare.corr_undefined"))
         scored = [o for o in outputs if o.get("reward") is not None]
         if scored:
             df = pd.DataFrame([{"model": o["model"], "length": o["length"],
@@ -147,7 +154,7 @@ with tab_results:
                             width="stretch")
         models = comparison_models(outputs)
         items = outputs_by_prompt(outputs)
-        st.subheader(t("compare.answers", n=len(items)))
+        st.subheader(t("compare.answers", prompts=tn("compare.prompts", len(items))))
         shown = items[:50]
         for item in shown:
             with st.container(border=True):
@@ -161,10 +168,12 @@ with tab_results:
                             st.caption("—")
                             continue
                         st.markdown(row["response"] or t("compare.empty_answer"))
+                        length = row.get("length")
                         st.caption(t("compare.answer_stats", reward=_fmt(row.get("reward")),
-                                     kl=_fmt(row.get("kl")), length=row.get("length")))
+                                     kl=_fmt(row.get("kl")), tokens="—" if length is None
+                                     else tn("compare.tokens", length)))
         if len(items) > len(shown):
-            st.caption(t("compare.more_hidden", n=len(items) - len(shown)))
+            st.caption(tn("compare.more_hidden", len(items) - len(shown)))
 
 # -- blind A/B --------------------------------------------------------------------------------
 with tab_vote:
@@ -185,7 +194,7 @@ with tab_vote:
             votes = store.list_votes(vid)
             pending = pending_items(items, votes)
             st.progress((len(items) - len(pending)) / max(1, len(items)),
-                        text=t("compare.voted", done=len(items) - len(pending), total=len(items)))
+                        text=tn("compare.voted", len(items), done=len(items) - len(pending)))
             if pending:
                 item = pending[0]
                 with st.container(border=True):
@@ -215,12 +224,15 @@ with tab_vote:
             m1.metric(t("compare.win_rate"), "—" if wr["rate"] is None
                       else f"{wr['rate']:.0%}",
                       help=t("compare.win_rate_help"))
-            m1.caption(t("compare.win_detail", n=wr["n"], wins=wr["wins"], losses=wr["losses"],
-                         ties=wr["ties"], low=f"{wr['low']:.0%}", high=f"{wr['high']:.0%}"))
+            m1.caption(t("compare.win_detail", votes=tn("compare.votes", wr["n"]),
+                         wins=tn("compare.wins", wr["wins"]),
+                         losses=tn("compare.losses", wr["losses"]),
+                         ties=tn("compare.ties", wr["ties"]), low=f"{wr['low']:.0%}",
+                         high=f"{wr['high']:.0%}"))
             m2.metric(t("compare.reward_rate"), "—" if rp["reward_rate"] is None
                       else f"{rp['reward_rate']:.0%}", help=t("compare.reward_rate_help"))
-            m2.caption(t("compare.reward_detail", n=rp["n"]))
+            m2.caption(tn("compare.reward_detail", rp["n"]))
             m3.metric(t("compare.agreement"), "—" if rp["agreement"] is None
                       else f"{rp['agreement']:.0%}", help=t("compare.agreement_help"))
-            m3.caption(t("compare.agreement_detail", n=rp["decisive"],
-                         low=f"{rp['agreement_low']:.0%}", high=f"{rp['agreement_high']:.0%}"))
+            m3.caption(tn("compare.agreement_detail", rp["decisive"],
+                          low=f"{rp['agreement_low']:.0%}", high=f"{rp['agreement_high']:.0%}"))

@@ -6,11 +6,13 @@ import pandas as pd
 import streamlit as st
 
 from engine.models import LoraSettings
-from engine.reward import RewardConfig, load_scorer
+from engine.reward import RewardConfig
+from engine.tryout import ScoreTextConfig
 from storage.db import RUN_STATES
-from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
-                       metrics_frame, model_spec, run_picker, runs_options, translated_choice)
-from ui.i18n import t
+from ui.common import (datasets_or_hint, get_jobs, get_store, job_of_session, job_panel,
+                       line_chart, metrics_frame, model_spec, run_picker, runs_options,
+                       translated_choice)
+from ui.i18n import t, tn
 
 store = get_store()
 st.title(":material/balance: " + t("reward.title"))
@@ -136,6 +138,15 @@ def eval_frame(run_id: int) -> pd.DataFrame:
         "rejected_length": r["extra"]["rejected_length"]} for r in rows if r["step"] == last])
 
 
+MAX_WORST = 10  # misranked pairs listed
+
+
+def norm_formula(mean: float, std: float) -> str:
+    """The normalisation r̂ = (r − μ) / σ with μ's sign folded in: "(r + 1.501) / 0.938"
+    for μ = −1.501, never "(r − -1.501)"."""
+    return f"(r {'+' if mean < 0 else '−'} {abs(mean):.3f}) / {std:.3f}"
+
+
 def results(run: dict) -> None:
     df = eval_frame(run["id"])
     summary = run.get("summary") or {}
@@ -158,8 +169,8 @@ def results(run: dict) -> None:
     if summary.get("norm_std"):
         source = summary.get("norm_source") or "train"
         source = t("reward.norm_train") if source == "train" else t("reward.norm_sft", run=source)
-        st.caption(t("reward.norm_caption", mean=f"{summary['norm_mean']:.3f}",
-                     std=f"{summary['norm_std']:.3f}", source=source))
+        st.caption(t("reward.norm_caption", source=source,
+                     formula=norm_formula(summary["norm_mean"], summary["norm_std"])))
 
     left, right = st.columns(2)
     with left:
@@ -213,8 +224,15 @@ def results(run: dict) -> None:
     st.caption(t("reward.scatter_caption"))
 
     st.markdown("**" + t("reward.worst_title") + "**")
-    st.caption(t("reward.worst_caption"))
-    worst = df.sort_values("margin").head(10)
+    # the pairs the model gets wrong (r⁺ ≤ r⁻), most wrong first; not merely the lowest margins
+    wrong = df[df["margin"] <= 0].sort_values("margin")
+    if wrong.empty:
+        st.success(t("reward.worst_none"), icon=":material/check_circle:")
+        return
+    worst = wrong.head(MAX_WORST)
+    more = " " + t("reward.worst_more", shown=len(worst)) if len(wrong) > len(worst) else ""
+    st.caption(t("reward.worst_caption", count=tn("reward.worst_count", len(wrong),
+                                                   total=len(df)), more=more))
     st.dataframe(
         worst[["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "margin"]],
         hide_index=True, width="stretch",
@@ -253,14 +271,14 @@ else:
         lines = [a.strip() for a in (answers or "").splitlines() if a.strip()]
         if not (prompt or "").strip() or not lines:
             st.warning(t("reward.tester_need"))
-        else:
-            with st.spinner(t("reward.tester_scoring")):
-                scores = load_scorer(store, scorer_run).score([prompt] * len(lines), lines)
-            st.session_state["reward_tester_result"] = {
-                "run": scorer_run, "answers": lines, "scores": scores}
-    result = st.session_state.get("reward_tester_result")
-    if result and result["run"] == scorer_run:
-        ranked = pd.DataFrame({"answer": result["answers"], "reward": result["scores"]}) \
+        else:  # scored by a light job (engine.tryout.run_score_text), not in this script
+            st.session_state["reward_tester_job"] = get_jobs().submit(
+                "score_text", ScoreTextConfig(reward_run=scorer_run, prompt=prompt.strip(),
+                                              responses=lines))
+    job = job_of_session("reward_tester_job")
+    result = (job or {}).get("summary") or {}
+    if job and job["status"] == "succeeded" and result.get("reward_run") == scorer_run:
+        ranked = pd.DataFrame({"answer": result["responses"], "reward": result["scores"]}) \
             .sort_values("reward", ascending=False).reset_index(drop=True)
         ranked.insert(0, "rank", range(1, len(ranked) + 1))
         st.dataframe(ranked, hide_index=True, width="stretch", column_config={

@@ -13,7 +13,7 @@ from engine import runs as R
 from storage import NotFound
 from storage.db import RUN_STATES
 from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, translated_choice
-from ui.i18n import t
+from ui.i18n import t, tn
 
 MAX_SAMPLES = 500
 MAX_LOG_LINES = 1000
@@ -60,13 +60,19 @@ st.title(":material/monitoring: " + t("runs.title"))
 st.caption(t("runs.intro"))
 flash()
 
-all_rows = R.overview(store)
+all_rows = R.overview(store, show_light=True)
 if not all_rows:
     st.info(t("runs.none"), icon=":material/info:")
     st.stop()
 
+# light jobs (pair sampling for each vote, comparisons, exports, try-outs) are hidden unless
+# asked for; a copy just started from one (clone) turns them on, so it can be opened
+if any(r["id"] == st.session_state.get("runs_open_next") and r["light"] for r in all_rows):
+    st.session_state["runs_show_light"] = True
+show_light = st.toggle(t("runs.show_light"), key="runs_show_light",
+                       help=t("runs.show_light_help"))
 cols = st.columns([2, 2, 3])
-present = sorted({r["stage"] for r in all_rows})
+present = sorted({r["stage"] for r in all_rows if show_light or not r["light"]})
 stage_filter = translated_choice(cols[0].multiselect, t("runs.filter_stage"), present,
                                  "runs_stage", stage_label, placeholder=t("runs.all"))
 status_filter = translated_choice(cols[1].multiselect, t("runs.filter_status"),
@@ -74,8 +80,10 @@ status_filter = translated_choice(cols[1].multiselect, t("runs.filter_status"),
                                   lambda s: t("common.status_" + s), placeholder=t("runs.all"))
 search = cols[2].text_input(t("runs.search"), key="runs_search",
                             placeholder=t("runs.search_placeholder"))
-rows = R.filter_rows(all_rows, stage_filter, status_filter, search)
-st.caption(t("runs.count", shown=len(rows), total=len(all_rows)))
+rows = R.filter_rows(all_rows, stage_filter, status_filter, search, show_light=show_light)
+hidden = 0 if show_light else sum(r["light"] for r in all_rows)
+st.caption(tn("runs.count", len(all_rows), shown=len(rows))
+           + (" " + tn("runs.light_hidden", hidden) if hidden else ""))
 
 if rows:
     table = pd.DataFrame([{

@@ -166,15 +166,15 @@ def live_view(run_id: int) -> None:
         st.rerun()  # the whole page: the finished view and the "try it" box
 
 
-# -- try it: base vs fine-tuned, greedy ------------------------------------------------------
+# -- try it: base vs fine-tuned, greedy (a light job: engine.tryout.run_try) -----------------
 def try_it(run: dict) -> None:
-    from engine.generate import SamplingConfig, generate
-    from engine.models import inference_cache
+    from engine.tryout import TryConfig
+    from ui.common import job_of_session
 
     run_id = run["id"]
     spec = (run.get("config") or {}).get("model") or "embedded"
     st.subheader(":material/chat: " + t("sft.try_title"))
-    st.caption(t("sft.try_caption"))
+    st.caption(t("sft.try_caption", n=TryConfig().max_new_tokens))
     default_prompt = ""
     try:
         rows = store.list_rows(run["config"].get("dataset"), split="eval", limit=1)
@@ -184,24 +184,20 @@ def try_it(run: dict) -> None:
     with st.form(f"sft_try_{run_id}"):
         prompt = st.text_area(t("sft.try_prompt"), value=default_prompt, height=80)
         go = st.form_submit_button(t("sft.try_go"), icon=":material/bolt:")
-    key = f"sft_try_out_{run_id}"
+    key = f"sft_try_job_{run_id}"
     if go and prompt.strip():
-        sampling = SamplingConfig(max_new_tokens=48, greedy=True)
-        with st.spinner(t("sft.try_running")):
-            with inference_cache.use(store, "base", base_spec=spec) as (model, tok):
-                base = generate(model, tok, [prompt.strip()], sampling)[0]
-            with inference_cache.use(store, run_id) as (model, tok):
-                tuned = generate(model, tok, [prompt.strip()], sampling)[0]
-        st.session_state[key] = {"prompt": prompt.strip(), "base": base, "tuned": tuned}
-    out = st.session_state.get(key)
-    if out:
+        st.session_state[key] = get_jobs().submit(
+            "try", TryConfig(run_id=run_id, prompt=prompt.strip()), model=spec)
+    job = job_of_session(key)
+    if job and job["status"] == "succeeded":
+        out = job.get("summary") or {}
         left, right = st.columns(2)
         with left.container(border=True):
             st.markdown("**" + t("sft.try_base", name=display_name(spec)) + "**")
-            st.text(out["base"] or "∅")
+            st.text(out.get("base") or "∅")
         with right.container(border=True):
             st.markdown("**" + t("sft.try_tuned", id=run_id) + "**")
-            st.text(out["tuned"] or "∅")
+            st.text(out.get("tuned") or "∅")
 
 
 # -- the page --------------------------------------------------------------------------------

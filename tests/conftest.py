@@ -72,6 +72,35 @@ def make_adapter_run(store, model_dir, stage: str = "sft", spec: str | None = No
     return rid
 
 
+def make_reward_run(store, model_dir, normalize: bool = False) -> int:
+    """A real (briefly trained) reward run on `model_dir` and a small preference set."""
+    from engine.jobs import run_sync
+
+    rows = [{"prompt": f"Tell me about topic {i}.", "chosen": f"Topic {i} is fine.",
+             "rejected": f"Topic {i} is fine!", "split": "eval" if i % 2 else "train"}
+            for i in range(12)]
+    store.create_dataset("prefs", "preference")
+    store.add_rows("prefs", rows)
+    run = run_sync(store, "reward", {"model": str(model_dir), "dataset": "prefs",
+                                     "max_steps": 2, "batch_size": 4, "max_length": 64,
+                                     "save_every": 0, "normalize": normalize,
+                                     "max_eval_pairs": 4})
+    assert run["status"] == "succeeded", run["error"]
+    return run["id"]
+
+
+def app_with_model(model_dir, page: str, timeout: float = 60):
+    """The whole app (sidebar and navigation) with `model_dir` as its base model, on `page`
+    ("pages/sft.py"), as an AppTest that has run."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    at.session_state["model_kind"] = "folder"  # the sidebar's base model: this one
+    at.session_state["model_value"] = str(model_dir)
+    at.run()
+    return at.switch_page(page).run()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     """A 2-layer, 64-wide Llama with the embedded tokenizer: a real model that trains in seconds."""

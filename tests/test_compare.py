@@ -9,10 +9,10 @@ from streamlit.testing.v1 import AppTest
 from engine.compare import (blind_items, distinct_1, distinct_2, distinct_n, hidden_order_swapped,
                             kl_to_reference, model_summary, pending_items, record_vote,
                             reward_preference, wilson_interval, win_rate)
-from engine.generate import SamplingConfig, generate
+from engine.generate import SamplingConfig, generate_with_lengths
 from engine.jobs import JobManager
 from engine.models import inference_cache
-from tests.conftest import ROOT, make_adapter_run
+from tests.conftest import ROOT, make_adapter_run, make_reward_run
 from ui.common import widget_key
 
 
@@ -135,12 +135,14 @@ def test_comparison_job_end_to_end_with_tiny_model(store, tiny_model_dir):
     run_rows = [o for o in outputs if o["model"] == f"sft#{rid}"]
     assert all(o["kl"] == 0.0 for o in base_rows)
     assert all(o["kl"] is not None and o["kl"] != 0.0 for o in run_rows)
-    assert all(o["length"] >= 0 for o in outputs)
+    # lengths are the generated tokens: never over max_new_tokens, as re-tokenising can be
+    assert all(0 <= o["length"] <= 8 for o in outputs)
     # same seed and settings: the stored answers are what the app's generate gives
     cfg = SamplingConfig(max_new_tokens=8, seed=3)
     with inference_cache.use(store, rid) as (m, tok):
-        again = generate(m, tok, prompts, cfg)
+        again, lengths = generate_with_lengths(m, tok, prompts, cfg)
     assert [o["response"] for o in run_rows] == again
+    assert [o["length"] for o in run_rows] == lengths
     assert {s["model"] for s in summary["per_model"]} == {"base", f"sft#{rid}"}
     inference_cache.clear()
 
@@ -183,7 +185,41 @@ def test_compare_page_shows_columns_and_blind_vote(store):
     assert len(votes) == 1 and votes[0]["choice"] == "a"
     assert {votes[0]["model_a"], votes[0]["model_b"]} == {"base", "sft#1"}
     assert at.metric[0].value == ("100%" if votes[0]["model_a"] == "sft#1" else "0%")
-    assert "1 votes" in " ".join(c.value for c in at.caption)
+    captions = " ".join(c.value for c in at.caption)
+    won = votes[0]["model_a"] == "sft#1"  # X is the last model: sft#1
+    assert ("1 vote: 1 win, 0 losses, 0 ties" if won else "1 vote: 0 wins, 1 loss, 0 ties") \
+        in captions
+    assert "on 1 voted pair with rewards" in captions and "1 decisive vote ·" in captions
+    assert "1 votes" not in captions and "1 pairs" not in captions
+    # every answer has 3 tokens: corr(reward, length) is undefined, shown "—" and explained
+    table = next(f for f in frames if "distinct-2" in f.columns)
+    assert list(table["corr(reward, length)"]) == ["—", "—"]
+    assert "None" not in table.astype(str).to_string()
+    assert "undefined" in captions and "3 tokens" in captions
+
+
+def test_counts_agree_in_number_in_both_languages(store):
+    cid = store.create_comparison("demo", {"prompts": ["q0"],
+                                           "labels": {"base": "base", "1": "sft#1"}})
+    outputs = _outputs(n=1)
+    outputs[1]["length"] = 1
+    store.add_comparison_outputs(cid, outputs)
+    record_vote(store, blind_items(outputs, "base", "sft#1", comparison_id=cid)[0], "tie",
+                comparison_id=cid)
+    at = _app("fr").run()
+    assert not at.exception, at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "1 vote : 0 victoire, 0 défaite, 1 égalité" in captions
+    assert "0 vote tranché" in captions and "1 token" in captions and "3 tokens" in captions
+    assert at.subheader[1].value == "Réponses (1 prompt)"
+
+
+def test_answer_length_counts_generated_tokens_up_to_eos():
+    from engine.generate import answer_length
+
+    assert answer_length([5, 7, 2, 0, 0], eos_token_id=2) == 2   # EOS, then padding
+    assert answer_length([5, 7, 9], eos_token_id=2) == 3         # cut at max_new_tokens
+    assert answer_length([2, 0], eos_token_id=2) == 0
 
 
 def test_compare_page_in_french_without_comparisons(store):
@@ -214,27 +250,11 @@ def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
     inference_cache.clear()
 
 
-def _tiny_reward_run(store, tiny_model_dir) -> int:
-    """A real (briefly trained) reward run on the tiny model and a small preference set."""
-    from engine.jobs import run_sync
-
-    rows = [{"prompt": f"Tell me about topic {i}.", "chosen": f"Topic {i} is fine.",
-             "rejected": f"Topic {i} is fine!", "split": "eval" if i % 2 else "train"}
-            for i in range(12)]
-    store.create_dataset("prefs", "preference")
-    store.add_rows("prefs", rows)
-    run = run_sync(store, "reward", {"model": str(tiny_model_dir), "dataset": "prefs",
-                                     "max_steps": 2, "batch_size": 4, "max_length": 64,
-                                     "save_every": 0, "normalize": False, "max_eval_pairs": 4})
-    assert run["status"] == "succeeded", run["error"]
-    return run["id"]
-
-
 def test_comparison_with_reward_model_on_dataset_prompts(store, tiny_model_dir):
     from engine.reward import clear_scorers, load_scorer
 
     rid = make_adapter_run(store, tiny_model_dir, stage="ppo", seed=2)
-    reward_id = _tiny_reward_run(store, tiny_model_dir)
+    reward_id = make_reward_run(store, tiny_model_dir)
     inference_cache.clear()
     jobs = JobManager(store)
     job = jobs.submit("compare", {"model": str(tiny_model_dir), "sources": [rid, "base"],

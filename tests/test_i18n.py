@@ -244,3 +244,40 @@ def test_pages_hold_no_hard_coded_user_text():
     found = [hit for page in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
              for hit in _hard_coded(page)]
     assert not found, "user-facing text outside the catalogues:\n" + "\n".join(found)
+
+
+# -- counts: singular and plural -------------------------------------------------------------
+def _literal_plural_keys() -> dict[str, str]:
+    """Every tn("ns.key", n) called with a literal in the app's code: key -> where."""
+    found: dict[str, str] = {}
+    for path in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")),
+                 *sorted((ROOT / "ui").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+                    and node.func.id == "tn" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                found.setdefault(node.args[0].value, f"{path.relative_to(ROOT)}:{node.lineno}")
+    return found
+
+
+def test_every_plural_key_has_both_forms_in_both_languages():
+    from ui.i18n import catalogue
+
+    keys = _literal_plural_keys()
+    assert "compare.votes" in keys and "runs.count" in keys
+    missing = [f"{key}_{form} ({where}, {lang})" for key, where in sorted(keys.items())
+               for lang in LANGS for form in ("one", "other")
+               if f"{key}_{form}" not in catalogue(lang)]
+    assert not missing, "plural keys without both forms:\n" + "\n".join(missing)
+
+
+def test_plural_forms_follow_each_language():
+    from ui.i18n import tn
+
+    assert [tn("compare.votes", n, lang="en") for n in (0, 1, 2)] == ["0 votes", "1 vote",
+                                                                      "2 votes"]
+    assert [tn("compare.votes", n, lang="fr") for n in (0, 1, 2)] == ["0 vote", "1 vote",
+                                                                      "2 votes"]
+    assert tn("compare.voted", 1, lang="en", done=1) == "1 of 1 pair voted"
+    assert tn("compare.voted", 3, lang="en", done=1) == "1 of 3 pairs voted"
+    assert tn("compare.voted", 3, lang="fr", done=1) == "1 sur 3 paires votées"

@@ -291,12 +291,20 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
     assert accuracy >= 0.8
     assert t("reward.length_corr") in metrics
     assert any(t("reward.worst_title") in m.value for m in at.markdown)
-    assert len(at.dataframe) >= 1
+    if accuracy < 1:  # the misranked pairs, else a word that there are none
+        assert any("rejected_reward" in d.value.columns for d in at.dataframe)
+    else:
+        assert any(s.value == t("reward.worst_none") for s in at.success)
 
     # the tester ranks a full-stop answer above the same answer with "!"
     at.text_area(key="reward_tester_prompt").input("Tell me about cats.")
     at.text_area(key="reward_tester_answers").input("I think cats is nice!\nI think cats is nice.")
     at.button(key="reward_tester_go").click().run()
+    assert not at.exception, at.exception
+    job = at.session_state["reward_tester_job"]  # a light job scores them, not the script
+    assert store.get_run(job)["stage"] == "score_text"
+    assert get_manager(store).wait(job, 120) == "succeeded", store.get_run(job)["error"]
+    at.run()
     assert not at.exception, at.exception
     ranked = at.dataframe[-1].value
     assert list(ranked["answer"]) == ["I think cats is nice.", "I think cats is nice!"]
@@ -318,3 +326,46 @@ def test_an_sft_dataset_is_refused_naming_the_kind(store, tiny_model_dir):
     run = run_sync(store, "reward", {"model": str(tiny_model_dir), "dataset": "answers"})
     assert run["status"] == "failed"
     assert "'answers' is a sft dataset; a reward model needs a preference dataset" in run["error"]
+
+
+def _reward_run_with_eval_pairs(store, margins: list[float], norm_mean: float) -> int:
+    """A finished reward run as the stage leaves it: summary and last-step eval pairs."""
+    rid = store.create_run("reward", {"model": "embedded"}, status="succeeded")
+    store.update_run(rid, summary={"eval_accuracy": sum(m > 0 for m in margins) / len(margins),
+                                   "eval_margin": sum(margins) / len(margins),
+                                   "norm_mean": norm_mean, "norm_std": 0.938,
+                                   "norm_source": "train"})
+    store.add_samples(rid, 5, [{
+        "prompt": f"prompt {i}", "response": f"chosen {i}", "kind": "eval_pair",
+        "rejected": f"rejected {i}", "chosen_reward": m, "rejected_reward": 0.0, "margin": m,
+        "correct": m > 0, "chosen_length": 3 + i, "rejected_length": 4}
+        for i, m in enumerate(margins)])
+    return rid
+
+
+def test_page_lists_the_misranked_pairs_and_folds_the_mean_sign(store, fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from ui.common import widget_key
+    from ui.i18n import t
+
+    good = _reward_run_with_eval_pairs(store, [0.4, 1.0, 2.0], norm_mean=0.25)
+    mixed = _reward_run_with_eval_pairs(store, [2.0, 0.5, 0.1, -0.3, 0.0, -1.2], norm_mean=-1.501)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
+    at.switch_page("pages/reward.py").run()
+    assert not at.exception, at.exception
+    assert at.selectbox(key="reward_run_select").value == mixed
+    captions = " ".join(c.value for c in at.caption)
+    assert "r̂ = (r + 1.501) / 0.938" in captions and "− -" not in captions
+    # only the pairs it gets wrong (r⁺ ≤ r⁻), the most wrong first; not the lowest margins
+    wrong = next(d.value for d in at.dataframe if "rejected_reward" in d.value.columns)
+    assert list(wrong["margin"]) == [-1.2, -0.3, 0.0]
+    assert "3 of 6 evaluation pairs are misranked." in captions
+    assert "r⁺ ≤ r⁻" in captions
+
+    at.selectbox(key="reward_run_select").set_value(good).run()
+    assert not at.exception, at.exception
+    assert "r̂ = (r − 0.250) / 0.938" in " ".join(c.value for c in at.caption)
+    assert any(s.value == t("reward.worst_none") for s in at.success)
+    assert not any("rejected_reward" in d.value.columns for d in at.dataframe)
+    assert at.selectbox(key=widget_key("reward_tester_run")).value is not None

@@ -320,3 +320,34 @@ def test_page_renders_with_100_runs_and_50000_metric_rows(store):
     at.multiselect(key="runs_overlay_ids_sft").set_value([big, ids[3]]).run()
     assert not at.exception
     print(json.dumps({"first_render_s": round(first, 2), "open_big_run_s": round(opened, 2)}))
+
+
+# -- light jobs (pair sampling, compare, export, try-outs) ---------------------------------
+def test_light_jobs_are_left_out_unless_asked_for(store):
+    sft = finished_run(store, "sft", {}, name="train")
+    pair = finished_run(store, "pair_sample", {"prompt": "hi"}, name="pair-vote")
+    cmp_ = finished_run(store, "compare", {}, name="cmp")
+    assert all(R.is_light(s) for s in ("pair_sample", "compare", "export", "try", "score_text"))
+    assert not R.is_light("sft") and not R.is_light("runs_tick") and not R.is_light("nope")
+    assert [r["id"] for r in R.overview(store)] == [sft]
+    every = R.overview(store, show_light=True)
+    assert [r["id"] for r in every] == [cmp_, pair, sft]
+    assert [r["light"] for r in every] == [True, True, False]
+    assert [r["id"] for r in R.filter_rows(every, search="vote")] == []
+    assert [r["id"] for r in R.filter_rows(every, search="vote", show_light=True)] == [pair]
+    # a light stage picked in the stage filter is a request to see it
+    assert [r["id"] for r in R.filter_rows(every, stages_=["pair_sample"])] == [pair]
+
+
+def test_page_hides_pair_sampling_runs_until_the_toggle(store):
+    sft = finished_run(store, "sft", {}, name="train")
+    pairs = [finished_run(store, "pair_sample", {"prompt": "hi"}) for _ in range(2)]
+    at = app().run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["id"]) == [sft]
+    assert "1 of 3 runs · 2 light jobs hidden" in at.caption[1].value
+    assert at.multiselect(key=widget_key("runs_stage")).options == ["SFT"]
+    at.toggle(key="runs_show_light").set_value(True).run()
+    assert not at.exception
+    assert list(at.dataframe[0].value["id"]) == pairs[::-1] + [sft]
+    assert at.caption[1].value.startswith("3 of 3 runs")

@@ -16,7 +16,7 @@ import torch
 from engine import train_utils as tu
 from engine.chat import IGNORE_INDEX
 from engine.sft import response_nll, sft_loss
-from tests.conftest import ROOT
+from tests.conftest import ROOT, app_with_model
 
 PAIRS = [{"prompt": "What is the capital of France?", "response": "Paris."},
          {"prompt": "Say hello.", "response": "Hello there!"},
@@ -358,16 +358,11 @@ def test_cli_trains_and_reports_truncation(store, tiny_model_dir, tmp_path, lab_
 # -- the page ----------------------------------------------------------------------------------
 def test_page_renders_and_starts_a_run(store, tiny_model_dir):
     import streamlit as st
-    from streamlit.testing.v1 import AppTest
 
     from engine.jobs import get_manager
 
     st.cache_resource.clear()  # each test its own database
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-    at.session_state["model_kind"] = "folder"  # the sidebar's base model: the tiny one
-    at.session_state["model_value"] = str(tiny_model_dir)
-    at.run()
-    at.switch_page("pages/sft.py").run()
+    at = app_with_model(tiny_model_dir, "pages/sft.py")  # the sidebar's base model: the tiny one
     assert not at.exception, at.exception
     assert at.info  # no dataset yet: it says where to make one
 

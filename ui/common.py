@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine.jobs import JobManager, get_manager
 from engine.runs import ACTIVE_STATES, RESUMABLE_STATES
-from storage import Store
+from storage import NotFound, Store
 from storage.db import default_db_path
 from ui.i18n import current_language, t
 
@@ -131,6 +131,22 @@ def live_job_panel(run_id: int, seen_key: str, show_log: bool = True) -> None:
             st.rerun(scope="app")
 
     panel()
+
+
+def job_of_session(key: str, show_log: bool = False) -> dict | None:
+    """The job whose id the page keeps in `st.session_state[key]` (a light job it
+    submitted): drawn with `live_job_panel` and returned as a run, to show its result once
+    it succeeded. None when there is none, or the run was deleted since."""
+    job_id = st.session_state.get(key)
+    if not job_id:
+        return None
+    try:
+        get_store().get_run(job_id)
+    except NotFound:
+        st.session_state.pop(key, None)
+        return None
+    live_job_panel(job_id, f"{key}_seen", show_log=show_log)
+    return get_store().get_run(job_id)
 
 
 def ema(values: pd.Series, smoothing: float) -> pd.Series:

@@ -29,7 +29,8 @@ _last_language = DEFAULT
 
 
 def current_language() -> str:
-    """The session's choice, else the browser's locale, else English.
+    """The session's choice, else the page address's `?lang=`, else the browser's locale,
+    else English.
 
     Outside a script run (e.g. AppTest calling a widget's format_func from the test
     thread) there is no session: the language of the last run in this process is used,
@@ -43,6 +44,8 @@ def current_language() -> str:
         if get_script_run_ctx(suppress_warning=True) is None:
             return _last_language
         lang = st.session_state.get("lang")
+        if lang not in LANGUAGES:  # a reload keeps the choice in the address (?lang=fr)
+            lang = st.query_params.get("lang")
         if lang not in LANGUAGES:
             locale = (getattr(st.context, "locale", None) or "").lower()
             lang = "fr" if locale.startswith("fr") else DEFAULT
@@ -62,3 +65,18 @@ def t(key: str, lang: str | None = None, **kwargs) -> str:
         except (KeyError, IndexError, ValueError):
             return text
     return text
+
+
+def plural_form(n: float, lang: str) -> str:
+    """The plural form of a count, "one" or "other", by the language's rule (CLDR): English
+    singular for 1 only ("0 votes", "1 vote"); French for 0 and 1 ("0 vote", "1 vote")."""
+    if lang == "fr":
+        return "one" if 0 <= n < 2 else "other"
+    return "one" if n == 1 else "other"
+
+
+def tn(key: str, n: float, lang: str | None = None, **kwargs) -> str:
+    """The message `<key>_one` or `<key>_other` for the count n, formatted with n=n and
+    kwargs: `tn("compare.votes", 1)` → "1 vote"."""
+    lang = lang or current_language()
+    return t(f"{key}_{plural_form(n, lang)}", lang, n=n, **kwargs)
