@@ -7,10 +7,14 @@ from typing import Any
 
 
 def store_of(args):
-    """The Store of `--db PATH`, or the default database."""
+    """The Store of `--db PATH`, or the default database (the shipped samples loaded into
+    it the first time it is opened: engine.data.ensure_samples_on_first_open)."""
+    from engine.data import ensure_samples_on_first_open
     from storage import Store
 
-    return Store(getattr(args, "db", None) or None)
+    store = Store(getattr(args, "db", None) or None)
+    ensure_samples_on_first_open(store)
+    return store
 
 
 def print_json(obj: Any) -> None:

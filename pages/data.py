@@ -16,7 +16,6 @@ from ui.i18n import t
 
 PAGE_ROWS = 200
 PROMPT_OPTIONS = 1000  # prompts offered for a vote (a select box of 30k entries is unusable)
-UPLOAD_TYPES = ["jsonl", "ndjson", "json", "csv", "tsv", "parquet"]
 CHOICE_KEYS = {"a": "A", "b": "B", "tie": "T", "both_bad": "X"}
 
 store = get_store()
@@ -233,7 +232,16 @@ def datasets_tab() -> None:
 def import_tab() -> None:
     st.caption(t("data.import_intro"))
     version = st.session_state.setdefault("import_version", 0)  # bumped to clear the inputs
-    uploaded = st.file_uploader(t("data.upload"), type=UPLOAD_TYPES, key=f"import_file_{version}")
+    # no `type=` filter: the uploader would refuse a file only with a tooltip on its icon;
+    # every file comes here instead, and a refusal is an error on the page
+    uploaded = st.file_uploader(t("data.upload"), key=f"import_file_{version}")
+    refused = False
+    if uploaded is not None:
+        try:
+            D.sniff_file_type(uploaded, uploaded.name)
+        except D.DataFormatError as exc:
+            st.error(t("data.upload_refused", error=str(exc)))
+            refused = True
     path = st.text_input(t("data.local_path"), key=f"import_path_{version}",
                          help=t("data.local_path_help")).strip()
     cols = st.columns(3)
@@ -255,7 +263,7 @@ def import_tab() -> None:
                                 key="import_mode", horizontal=True,
                                 format_func=lambda m: t("data.mode_" + m))
     if st.button(t("data.import_go"), key="import_go", type="primary",
-                 icon=":material/upload_file:", disabled=source is None):
+                 icon=":material/upload_file:", disabled=source is None or refused):
         bar = st.progress(0.0, text=t("data.importing"))
         try:
             report = D.import_file(
@@ -282,7 +290,8 @@ def import_tab() -> None:
             st.error(t("data.nothing_imported"))
         if report["rejected"]:
             st.warning(t("data.rejected_n", n=len(report["rejected"])))
-            st.dataframe(pd.DataFrame([{t("data.col_line"): r["line"],
+            where = "item" if "item" in report["rejected"][0] else "line"  # wrapped JSON: items
+            st.dataframe(pd.DataFrame([{t("data.col_" + where): r.get(where),
                                         t("data.col_reason"): reason(r)}
                                        for r in report["rejected"]]), hide_index=True)
 

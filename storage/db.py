@@ -181,6 +181,21 @@ class Store:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0
 
+    # -- settings of this database (the `meta` key/value table, there since version 1) --
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str, only_if_absent: bool = False) -> bool:
+        """Store `value` under `key`; with only_if_absent=True an existing value is kept.
+        Returns whether this call wrote it (one writer wins when several race)."""
+        if key == "schema_version":
+            raise ValueError("meta key 'schema_version' is kept by the migrations")
+        verb = "INSERT OR IGNORE" if only_if_absent else "INSERT OR REPLACE"
+        with self._write():
+            cur = self.db.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", [key, str(value)])
+        return cur.rowcount > 0
+
     # -- datasets ------------------------------------------------------------------
     def create_dataset(self, name: str, kind: str, description: str = "",
                        eval_fraction: float = 0.1, overwrite: bool = False) -> int:
@@ -339,12 +354,16 @@ class Store:
             self.db.execute("DELETE FROM datasets WHERE id = ?", [src["id"]])
         return cur.rowcount
 
-    def replace_dataset(self, name: str, by: str | int) -> None:
+    def replace_dataset(self, name: str, by: str | int, overwrite: bool = True) -> None:
         """Dataset `by` takes the place (and the name) of dataset `name`, atomically; the old
-        one's rows are deleted. `name` need not exist."""
+        one's rows are deleted. `name` need not exist. With overwrite=False an existing
+        `name` raises DatasetExists instead, checked in the same transaction (so a dataset
+        created meanwhile by another import is never replaced)."""
         new = self.get_dataset(by)
         with self._write():
             old = self._by_name(name)
+            if old is not None and not overwrite and old["id"] != new["id"]:
+                raise DatasetExists(f"dataset {name!r} already exists")
             if old is not None and old["id"] != new["id"]:
                 self._delete_dataset_rows(old["id"])
             self.db.execute("UPDATE datasets SET name = ? WHERE id = ?", [name, new["id"]])

@@ -313,7 +313,9 @@ def test_cli_import_export_list(lab_home, tmp_path):
     assert exp.returncode == 0 and json.loads(exp.stdout)["rows"] == 3
     assert len(target.read_text().splitlines()) == 3
     listed = json.loads(_cli("data", "list", "--json", home=lab_home).stdout)
-    assert [(d["name"], d["kind"], d["rows"]) for d in listed] == [("cli", "preference", 3)]
+    assert [(d["name"], d["kind"], d["rows"]) for d in listed if d["name"] == "cli"] == \
+        [("cli", "preference", 3)]
+    assert {d["name"] for d in listed} == {"cli", *data.SAMPLES}  # loaded on the first open
 
 
 # -- the page ------------------------------------------------------------------------------
@@ -333,6 +335,10 @@ def _page():
 def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources):
     at = _page().run()
     assert not at.exception, at.exception
+    # a fresh data folder opens with the samples; one deleted comes back by the button only
+    assert {d["name"] for d in data.list_datasets(store)} == {"sample-sft", "sample-preferences"}
+    store.delete_dataset("sample-sft")
+    at.run()
     at.button(key="load_samples").click().run()
     assert not at.exception, at.exception
     assert {d["name"] for d in data.list_datasets(store)} == {"sample-sft", "sample-preferences"}

@@ -565,6 +565,9 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
 
     from ui.i18n import t
 
+    from engine.data import SAMPLES_MARKER
+
+    store.set_meta(SAMPLES_MARKER, "loaded")  # the samples were offered once, then deleted
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.switch_page("pages/ppo.py").run()  # (page links need the app's navigation)
     assert not at.exception, at.exception

@@ -251,6 +251,9 @@ def _by_label(elements, label):
 def test_page_without_data_points_to_the_data_page(store, fresh_resources):
     from streamlit.testing.v1 import AppTest
 
+    from engine.data import SAMPLES_MARKER
+
+    store.set_meta(SAMPLES_MARKER, "loaded")  # the samples were offered once, then deleted
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
     at.switch_page("pages/reward.py").run()
     assert not at.exception, at.exception

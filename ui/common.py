@@ -37,7 +37,11 @@ STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew
 
 @st.cache_resource(show_spinner=False)
 def _store(path: str | None) -> Store:
-    return Store(path) if path else Store()
+    from engine.data import ensure_samples_on_first_open
+
+    store = Store(path) if path else Store()
+    ensure_samples_on_first_open(store)  # a fresh data folder starts with the samples
+    return store
 
 
 def get_store() -> Store:

@@ -20,28 +20,30 @@ The package, by responsibility:
 No Streamlit and no torch here.
 """
 from engine.data.commands import register_cli
-from engine.data.curation import (ASSETS, SAMPLES, cell_prompt, dataset_stats,
-                                  ensure_sample_datasets,
+from engine.data.curation import (ASSETS, SAMPLES, SAMPLES_MARKER, cell_prompt, dataset_stats,
+                                  ensure_sample_datasets, ensure_samples_on_first_open,
                                   export_jsonl, export_lines, iter_rows, prompt_cell,
                                   prompts_of, resplit, save_edits, to_trl)
 from engine.data.formats import (FORMATS, HH_TURN, NORMALISERS, detect_format, detect_kind,
                                  normalise, parse_hh)
 from engine.data.importer import (MODES, TEMP_PREFIX, ImportReport, Progress, cleanup_staged,
                                   default_name, import_file, list_datasets, read_records)
-from engine.data.readers import FILE_TYPES, file_type_of, iter_file
+from engine.data.readers import (FILE_TYPES, ItemNo, file_type_of, iter_file, plain_name,
+                                 sniff_file_type)
 from engine.data.records import (ANSWER_FIELDS, BATCH_SIZE, DEFAULT_MAX_CHARS, FIELD_NAMES,
                                  KINDS, ROLE_ALIASES, DataFormatError, RowError, empty,
                                  messages_of, missing, prompt_chars, prompt_text,
                                  shared_prompt, split_last_answer, validate)
 
 __all__ = [
-    "ANSWER_FIELDS", "ASSETS", "BATCH_SIZE", "DEFAULT_MAX_CHARS", "FIELD_NAMES", "FILE_TYPES",
-    "FORMATS", "HH_TURN", "KINDS", "MODES", "NORMALISERS", "ROLE_ALIASES", "SAMPLES",
-    "TEMP_PREFIX", "DataFormatError", "ImportReport", "Progress", "RowError",
-    "cell_prompt", "cleanup_staged", "dataset_stats", "default_name", "detect_format",
-    "detect_kind", "empty", "ensure_sample_datasets",
-    "export_jsonl", "export_lines", "file_type_of", "import_file", "iter_file", "iter_rows",
-    "list_datasets", "messages_of", "missing", "normalise", "parse_hh", "prompt_cell",
-    "prompt_chars", "prompt_text", "prompts_of", "read_records", "register_cli", "resplit",
-    "save_edits", "shared_prompt", "split_last_answer", "to_trl", "validate",
+    "ANSWER_FIELDS", "ASSETS", "BATCH_SIZE", "DEFAULT_MAX_CHARS", "DataFormatError",
+    "FIELD_NAMES", "FILE_TYPES", "FORMATS", "HH_TURN", "ImportReport", "ItemNo", "KINDS",
+    "MODES", "NORMALISERS", "Progress", "ROLE_ALIASES", "RowError", "SAMPLES",
+    "SAMPLES_MARKER", "TEMP_PREFIX", "cell_prompt", "cleanup_staged", "dataset_stats",
+    "default_name", "detect_format", "detect_kind", "empty", "ensure_sample_datasets",
+    "ensure_samples_on_first_open", "export_jsonl", "export_lines", "file_type_of",
+    "import_file", "iter_file", "iter_rows", "list_datasets", "messages_of", "missing",
+    "normalise", "parse_hh", "plain_name", "prompt_cell", "prompt_chars", "prompt_text",
+    "prompts_of", "read_records", "register_cli", "resplit", "save_edits", "shared_prompt",
+    "sniff_file_type", "split_last_answer", "to_trl", "validate",
 ]

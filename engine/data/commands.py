@@ -14,7 +14,8 @@ def cmd_import(args) -> int:
     report = import_file(store, args.file, kind=args.kind, fmt=args.format, dataset=args.dataset,
                          mode=mode, max_chars=args.max_chars, eval_fraction=args.eval_fraction)
     out = report.to_dict()
-    out["rejected"] = [{"line": r["line"], "reason": r["reason"]} for r in report.rejected]
+    out["rejected"] = [{k: r[k] for k in ("line", "item", "reason") if k in r}
+                       for r in report.rejected]
     print_json(out)
     return 0 if report.imported else 1
 
@@ -46,7 +47,7 @@ def register_cli(subparsers) -> None:
     """`data import|export|list|samples` for `python -m engine`."""
     data = subparsers.add_parser("data", help="datasets: import, export, list").add_subparsers(
         dest="action", required=True)
-    p = data.add_parser("import", help="import a JSONL, JSON, CSV or Parquet file")
+    p = data.add_parser("import", help="import a JSONL, JSON, CSV or Parquet file (plain or .gz)")
     p.add_argument("file")
     p.add_argument("--kind", choices=KINDS, required=True)
     p.add_argument("--format", choices=FORMATS, default="auto")

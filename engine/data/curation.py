@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from engine.data.importer import _maybe_dataset, import_file
+from engine.data.importer import _maybe_dataset, import_file, list_datasets
 from engine.data.records import (ANSWER_FIELDS, BATCH_SIZE, DEFAULT_MAX_CHARS, RowError,
                                  messages_of, prompt_chars, validate)
 from storage import DatasetExists, Store
@@ -17,6 +17,7 @@ from storage import DatasetExists, Store
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 SAMPLES = {"sample-sft": ("sft", "sample_sft.jsonl"),
            "sample-preferences": ("preference", "sample_preferences.jsonl")}
+SAMPLES_MARKER = "samples_offered"  # meta key: the samples were offered to this database
 
 
 # -- export ----------------------------------------------------------------------------
@@ -218,6 +219,22 @@ def ensure_sample_datasets(store: Store) -> list[str]:
         except DatasetExists:  # another page loaded it at the same moment
             pass
     return created
+
+
+def ensure_samples_on_first_open(store: Store) -> list[str]:
+    """Load the shipped samples the first time the app or the command line opens a database,
+    and only then: a marker in the database remembers it, so samples a user deleted are not
+    given back. A database that already holds datasets or runs without the marker (made
+    before the marker existed) only gets the marker: its owner has set it up, perhaps
+    deleting the samples; they stay one button (or `data samples`) away.
+    Returns the names created now."""
+    if store.get_meta(SAMPLES_MARKER) is not None:
+        return []
+    fresh = not list_datasets(store) and not store.list_runs(limit=1)
+    if not store.set_meta(SAMPLES_MARKER, "loaded" if fresh else "not loaded: existing data",
+                          only_if_absent=True):
+        return []  # another process opened it at the same moment and took the marker
+    return ensure_sample_datasets(store) if fresh else []
 
 
 def prompts_of(store: Store, dataset: str | int, split: str | None = None,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from engine.data.formats import FORMATS, detect_format, detect_kind, normalise
-from engine.data.readers import file_type_of, iter_file
+from engine.data.readers import ItemNo, iter_file, plain_name, sniff_file_type
 from engine.data.records import BATCH_SIZE, DEFAULT_MAX_CHARS, KINDS, RowError
 from storage import DatasetExists, NotFound, Store
 from storage.db import _default_split
@@ -39,7 +39,9 @@ class ImportReport:
     seconds: float = 0.0
 
     def reject(self, line: int, error: RowError) -> None:
-        self.rejected.append({"line": line, "reason": error.reason, "code": error.code,
+        """Record a rejected row under "line" (or "item", for an ItemNo) with its reason."""
+        where = "item" if isinstance(line, ItemNo) else "line"
+        self.rejected.append({where: int(line), "reason": error.reason, "code": error.code,
                               **error.params})
 
     def to_dict(self) -> dict:
@@ -102,7 +104,7 @@ def read_records(source: Any, kind: str | None = None, fmt: str = "auto",
 
 # -- importing into the store ----------------------------------------------------------
 def default_name(filename: str | None) -> str:
-    stem = Path(filename or "dataset").stem
+    stem = Path(plain_name(filename) or "dataset").stem
     return re.sub(r"[^\w\-. ]+", "-", stem).strip(" -.") or "dataset"
 
 
@@ -153,7 +155,7 @@ def import_file(store: Store, source: Any, kind: str | None = None, fmt: str = "
         batch = []
 
     try:
-        report.file_type = file_type_of(fh_name, _peek(source))
+        report.file_type = sniff_file_type(source, fh_name)
         for _line, rec, frac in read_records(source, kind, fmt, fh_name, max_chars, report):
             rec.setdefault("split", _default_split(base + report.imported, fraction))
             batch.append(rec)
@@ -180,32 +182,17 @@ def import_file(store: Store, source: Any, kind: str | None = None, fmt: str = "
     return report
 
 
-def _peek(source: Any) -> bytes:
-    if isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as fh:
-                return fh.read(64)
-        except OSError:
-            return b""
-    if isinstance(source, (bytes, bytearray)):
-        return bytes(source[:64])
-    pos = source.tell()
-    head = source.read(64)
-    source.seek(pos)
-    return head
-
-
 def _land(store: Store, temp: str, name: str, mode: str, existed: bool, meta: dict) -> None:
     if mode == "append" and existed:
         store.move_rows(temp, name)
-    elif mode == "overwrite":
-        store.update_dataset(temp, meta=meta)
-        store.replace_dataset(name, temp)
-    else:
-        if _maybe_dataset(store, name) is not None:  # created meanwhile by someone else
-            raise DatasetExists(f"dataset {name!r} already exists")
-        store.update_dataset(temp, meta=meta)
-        store.replace_dataset(name, temp)
+        return
+    store.update_dataset(temp, meta=meta)
+    try:  # a new name is checked in the landing transaction itself: two imports may race
+        store.replace_dataset(name, temp, overwrite=mode == "overwrite")
+    except DatasetExists as exc:
+        raise DatasetExists(f"dataset {name!r} already exists: another import created it while "
+                            f"this file was read, and nothing of this file was stored (append "
+                            f"to it, choose another name, or overwrite it)") from exc
 
 
 def _maybe_dataset(store: Store, name: str) -> dict | None:

@@ -1,22 +1,52 @@
 """Reading files as streams: JSONL line by line, JSON element by element, CSV row by row,
-Parquet batch by batch. Each yields (line number, raw record or RowError, fraction read)."""
+Parquet batch by batch. Each yields (line number, raw record or RowError, fraction read).
+
+Any of them may be gzip-compressed (``.jsonl.gz``, as HH-RLHF is distributed): gzip is
+told by its magic bytes, whatever the name, and read as a stream too."""
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
+import zlib
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from engine.data.records import BATCH_SIZE, DataFormatError, RowError
 
 FILE_TYPES = ("jsonl", "json", "csv", "parquet")
+GZIP_MAGIC = b"\x1f\x8b"
+GZIP_SUFFIXES = (".gz", ".gzip")
+HEAD_BYTES = 512  # what file_type_of is given to look at
+
+
+class ItemNo(int):
+    """The number of an element of a JSON array wrapped in an object (``{"data": [...]}``):
+    reported as "item N" rather than "line N", since it is not a line number."""
+
+
+def plain_name(name: str | None) -> str:
+    """A file name without its gzip suffix ("hh.jsonl.gz" -> "hh.jsonl")."""
+    path = Path(name or "")
+    return path.stem if path.suffix.lower() in GZIP_SUFFIXES else path.name
+
+
+def _gunzip_head(head: bytes) -> bytes:
+    """The first bytes of what a gzip stream holds, from its first compressed bytes."""
+    try:
+        return zlib.decompressobj(wbits=31).decompress(head, HEAD_BYTES)
+    except zlib.error:
+        return b""
 
 
 def file_type_of(name: str | None, head: bytes = b"") -> str:
-    """jsonl, json, csv or parquet, from the file name, else from its first bytes."""
-    suffix = Path(name or "").suffix.lower()
+    """jsonl, json, csv or parquet, from the file name (a .gz suffix aside), else from its
+    first bytes (decompressed first when they are gzip's)."""
+    if head.startswith(GZIP_MAGIC):
+        head = _gunzip_head(head)
+    suffix = Path(plain_name(name)).suffix.lower()
     by_suffix = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv",
                  ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
     if suffix in by_suffix:
@@ -28,11 +58,65 @@ def file_type_of(name: str | None, head: bytes = b"") -> str:
         return "json"
     if stripped.startswith(b"{"):
         return "jsonl"
-    raise DataFormatError(f"cannot tell the type of {name or 'the file'!r}: "
-                          f"use .jsonl, .json, .csv or .parquet")
+    raise DataFormatError(f"cannot tell the type of {name or 'the file'!r}: use .jsonl, "
+                          f".json, .csv or .parquet (or .jsonl.gz, .json.gz, .csv.gz)")
+
+
+def head_of(source: Any, n: int = HEAD_BYTES) -> bytes:
+    """The first `n` bytes of a path, bytes or file object (its position is kept)."""
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, "rb") as fh:
+                return fh.read(n)
+        except OSError:
+            return b""
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source[:n])
+    pos = source.tell()
+    head = source.read(n)
+    source.seek(pos)
+    return head
+
+
+def sniff_file_type(source: Any, filename: str | None = None) -> str:
+    """The type a path, bytes or file object will be read as (DataFormatError if none)."""
+    name = filename or (str(source) if isinstance(source, (str, os.PathLike))
+                        else getattr(source, "name", None))
+    return file_type_of(name, head_of(source))
+
+
+class _Gunzip(gzip.GzipFile):
+    """A gzip stream read as the file it holds. tell() is the position in the compressed
+    bytes, so progress (tell / size of the file as given) stays a fraction of that file;
+    close() closes the compressed file too when this module opened it."""
+
+    def __init__(self, raw: BinaryIO, owns: bool):
+        super().__init__(fileobj=raw, mode="rb")
+        self._raw, self._owns = raw, owns
+
+    def tell(self) -> int:
+        return self._raw.tell()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._owns:
+                self._raw.close()
 
 
 def _open(source: Any, filename: str | None) -> tuple[BinaryIO, str | None, int, bool]:
+    """_open_raw, with a gzip file decompressed (its size stays the compressed one)."""
+    fh, name, size, opened = _open_raw(source, filename)
+    pos = fh.tell()
+    magic = fh.read(2)
+    fh.seek(pos)
+    if magic == GZIP_MAGIC:
+        return _Gunzip(fh, owns=opened), name, size, True
+    return fh, name, size, opened
+
+
+def _open_raw(source: Any, filename: str | None) -> tuple[BinaryIO, str | None, int, bool]:
     """(binary file, name, size in bytes, whether we opened it) for a path, bytes or a file."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -94,13 +178,14 @@ def _iter_json(fh: BinaryIO, size: int) -> Iterator[Item]:
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"invalid JSON at line {exc.lineno}: {exc.msg}") from exc
         if text[end:].strip():  # several objects: really JSON Lines
-            yield from _iter_jsonl(io.BytesIO(text.encode("utf-8", "surrogateescape")), size)
+            data = text.encode("utf-8", "surrogateescape")
+            yield from _iter_jsonl(io.BytesIO(data), len(data))
             return
         for key in ("data", "rows", "train", "examples", "records"):
             if isinstance(obj.get(key), list):
                 items = obj[key]
                 for i, item in enumerate(items):
-                    yield i + 1, item, (i + 1) / len(items)
+                    yield ItemNo(i + 1), item, (i + 1) / len(items)
                 return
         yield 1, obj, 1.0
         return
@@ -166,6 +251,8 @@ def _iter_csv(fh: BinaryIO, size: int, delimiter: str = ",") -> Iterator[Item]:
 def _iter_parquet(fh: BinaryIO, size: int) -> Iterator[Item]:
     import pyarrow.parquet as pq
 
+    if isinstance(fh, gzip.GzipFile):  # Parquet reads at random: decompress it whole
+        fh = io.BytesIO(fh.read())
     try:
         pf = pq.ParquetFile(fh)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
@@ -190,10 +277,11 @@ def _decode_bytes(value: Any) -> Any:
 
 def iter_file(source: Any, filename: str | None = None,
               file_type: str | None = None) -> Iterator[tuple[int, Any, float]]:
-    """(line number, raw record or RowError, fraction read) for every record of a file."""
+    """(line number, raw record or RowError, fraction read) for every record of a file;
+    an element of a wrapped JSON array is numbered by an ItemNo instead of a line."""
     fh, name, size, opened = _open(source, filename)
     try:
-        head = fh.read(64)
+        head = fh.read(HEAD_BYTES)
         fh.seek(0)
         kind = file_type or file_type_of(name, head)
         if kind not in FILE_TYPES:
@@ -203,10 +291,14 @@ def iter_file(source: Any, filename: str | None = None,
         elif kind == "json":
             yield from _iter_json(fh, size)
         elif kind == "csv":
-            delimiter = "\t" if Path(name or "").suffix.lower() == ".tsv" else ","
+            delimiter = "\t" if Path(plain_name(name)).suffix.lower() == ".tsv" else ","
             yield from _iter_csv(fh, size, delimiter)
         else:
             yield from _iter_parquet(fh, size)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        if not isinstance(fh, _Gunzip):
+            raise
+        raise DataFormatError(f"{name or 'the file'!r} is not a valid gzip file: {exc}") from exc
     finally:
         if opened:
             fh.close()
