@@ -23,7 +23,7 @@ import streamlit as st
 from engine import schema
 from engine.schema import ADVANCED, ConfigError, FieldInfo
 from ui.common import translated_choice
-from ui.i18n import current_language, t
+from ui.i18n import catalogue, current_language, t
 
 DUPLICATE_SECONDS = 10.0
 
@@ -39,10 +39,10 @@ def kept(stage: str) -> dict[str, Any]:
 
 
 def _help(info: FieldInfo, stage: str) -> str | None:
+    """The stage's own help text if it has one, else the shared one."""
     for key in info.help_keys(stage):
-        text = t(key)
-        if text != key:
-            return text
+        if key in catalogue("en"):
+            return t(key)
     return None
 
 
