@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from engine.schema import SamplingSettings, StageConfig, like
 from storage import NotFound, Store
 
 CHOICES = ("a", "b", "tie", "both_bad")
@@ -21,13 +22,13 @@ MAX_TRIES = 3  # resample when the two answers come out identical (nothing to co
 
 
 @dataclass
-class PairSampleConfig:
-    model: str = "embedded"      # base model spec (used when source is "base")
+class PairSampleConfig(StageConfig, SamplingSettings):
+    """Two answers to one prompt for a person's vote (model: used when source is "base")."""
+    temperature: float = like("temperature", 0.9)
+    top_p: float = like("top_p", 0.95)
+    max_new_tokens: int = like("max_new_tokens", 64)
     source: str = "base"         # "base" or the id of a finished SFT/PPO run
     prompt: Any = ""             # a string or a list of chat messages
-    temperature: float = 0.9
-    top_p: float = 0.95
-    max_new_tokens: int = 64
     seed: int | None = None      # None: a fresh random seed (stored in the summary)
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from engine.schema import StageConfig
 from storage import data_home
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
@@ -43,8 +44,8 @@ class UnsafePathError(ValueError):
 
 
 @dataclass
-class ExportConfig:
-    model: str = "embedded"   # unused: a run is exported on its own base model
+class ExportConfig(StageConfig):
+    """A run's adapter out of the lab (model: unused, a run is exported on its own base)."""
     run_id: int = 0
     out_dir: str = ""         # relative: under <data folder>/exports/; "" → exports/<run name>
     merged: bool = False

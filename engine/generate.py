@@ -6,13 +6,14 @@ from dataclasses import dataclass
 import torch
 
 from engine.chat import collate_prompts, encode_prompt
+from engine.schema import SamplingSettings, like
 
 
 @dataclass
-class SamplingConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.9
+class SamplingConfig(SamplingSettings):
+    """How `generate` samples: the schema's sampling settings and batching."""
+    max_new_tokens: int = like("max_new_tokens", 64)
+    top_p: float = like("top_p", 0.9)
     greedy: bool = False
     seed: int | None = 0
     batch_size: int = 8

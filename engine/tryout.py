@@ -15,20 +15,23 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.schema import SamplingSettings, StageConfig, like
+
 
 @dataclass
-class TryConfig:
+class TryConfig(StageConfig, SamplingSettings):
+    """One prompt answered by a run's base and by the run (temperature, top_p: when greedy
+    is off)."""
+    max_new_tokens: int = like("max_new_tokens", 48)
+    top_p: float = like("top_p", 0.9)
     run_id: int | None = None    # a finished run (SFT or PPO) holding an adapter
     prompt: Any = ""             # a string or a list of chat messages
-    max_new_tokens: int = 48
     greedy: bool = True          # the same answer for the same prompt, run after run
-    temperature: float = 0.7     # used when greedy is off
-    top_p: float = 0.9
     seed: int = 0
 
 
 @dataclass
-class ScoreTextConfig:
+class ScoreTextConfig(StageConfig):
     reward_run: int | None = None  # a finished reward run
     prompt: Any = ""
     responses: list = field(default_factory=list)  # answers to score, in the order given
