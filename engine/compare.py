@@ -25,6 +25,7 @@ from typing import Any, Iterable
 import torch
 
 from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
+from engine.objectives import logprobs_from_logits
 from engine.reward import pearson
 
 MAX_MODELS = 4
@@ -108,8 +109,7 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str],
         # logits only over the batch's response window, not the prompts (as SFT's loss)
         logits, labels = forward_logits(model, batch)
         labels = labels[:, 1:]
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        token_logp = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        token_logp = logprobs_from_logits(logits[:, :-1], labels.clamp(min=0))
         mask = labels != IGNORE_INDEX
         for row in range(len(encoded)):
             out.append(token_logp[row][mask[row]].cpu())

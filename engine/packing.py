@@ -22,6 +22,7 @@ the padded path instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 
@@ -64,6 +65,36 @@ def pack_sequences(seqs: list[torch.Tensor], max_tokens: int = DEFAULT_ROW_TOKEN
     return out
 
 
+def packed_outputs(model, seqs: list[torch.Tensor], keep: list[torch.Tensor],
+                   max_tokens: int = DEFAULT_ROW_TOKENS, *, logits: bool = True,
+                   hidden: bool = False, logits_to_keep: bool = False
+                   ) -> Iterator[tuple[list[int], torch.Tensor | None, torch.Tensor | None]]:
+    """The packed forward pass: `model` over `seqs` laid end to end (`pack_sequences`), its
+    outputs read at positions `keep[b]` (within sequence b) of each sequence.
+
+    Yields per row (members, logits [n, V] or None, last hidden states [n, H] or None) at
+    the kept positions of the row's members, member by member: concatenated over the rows
+    they are in the order of `seqs`. `model` is a causal LM (`hidden`: its last hidden state
+    too; `logits_to_keep`: its forward takes that argument, so the LM head runs only on the
+    kept positions), or with logits=False a transformer body (its last_hidden_state).
+    """
+    for row in pack_sequences(seqs, max_tokens):
+        device = row.input_ids.device
+        idx = torch.cat([start + keep[b].to(device) for b, start in zip(row.members, row.starts)])
+        kwargs: dict = dict(input_ids=row.input_ids, position_ids=row.position_ids,
+                            use_cache=False)
+        if not logits:
+            yield row.members, None, model(**kwargs).last_hidden_state[0, idx]
+            continue
+        if logits_to_keep:
+            kwargs["logits_to_keep"] = idx
+        if hidden:
+            kwargs["output_hidden_states"] = True
+        out = model(**kwargs)
+        yield (row.members, out.logits[0] if logits_to_keep else out.logits[0, idx],
+               out.hidden_states[-1][0, idx] if hidden else None)
+
+
 def unpad(tokens: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
     """The real tokens of each row of a padded [B, L] batch (left or right padding)."""
     return [t[m.bool()] for t, m in zip(tokens, mask)]
@@ -86,9 +117,8 @@ def supports_packing(model) -> bool:
         was_training = model.training
         model.eval()
         try:
-            row = pack_sequences([a, b], max_tokens=64)[0]
-            packed = model(input_ids=row.input_ids, position_ids=row.position_ids,
-                           use_cache=False).logits[0].float()
+            packed = torch.cat([logits.float() for _, logits, _ in packed_outputs(
+                model, [a, b], [torch.arange(len(a)), torch.arange(len(b))], max_tokens=64)])
             alone = torch.cat([model(input_ids=s[None], use_cache=False).logits[0].float()
                                for s in (a, b)])
         finally:

@@ -16,12 +16,13 @@ the score on the last), advantages by GAE, then `ppo_epochs` passes over `miniba
 minibatches of the clipped PPO objective.
 Details follow "The N Implementation Details of RLHF with PPO" (Huang et al., 2023).
 
-The equations are the functions below, one each, with the formula in the docstring.
+The equations are in engine.objectives, one function each with its formula (and its LaTeX).
 Tensors are [batch, response tokens]; `mask` is 1 on response tokens (EOS included)
 and 0 on the padding after them.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import time
@@ -31,10 +32,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 
-from engine.models import LoraSettings
+from engine import data, rewards_builtin, train_utils
+from engine import reward as reward_mod
+from engine.chat import collate_prompts, encode_prompt
+from engine.models import LoraSettings, add_lora, adapter_dir, load_adapter, load_base
+from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
+                               clipped_policy_loss, clipped_value_loss, entropy_from_logits,
+                               explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
+                               masked_mean, masked_var, per_token_rewards, ppo_ratio,
+                               sequence_kl, value_clip_fraction, whiten)
+from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
+from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
 
 # Fixed bin edges of the ratio histogram logged each step as ratio_hist_00 .. _NN
 # (values outside [0.5, 1.5] fall into the end bins); the page draws them.
@@ -46,150 +57,8 @@ DEFAULT_PROMPT_DATASET = "sample-preferences"
 
 
 # ======================================================================================
-# The equations
+# The KL coefficient and the rollout's bookkeeping (the equations: engine.objectives)
 # ======================================================================================
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None = None, dim=None) -> torch.Tensor:
-    """E_mask[x] = Σ m·x / Σ m."""
-    if mask is None:
-        return x.mean() if dim is None else x.mean(dim)
-    mask = mask.to(x.dtype)
-    if dim is None:
-        return (x * mask).sum() / mask.sum().clamp(min=1)
-    return (x * mask).sum(dim) / mask.sum(dim).clamp(min=1)
-
-
-def masked_var(x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Var_mask[x] = E_mask[(x − E_mask[x])²]."""
-    mean = masked_mean(x, mask)
-    return masked_mean((x - mean) ** 2, mask)
-
-
-def logprobs_from_logits(logits: torch.Tensor, tokens: torch.Tensor,
-                         temperature: float = 1.0) -> torch.Tensor:
-    """log π(a_t | s_t) = log softmax(z_t / T)[a_t]
-
-    with T the sampling temperature: the log-probs must be those of the distribution the
-    tokens were sampled from.
-    """
-    logp = F.log_softmax(logits.float() / temperature, dim=-1)
-    return torch.gather(logp, -1, tokens.unsqueeze(-1)).squeeze(-1)
-
-
-def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """H(π(·|s_t)) = −Σ_a p_a log p_a = logsumexp(z) − Σ_a p_a z_a,  z = logits / T."""
-    z = logits.float() / temperature
-    p = F.softmax(z, dim=-1)
-    return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
-
-
-def kl_penalty(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
-    """k₁ estimator of KL(π_θ ‖ π_ref) per sampled token:  log π_θ(a_t|s_t) − log π_ref(a_t|s_t).
-
-    Summed over a response it is an unbiased estimate of the sequence KL."""
-    return logp - ref_logp
-
-
-def per_token_rewards(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor,
-                      mask: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """r_t = −β·(log π_θ(a_t|s_t) − log π_ref(a_t|s_t))  on every response token,
-    plus the score R(x, y) on the last response token (the EOS, or the last sampled token).
-
-    Returns (rewards, non_score_rewards), both [B, T] and zero on padding.
-    """
-    mask = mask.to(logp.dtype)
-    non_score = -beta * kl_penalty(logp, ref_logp) * mask
-    rewards = non_score.clone()
-    last = (mask.sum(1).long() - 1).clamp(min=0)
-    rows = torch.arange(rewards.shape[0], device=rewards.device)
-    rewards[rows, last] += score.to(rewards.dtype)
-    return rewards, non_score
-
-
-def gae_advantages(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
-                   gamma: float = 1.0, lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation (Schulman et al., 2016):
-
-        δ_t = r_t + γ·V(s_{t+1}) − V(s_t)           (V = 0 after the last token)
-        Â_t = δ_t + γ·λ·Â_{t+1}
-        R_t = Â_t + V(s_t)                            (the value targets)
-
-    Returns (advantages, returns), zero on padding.
-    """
-    mask = mask.to(values.dtype)
-    values = values * mask
-    rewards = rewards * mask
-    T = rewards.shape[1]
-    adv = torch.zeros_like(rewards)
-    last = torch.zeros_like(rewards[:, 0])
-    for t in reversed(range(T)):
-        next_value = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last) * mask[:, t]
-        adv[:, t] = last
-    return adv, (adv + values) * mask
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor | None = None, shift_mean: bool = True,
-           eps: float = 1e-8) -> torch.Tensor:
-    """x̂ = (x − μ) / sqrt(σ² + ε) over the masked entries of the batch
-    (with shift_mean=False the mean is added back: only the scale changes)."""
-    mean, var = masked_mean(x, mask), masked_var(x, mask)
-    out = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        out = out + mean
-    return out if mask is None else out * mask.to(out.dtype)
-
-
-def ppo_ratio(logp_new: torch.Tensor, logp_old: torch.Tensor) -> torch.Tensor:
-    """r_t(θ) = π_θ(a_t|s_t) / π_θ_old(a_t|s_t) = exp(log π_θ − log π_θ_old)."""
-    return torch.exp(logp_new - logp_old)
-
-
-def clipped_policy_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
-                        eps: float = 0.2, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """L^CLIP(θ) = E_t[ max(−Â_t·r_t(θ), −Â_t·clip(r_t(θ), 1−ε, 1+ε)) ]
-
-    (the negative of PPO's clipped surrogate objective, to be minimised)."""
-    ratio = ppo_ratio(logp_new, logp_old)
-    unclipped = -adv * ratio
-    clipped = -adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)
-    return masked_mean(torch.maximum(unclipped, clipped), mask)
-
-
-def clip_fraction(logp_new: torch.Tensor, logp_old: torch.Tensor, adv: torch.Tensor,
-                  eps: float = 0.2, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """E_t[ 1{−Â_t·clip(r_t, 1−ε, 1+ε) > −Â_t·r_t} ]: the share of tokens where the clip
-    binds (their gradient is zero)."""
-    ratio = ppo_ratio(logp_new, logp_old)
-    binds = (-adv * torch.clamp(ratio, 1.0 - eps, 1.0 + eps)) > (-adv * ratio)
-    return masked_mean(binds.float(), mask)
-
-
-def clipped_value_loss(values_new: torch.Tensor, values_old: torch.Tensor,
-                       returns: torch.Tensor, eps: float = 0.2,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
-    """L^V(φ) = ½·E_t[ max((V_φ(s_t) − R_t)², (clip(V_φ(s_t), V_old − ε, V_old + ε) − R_t)²) ]."""
-    clipped = values_old + torch.clamp(values_new - values_old, -eps, eps)
-    loss = torch.maximum((values_new - returns) ** 2, (clipped - returns) ** 2)
-    return 0.5 * masked_mean(loss, mask)
-
-
-def approx_kl(logp_new: torch.Tensor, logp_old: torch.Tensor,
-              mask: torch.Tensor | None = None) -> torch.Tensor:
-    """KL(π_old ‖ π_θ) ≈ E_t[ ½·(log π_θ − log π_old)² ]  (Schulman's k₂ estimator): how far
-    one update moved the policy from the one that sampled the batch."""
-    return masked_mean(0.5 * (logp_new - logp_old) ** 2, mask)
-
-
-def explained_variance(values: torch.Tensor, returns: torch.Tensor,
-                       mask: torch.Tensor | None = None) -> torch.Tensor:
-    """EV = 1 − Var[R − V] / Var[R]: 1 when V predicts the returns, ≤ 0 when it does not."""
-    var_r = masked_var(returns, mask)
-    if float(var_r) == 0.0:
-        return torch.tensor(float("nan"))
-    return 1.0 - masked_var(returns - values, mask) / var_r
-
-
 class FixedKLController:
     """β_{k+1} = β_k: a fixed KL coefficient."""
 
@@ -207,22 +76,16 @@ class FixedKLController:
 
 
 class AdaptiveKLController(FixedKLController):
-    """Adaptive KL coefficient (Ziegler et al., 2019):
-
-        e_k     = clip(KL_k / KL_target − 1, −0.2, 0.2)
-        β_{k+1} = β_k · (1 + e_k · n_k / H)
-
-    with n_k the number of responses in the step and H the horizon: β grows when the
-    policy drifts past the target and shrinks when it stays close.
-    """
+    """Adaptive KL coefficient (Ziegler et al., 2019): β follows `adaptive_kl_update` with
+    the target KL and the horizon H (in responses)."""
 
     def __init__(self, beta: float, target: float, horizon: int):
         super().__init__(beta)
         self.target, self.horizon = float(target), max(1, int(horizon))
 
     def update(self, current_kl: float, n_steps: int) -> float:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        self.value = adaptive_kl_update(self.value, current_kl, self.target, n_steps,
+                                        self.horizon)
         return self.value
 
 
@@ -324,8 +187,6 @@ class Rollout:
 def load_prompts(store, dataset: str, split: str = "train") -> list:
     """The distinct prompts of an SFT or a preference dataset (train split; every row if it
     has none). The shipped samples are imported on first use."""
-    from engine import data
-
     if dataset in data.SAMPLES:
         data.ensure_sample_datasets(store)
     prompts = data.prompts_of(store, dataset, split) or data.prompts_of(store, dataset)
@@ -356,9 +217,6 @@ class PPOTrainer:
     POLICY, REF, REWARD = "policy", "ref", "reward"
 
     def __init__(self, cfg: PPOConfig, store, log=lambda msg: None, accelerator=None):
-        from engine import train_utils
-        from engine.models import add_lora, adapter_dir, load_adapter, load_base
-
         cfg.validate()
         self.cfg, self.store, self.log = cfg, store, log
         train_utils.seed_everything(cfg.seed)
@@ -401,12 +259,8 @@ class PPOTrainer:
         self.params = params
         self.kl_ctl = (AdaptiveKLController(cfg.beta, cfg.target_kl, cfg.horizon)
                        if cfg.adaptive_kl else FixedKLController(cfg.beta))
-        import inspect
-
         self._keep_arg = "logits_to_keep" in inspect.signature(
             self.policy.get_base_model().forward).parameters
-        from engine.packing import DEFAULT_ROW_TOKENS, supports_packing
-
         self.row_tokens = DEFAULT_ROW_TOKENS
         self.packing = supports_packing(self.policy)
         if not self.packing:
@@ -428,16 +282,11 @@ class PPOTrainer:
         Returns (scorer with .score(prompts, responses), label, model).
         """
         if cfg.reward_run is None:
-            from engine.rewards_builtin import BuiltinScorer
-
-            scorer = BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
+            scorer = rewards_builtin.BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
             return scorer, scorer.label(), model
         run = store.get_run(int(cfg.reward_run))
         if run["stage"] != "reward":
             raise ValueError(f"run {run['id']} is a {run['stage']} run, not a reward model")
-        from engine import reward as reward_mod
-        from engine.models import load_adapter
-
         path = reward_mod.reward_adapter_path(run["id"])
         if not (path / "adapter_config.json").exists():
             raise ValueError(f"reward run {run['id']} has no saved reward model (status "
@@ -511,34 +360,24 @@ class PPOTrainer:
         """`forward` without padding: each prompt + response laid end to end in short rows
         (engine.packing); the LM head only on the positions that predict response tokens
         (position P_b − 1 + t of sequence b predicts its token t)."""
-        from engine.packing import pack_sequences, unpad
-
         B, T = response.shape
-        prompts = unpad(query, query_mask)
-        answers = unpad(response, mask)
-        rows = pack_sequences([torch.cat([q, a]) for q, a in zip(prompts, answers)],
-                              self.row_tokens)
-        b_idx, t_idx, lps, vs, ents = [], [], [], [], []
-        for row in rows:
-            keep, targets = [], []
-            for b, start in zip(row.members, row.starts):
-                n, p0 = len(answers[b]), start + len(prompts[b]) - 1
-                keep.append(torch.arange(p0, p0 + n, device=self.device))
-                targets.append(answers[b])
-                b_idx.append(torch.full((n,), b, device=self.device))
-                t_idx.append(torch.arange(n, device=self.device))
-            keep_t = torch.cat(keep)
-            out = self.model(input_ids=row.input_ids, position_ids=row.position_ids,
-                             use_cache=False, output_hidden_states=values,
-                             **({"logits_to_keep": keep_t} if self._keep_arg else {}))
-            logits = out.logits[0] if self._keep_arg else out.logits[0, keep_t]
-            lps.append(logprobs_from_logits(logits, torch.cat(targets), self.cfg.temperature))
+        prompts, answers = unpad(query, query_mask), unpad(response, mask)
+        keep = [torch.arange(len(q) - 1, len(q) - 1 + len(a), device=self.device)
+                for q, a in zip(prompts, answers)]
+        lps, vs, ents = [], [], []
+        for members, logits, hidden in packed_outputs(
+                self.model, [torch.cat([q, a]) for q, a in zip(prompts, answers)], keep,
+                self.row_tokens, hidden=values, logits_to_keep=self._keep_arg):
+            targets = torch.cat([answers[b] for b in members])
+            lps.append(logprobs_from_logits(logits, targets, self.cfg.temperature))
             if values:
-                vs.append(self.value_head(out.hidden_states[-1][0, keep_t]))
+                vs.append(self.value_head(hidden))
             if entropy:
                 with torch.no_grad():
                     ents.append(entropy_from_logits(logits.detach(), self.cfg.temperature))
-        where = (torch.cat(b_idx), torch.cat(t_idx))
+        lengths = torch.tensor([len(a) for a in answers], device=self.device)
+        where = (torch.repeat_interleave(torch.arange(B, device=self.device), lengths),
+                 torch.cat([torch.arange(int(n), device=self.device) for n in lengths]))
 
         def scatter(parts):
             return torch.zeros(B, T, device=self.device).index_put(where, torch.cat(parts))
@@ -556,8 +395,6 @@ class PPOTrainer:
         return self.forward(query, query_mask, response, mask)[0]
 
     def encode(self, prompts: list) -> tuple[torch.Tensor, torch.Tensor]:
-        from engine.chat import collate_prompts, encode_prompt
-
         ids = [encode_prompt(self.tokenizer, p, self.cfg.max_prompt_length) for p in prompts]
         batch = collate_prompts(ids, self.tokenizer.pad_token_id)
         return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
@@ -573,7 +410,7 @@ class PPOTrainer:
         cached pass differs from a full one by up to ~0.3 nats a token, which would show as
         KL and as ratios ≠ 1 before any update: there `score()` recomputes them with the
         same pass the reference and training use."""
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig  # here: 0.4 s the pages need not pay
 
         cfg, tok = self.cfg, self.tokenizer
         query, query_mask = self.encode(prompts)
@@ -621,12 +458,10 @@ class PPOTrainer:
     def prompts_for_step(self, step: int) -> list:
         """This process's prompts of a step: a deterministic order over epochs (the same
         after a resume); under several processes each takes its own slice."""
-        from engine.train_utils import stream_indices
-
         B, acc = self.cfg.batch_size, self.accelerator
         start = ((step - 1) * acc.num_processes + acc.process_index) * B
-        return [self.prompts[i] for i in stream_indices(len(self.prompts), self.cfg.seed,
-                                                        start, B)]
+        order = train_utils.stream_indices(len(self.prompts), self.cfg.seed, start, B)
+        return [self.prompts[i] for i in order]
 
     # -- one PPO iteration ------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -647,8 +482,7 @@ class PPOTrainer:
         stats = self._train(ro, adv, returns)
         t3 = time.perf_counter()
 
-        kl_tokens = kl_penalty(ro.logp, ro.ref_logp) * mask
-        seq_kl = kl_tokens.sum(1)
+        seq_kl = sequence_kl(ro.logp, ro.ref_logp, mask)
         procs = self.accelerator.num_processes
         # β follows the KL of the whole global batch, the same on every process
         mean_kl = float(self.accelerator.reduce(seq_kl.mean().reshape(1), "mean")) \
@@ -662,7 +496,7 @@ class PPOTrainer:
             "non_score_reward": float(non_score_seq.mean()),
             "rlhf_reward": float((ro.scores + non_score_seq).mean()),
             "kl": mean_kl,
-            "kl_per_token": float(masked_mean(kl_penalty(ro.logp, ro.ref_logp), mask)),
+            "kl_per_token": float(masked_mean(kl_k1(ro.logp, ro.ref_logp), mask)),
             "beta": beta,
             "response_length": float(lengths.mean()),
             "eos_fraction": float(ro.has_eos.float().mean()),
@@ -727,8 +561,8 @@ class PPOTrainer:
                     acc["approx_kl"].append(float(approx_kl(logp, old_logp, m_f)))
                     acc["entropy"].append(float(masked_mean(ent, m_f)))
                     acc["grad_norm"].append(float(norm))
-                    acc["value_clipfrac"].append(float(masked_mean(
-                        ((values - old_values).abs() > cfg.cliprange_value).float(), m_f)))
+                    acc["value_clipfrac"].append(float(value_clip_fraction(
+                        values, old_values, cfg.cliprange_value, m_f)))
         stats = {k: sum(v) / len(v) for k, v in acc.items()}
         allr = torch.cat(ratios)
         stats.update(ratio_mean=float(allr.mean()), ratio_min=float(allr.min()),
@@ -739,8 +573,6 @@ class PPOTrainer:
 
     # -- saving ---------------------------------------------------------------------
     def save_checkpoint(self, run_dir: Path, step: int, keep: int = 1) -> None:
-        from engine import train_utils
-
         self.policy.set_adapter(self.POLICY)
         train_utils.save_checkpoint(run_dir, step, self.policy, self.optimizer,
                                     extra={"kl_ctl": self.kl_ctl.state_dict()}, keep=keep,
@@ -749,8 +581,6 @@ class PPOTrainer:
 
     def load_checkpoint(self, run_dir: Path) -> int:
         """Restore the latest complete checkpoint; returns its step (0 if none)."""
-        from engine import train_utils
-
         for _, folder in reversed(train_utils.list_checkpoints(run_dir)):
             if not (folder / "value_head.pt").exists():
                 continue
@@ -764,11 +594,6 @@ class PPOTrainer:
     def save_final(self, run_id: int) -> tuple[Path, Path]:
         """The policy adapter flat at adapter_dir(run_id) (standard PEFT, on the base),
         and the value head beside it."""
-        from safetensors.torch import save_file
-
-        from engine import train_utils
-        from engine.models import adapter_dir
-
         folder = adapter_dir(run_id)
         head_path = folder.parent / "value_head.safetensors"
         if self.accelerator.is_main_process:

@@ -40,12 +40,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
+from engine import train_utils as tu
 from engine.chat import Encoded, collate_completions, encode_completion
-from engine.models import LoraSettings, adapter_dir, load_adapter, load_base
-from engine.packing import DEFAULT_ROW_TOKENS, pack_sequences, supports_packing
+from engine.generate import SamplingConfig, generate
+from engine.models import (LoraSettings, add_lora, adapter_dir, inference_cache, load_adapter,
+                           load_base)
+from engine.objectives import (normalize_rewards, pairwise_accuracy, pairwise_loss,
+                               reward_stats)
+from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -84,25 +90,6 @@ class RewardConfig:
 
 
 # -- the equations -------------------------------------------------------------------
-def pairwise_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
-                  margin: float | torch.Tensor | None = None) -> torch.Tensor:
-    """Bradley–Terry pairwise loss, averaged over pairs:
-
-        L(φ) = −log σ(r_φ(x, y⁺) − r_φ(x, y⁻) − m)     (m = 0 without a margin)
-
-    computed as softplus(−(r⁺ − r⁻ − m)) for numerical stability.
-    """
-    diff = r_chosen - r_rejected
-    if margin is not None:
-        diff = diff - margin
-    return F.softplus(-diff).mean()
-
-
-def pairwise_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Tensor:
-    """Fraction of pairs ranked right: mean(1[r⁺ > r⁻])."""
-    return (r_chosen > r_rejected).float().mean()
-
-
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the last position with mask 1 in each row: max_t t·mask_t (any padding side)."""
     positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
@@ -119,20 +106,6 @@ def last_token_reward(hidden: torch.Tensor, attention_mask: torch.Tensor,
     h_last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
     weight = next(head.parameters())
     return head(h_last.to(weight.dtype)).squeeze(-1).float()
-
-
-def normalize_rewards(rewards: torch.Tensor | list, mean: float, std: float):
-    """r̂ = (r − μ) / σ with μ, σ measured on reference responses."""
-    if isinstance(rewards, list):
-        return [(r - mean) / std for r in rewards]
-    return (rewards - mean) / std
-
-
-def reward_stats(rewards: list[float]) -> dict:
-    """μ = mean(r), σ = std(r) (population), σ floored at 1e-6 so r̂ stays finite."""
-    t = torch.tensor(rewards, dtype=torch.float64)
-    std = float(t.std(unbiased=False)) if len(rewards) > 1 else 1.0
-    return {"mean": float(t.mean()), "std": max(std, 1e-6)}
 
 
 def pearson(x: list[float], y: list[float]) -> float | None:
@@ -185,14 +158,12 @@ def packed_rewards(model, head: nn.Module, seqs: list[torch.Tensor],
                    max_tokens: int = DEFAULT_ROW_TOKENS) -> torch.Tensor:
     """r_φ(x, y) = w·h_last + b for each 1-D token sequence, padding-free: the sequences
     packed end to end in rows (engine.packing), h_last read at each one's last token."""
-    body = backbone(model)
     weight = next(head.parameters())
     rewards = torch.zeros(len(seqs), device=weight.device)
-    for row in pack_sequences(seqs, max_tokens):
-        hidden = body(input_ids=row.input_ids, position_ids=row.position_ids,
-                      use_cache=False).last_hidden_state[0]
-        last = [start + n - 1 for start, n in zip(row.starts, row.lengths)]
-        rewards[row.members] = head(hidden[last].to(weight.dtype)).squeeze(-1).float()
+    last = [torch.tensor([s.numel() - 1]) for s in seqs]
+    for members, _, hidden in packed_outputs(backbone(model), seqs, last, max_tokens,
+                                             logits=False):
+        rewards[members] = head(hidden.to(weight.dtype)).squeeze(-1).float()
     return rewards
 
 
@@ -281,8 +252,6 @@ def reward_adapter_path(run_id: int) -> Path:
 
 
 def save_head(path: Path, head: nn.Module, stats: dict | None, extra: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
     state = {"weight": head.weight.detach().float().cpu().contiguous(),
              "bias": head.bias.detach().float().cpu().contiguous()}
     meta = {"hidden_size": str(head.weight.shape[1]), "normalized": str(bool(stats))}
@@ -297,8 +266,6 @@ def save_head(path: Path, head: nn.Module, stats: dict | None, extra: dict | Non
 
 
 def load_head_file(path: Path) -> tuple[nn.Linear, dict | None, dict]:
-    from safetensors import safe_open
-
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no reward head (is this a finished reward run?)")
     with safe_open(str(path), framework="pt") as f:
@@ -361,8 +328,6 @@ class RewardScorer:
             with self._lock:
                 yield self._private
             return
-        from engine.models import inference_cache
-
         with inference_cache.use(self.store, self.run_id) as (model, tok):
             yield model, tok
 
@@ -441,8 +406,6 @@ def _normalisation_stats(cfg: RewardConfig, ctx, lm, head, tokenizer, train_rows
     """μ, σ of the raw reward on the training responses, or on an SFT run's own answers."""
     n = max(2, cfg.normalize_samples)
     if cfg.normalize_sft_run:
-        from engine.generate import SamplingConfig, generate
-
         sft_path = adapter_dir(int(cfg.normalize_sft_run))
         prompts = [r["prompt"] for r in train_rows[:n]]
         ctx.log(f"normalisation: sampling {len(prompts)} answers from SFT run "
@@ -476,9 +439,6 @@ def _normalisation_stats(cfg: RewardConfig, ctx, lm, head, tokenizer, train_rows
 
 def train_reward(cfg: RewardConfig, ctx) -> dict:
     """Fit r_φ on preference pairs with L = −log σ(r⁺ − r⁻ − m); save adapter + head."""
-    from engine import train_utils as tu
-    from engine.models import add_lora
-
     if isinstance(cfg.lora, dict):
         cfg.lora = LoraSettings(**cfg.lora)
     accelerator = tu.make_accelerator()

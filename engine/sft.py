@@ -22,12 +22,13 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from engine import train_utils as tu
 from engine.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
+from engine.generate import SamplingConfig, generate
 from engine.jobs import JobCancelled
 from engine.models import LoraSettings, add_lora, adapter_dir, load_base
+from engine.objectives import response_nll, sft_loss
 
 METRICS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_s", "epoch", "eval_loss")
 
@@ -55,32 +56,6 @@ class SFTConfig:
     checkpoint_every: int = 10       # save adapter + optimizer + scheduler every N steps; 0: end only
     keep_checkpoints: int = 2
     lora: LoraSettings = field(default_factory=LoraSettings)
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Completion-only negative log-likelihood, averaged over the response tokens of the batch:
-
-        L_SFT(θ) = − (1/N) Σ_{b,t : labels[b,t+1] ≠ −100} log softmax(logits[b,t])[labels[b,t+1]]
-
-    (N = number of response tokens in the batch; the sum form −Σ log p_θ(y|x) divided by N).
-    Logits at position t predict token t+1, hence the shift. Prompt and padding tokens carry
-    label −100 and contribute nothing: their logits do not change the loss or its gradient.
-    A batch without any response token gives 0 (with a gradient graph), not NaN.
-    """
-    total, n = response_nll(logits, labels)
-    return total / n if n > 0 else logits.float().sum() * 0.0
-
-
-def response_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Σ −log p over response tokens, number of response tokens): for exact token-weighted
-    evaluation over several batches."""
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    mask = shift_labels != IGNORE_INDEX
-    if not mask.any():
-        return shift_logits.new_zeros(()), shift_logits.new_zeros(())
-    total = F.cross_entropy(shift_logits[mask], shift_labels[mask], reduction="sum")
-    return total, mask.sum().to(total.dtype)
 
 
 def response_window(labels: torch.Tensor) -> tuple[int, int]:
@@ -175,8 +150,6 @@ def evaluate(model, examples: list[Encoded], pad_id: int, batch_size: int, accel
 
 
 def _samples(model, tokenizer, rows: list[dict], n: int, max_new_tokens: int) -> list[dict]:
-    from engine.generate import SamplingConfig, generate
-
     rows = rows[:n]
     if not rows:
         return []

@@ -9,6 +9,7 @@ import streamlit as st
 
 from engine import rewards_builtin
 from engine.models import LoraSettings, display_name
+from engine.objectives import LATEX
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
                        metrics_frame, model_spec, run_label, run_picker, translated_choice,
@@ -20,9 +21,7 @@ defaults = PPOConfig()
 
 st.title(":material/target: " + t("ppo.title"))
 st.write(t("ppo.intro"))
-st.latex(r"\max_{\theta}\; \mathbb{E}_{x\sim\mathcal{D},\,y\sim\pi_\theta(\cdot|x)}"
-         r"\big[R(x,y)\big] \;-\; \beta\,\mathrm{KL}\big(\pi_\theta(\cdot|x)\,\|\,"
-         r"\pi_{\mathrm{ref}}(\cdot|x)\big)")
+st.latex(LATEX["rlhf_objective"])
 
 
 # -- a new run -----------------------------------------------------------------------------
@@ -300,81 +299,63 @@ def run_view(run_id: int) -> dict:
     with tab_reward:
         _chart_with_formula(
             ["score_mean", "rlhf_reward", "non_score_reward"], t("ppo.chart_reward"),
-            r"\begin{aligned}r_t &= -\beta\,\big(\log\pi_\theta(y_t|s_t)"
-            r"-\log\pi_{\mathrm{ref}}(y_t|s_t)\big)\\ &\quad + \mathbb{1}[t=T]\,R(x,y)"
-            r"\end{aligned}", run_id, smoothing, t("ppo.reward_caption"))
+            LATEX["per_token_rewards"], run_id, smoothing, t("ppo.reward_caption"))
         _chart_with_formula(
             ["kl"], t("ppo.chart_kl"),
-            r"\mathrm{KL} \approx \sum_{t=1}^{T}\log\frac{\pi_\theta(y_t|s_t)}"
-            r"{\pi_{\mathrm{ref}}(y_t|s_t)}", run_id, smoothing, t("ppo.kl_caption"),
+            LATEX["sequence_kl"], run_id, smoothing, t("ppo.kl_caption"),
             rule=float(cfg["target_kl"]) if cfg.get("adaptive_kl") else None)
         _chart_with_formula(
             ["beta"], t("ppo.chart_beta"),
-            r"\begin{aligned}\beta_{k+1} &= \beta_k\big(1 + e_k\,\tfrac{n_k}{H}\big)\\"
-            r"e_k &= \mathrm{clip}\big(\tfrac{\mathrm{KL}_k}{\mathrm{KL}_{\mathrm{target}}}-1,"
-            r"\,-0.2,\,0.2\big)\end{aligned}",
-            run_id, 0.0, t("ppo.beta_caption"))
+            LATEX["adaptive_kl_update"], run_id, 0.0, t("ppo.beta_caption"))
         _chart_with_formula(["score_std"], t("ppo.chart_score_std"),
-                            r"\sigma_R = \sqrt{\mathrm{Var}_{i}[R(x_i,y_i)]}", run_id, smoothing)
+                            LATEX["score_std"], run_id, smoothing)
     with tab_policy:
         chart, eq = st.columns([3, 2])
         with chart:
             ratio_histogram(run_id, eps)
         with eq:
-            st.latex(r"r_t(\theta) = \frac{\pi_\theta(y_t|s_t)}{\pi_{\theta_{\mathrm{old}}}"
-                     r"(y_t|s_t)}")
-            st.latex(r"\mathrm{clip}\big(r_t(\theta),\,1-\epsilon,\,1+\epsilon\big),\quad "
-                     + rf"\epsilon = {eps:g}")
+            st.latex(LATEX["ppo_ratio"])
+            st.latex(LATEX["ratio_clip"] + rf",\quad \epsilon = {eps:g}")
             st.caption(t("ppo.ratio_caption", lo=1 - eps, hi=1 + eps))
         _chart_with_formula(["ratio_mean", "ratio_min", "ratio_max"], t("ppo.chart_ratio"),
-                            r"\bar r,\ \min_t r_t,\ \max_t r_t", run_id, smoothing, rule=1.0)
+                            LATEX["ratio_stats"], run_id, smoothing, rule=1.0)
         _chart_with_formula(
             ["policy_loss"], t("ppo.chart_policy_loss"),
-            r"\begin{aligned}&L^{\mathrm{CLIP}}(\theta) = \mathbb{E}_t\Big[\max\big(-\hat A_t\,"
-            r"r_t(\theta),\\ &\qquad -\hat A_t\,\mathrm{clip}(r_t(\theta),1-\epsilon,1+\epsilon)"
-            r"\big)\Big]\end{aligned}",
-            run_id, smoothing)
+            LATEX["clipped_policy_loss"], run_id, smoothing)
         _chart_with_formula(
             ["clipfrac"], t("ppo.chart_clipfrac"),
-            r"\mathbb{E}_t\big[\mathbb{1}\{-\hat A_t\,\mathrm{clip}(r_t) > -\hat A_t\,r_t\}\big]",
-            run_id, smoothing, t("ppo.clipfrac_caption"), rule=CLIPFRAC_WARN)
+            LATEX["clip_fraction"], run_id, smoothing, t("ppo.clipfrac_caption"),
+            rule=CLIPFRAC_WARN)
         _chart_with_formula(
             ["approx_kl"], t("ppo.chart_approx_kl"),
-            r"\mathrm{KL}(\pi_{\theta_{\mathrm{old}}}\|\pi_\theta) \approx "
-            r"\mathbb{E}_t\big[\tfrac12(\log r_t(\theta))^2\big]", run_id, smoothing)
+            LATEX["approx_kl"], run_id, smoothing)
         _chart_with_formula(
             ["entropy"], t("ppo.chart_entropy"),
-            r"H_t = -\sum_{a}\pi_\theta(a|s_t)\log\pi_\theta(a|s_t)", run_id, smoothing,
+            LATEX["entropy_from_logits"], run_id, smoothing,
             t("ppo.entropy_caption"))
     with tab_value:
         _chart_with_formula(
             ["value_loss"], t("ppo.chart_value_loss"),
-            r"\begin{aligned}&L^{V} = \tfrac12\,\mathbb{E}_t\Big[\max\big((V_\phi(s_t)-R_t)^2,"
-            r"\\ &\qquad (\mathrm{clip}(V_\phi(s_t),V_{\mathrm{old}}\pm\epsilon_V)-R_t)^2\big)"
-            r"\Big]\end{aligned}",
-            run_id, smoothing)
+            LATEX["clipped_value_loss"], run_id, smoothing)
         chart, eq = st.columns([3, 2])
         with chart:
             line_chart(metrics_frame(run_id, ["advantage_std_raw", "value_mean",
                                               "return_mean"]),
                        t("ppo.chart_advantages"), smoothing=smoothing)
         with eq:
-            st.latex(r"\delta_t = r_t + \gamma V(s_{t+1}) - V(s_t)")
-            st.latex(r"\hat A_t = \sum_{l\ge 0}(\gamma\lambda)^l\,\delta_{t+l} = "
-                     r"\delta_t + \gamma\lambda\,\hat A_{t+1}")
-            st.latex(r"R_t = \hat A_t + V(s_t)")
+            st.latex(LATEX["gae_advantages"])
             st.caption(t("ppo.gae_caption", gamma=cfg.get("gamma", defaults.gamma),
                          lam=cfg.get("lam", defaults.lam)))
         _chart_with_formula(
             ["explained_variance"], t("ppo.chart_ev"),
-            r"\mathrm{EV} = 1 - \frac{\mathrm{Var}[R_t - V(s_t)]}{\mathrm{Var}[R_t]}",
+            LATEX["explained_variance"],
             run_id, smoothing, t("ppo.ev_caption"))
     with tab_more:
         _chart_with_formula(["response_length"], t("ppo.chart_length"),
-                            r"\bar T = \mathbb{E}_i\,|y_i|", run_id, smoothing,
+                            LATEX["response_length"], run_id, smoothing,
                             t("ppo.length_caption"))
         _chart_with_formula(["eos_fraction"], t("ppo.chart_eos"),
-                            r"\mathbb{E}_i\,\mathbb{1}[\mathrm{EOS} \in y_i]", run_id, smoothing)
+                            LATEX["eos_fraction"], run_id, smoothing)
         chart, eq = st.columns([3, 2])
         with chart:
             line_chart(metrics_frame(run_id, ["time_generate", "time_score", "time_train"]),

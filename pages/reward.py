@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.models import LoraSettings
+from engine.objectives import LATEX
 from engine.reward import RewardConfig
 from engine.tryout import ScoreTextConfig
 from storage.db import RUN_STATES
@@ -17,7 +18,7 @@ from ui.i18n import t, tn
 store = get_store()
 st.title(":material/balance: " + t("reward.title"))
 st.write(t("reward.intro"))
-st.latex(r"\mathcal{L}(\phi) = -\log \sigma\big(r_\phi(x, y^+) - r_\phi(x, y^-) - m\big)")
+st.latex(LATEX["pairwise_loss"])
 
 defaults = RewardConfig()
 

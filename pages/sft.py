@@ -5,6 +5,7 @@ import pandas as pd
 import streamlit as st
 
 from engine.models import LoraSettings, display_name
+from engine.objectives import LATEX
 from engine.sft import SFTConfig
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_picker)
@@ -16,8 +17,7 @@ SCHEDULES = ["cosine", "linear", "constant"]
 
 st.title(":material/school: " + t("sft.title"))
 st.write(t("sft.intro"))
-st.latex(r"\mathcal{L}_{SFT}(\theta) = -\sum_{t \in \text{response}} "
-         r"\log p_\theta(y_t \mid x, y_{<t})")
+st.latex(LATEX["sft_loss"])
 
 
 # -- a new run -----------------------------------------------------------------------------

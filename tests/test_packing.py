@@ -2,6 +2,8 @@
 batch's outputs, on a real tiny Llama with a LoRA adapter."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -91,3 +93,41 @@ def test_reward_scores_are_the_same_packed_or_padded(store, tiny_model_dir, embe
     padded = score_with_model(model, head, tok, prompts, answers, batch_size=3)
     assert len(set(packed)) == 3
     assert torch.allclose(torch.tensor(packed), torch.tensor(padded), atol=1e-4)
+
+
+class EchoLM(nn.Module):
+    """Reads its input back: logits = token id, hidden = 10 × token id, position by position
+    (and records each call), so the kept outputs say which positions were read."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, input_ids, position_ids, use_cache, logits_to_keep=None,
+                output_hidden_states=False):
+        self.calls.append((input_ids.shape[1], logits_to_keep))
+        x = input_ids.float()[..., None]
+        logits = x if logits_to_keep is None else x[:, logits_to_keep]
+        return SimpleNamespace(logits=logits, hidden_states=(10 * x,) if output_hidden_states
+                               else None, last_hidden_state=10 * x)
+
+
+def test_packed_outputs_read_the_kept_positions_of_each_sequence_in_order():
+    from engine.packing import packed_outputs
+
+    seqs = [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7]), torch.tensor([8, 9])]
+    keep = [torch.tensor([0, 2]), torch.tensor([1, 2, 3]), torch.tensor([1])]
+    want = [1.0, 3.0, 5.0, 6.0, 7.0, 9.0]
+    for to_keep in (False, True):
+        lm = EchoLM()
+        rows = list(packed_outputs(lm, seqs, keep, max_tokens=7, hidden=True,
+                                   logits_to_keep=to_keep))
+        assert [m for m, _, _ in rows] == [[0, 1], [2]]      # 3 + 4 tokens, then 2
+        assert torch.cat([lg for _, lg, _ in rows]).flatten().tolist() == want
+        assert torch.cat([h for _, _, h in rows]).flatten().tolist() == [10 * w for w in want]
+        # with logits_to_keep the head sees only the kept row positions (offsets included)
+        assert [c[1].tolist() if to_keep else c[1] for c in lm.calls] == \
+            ([[0, 2, 4, 5, 6], [1]] if to_keep else [None, None])
+    body = list(packed_outputs(EchoLM(), seqs, keep, max_tokens=7, logits=False))
+    assert [lg for _, lg, _ in body] == [None, None]
+    assert torch.cat([h for _, _, h in body]).flatten().tolist() == [10 * w for w in want]
