@@ -3,8 +3,13 @@
 Every job is a run in storage. A stage is a function `fn(config, ctx) -> summary dict`
 registered under a name (see engine.stages). Training stages queue and run one at a
 time on a single worker thread (one device); light stages (sampling two answers for a
-vote, a comparison) run on their own threads at once, so they never wait behind a
-long training run. Workers write to storage only; pages poll storage.
+vote, a comparison, an export) queue on a worker of their own per model, so they never
+wait behind a long training run and never compete with each other for the same model
+and the same cores. Workers write to storage only; pages poll storage.
+
+Cancel: a run of this process's queue is cancelled through its threading.Event; a run
+started by the headless CLI (another process) is sent SIGTERM, which `run_sync` turns
+into the same cancel (see JobManager.cancel).
 """
 from __future__ import annotations
 
@@ -15,21 +20,17 @@ import queue
 import signal
 import threading
 import traceback
+from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from engine import stages
+# re-exported: `from engine.jobs import JobCancelled` keeps working
+from engine.errors import CheckpointError, JobCancelled, NonFiniteError  # noqa: F401
 from engine.models import run_dir as _run_dir
 from storage import Store
-
-
-class JobCancelled(Exception):
-    """Raised inside a stage by ctx.check_cancel() once cancel was asked for."""
-
-
-class NonFiniteError(RuntimeError):
-    """A loss became NaN or infinite; the run fails with the step and the loss named."""
+from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
 
 
 class JobContext:
@@ -140,7 +141,7 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
         store.finish_run(run_id, "cancelled")
         ctx.log("cancelled; the last checkpoint is kept")
         return "cancelled"
-    except NonFiniteError as exc:
+    except (NonFiniteError, CheckpointError) as exc:
         store.finish_run(run_id, "failed", error=str(exc))
         ctx.log(str(exc), "error")
         return "failed"
@@ -160,12 +161,13 @@ class JobManager:
 
     def __init__(self, store: Store):
         self.store = store
-        self._queue: queue.Queue = queue.Queue()
+        # one queue and one worker thread per lane: "train", and "light:<model>" per model
+        self._queues: dict[str, queue.Queue] = {}
+        self._workers: dict[str, threading.Thread] = {}
         self._events: dict[int, threading.Event] = {}
         self._done: dict[int, threading.Event] = {}
         self._live: set[int] = set()
         self._lock = threading.Lock()
-        self._worker: threading.Thread | None = None
         self.recovered = store.mark_interrupted_orphans()
 
     # -- submitting ----------------------------------------------------------------
@@ -183,7 +185,7 @@ class JobManager:
     def resume(self, run_id: int) -> int:
         """Queue an interrupted, cancelled or failed run again; it continues from its checkpoint."""
         run = self.store.get_run(run_id)
-        if run["status"] not in ("interrupted", "cancelled", "failed"):
+        if run["status"] not in RESUMABLE_STATES:
             raise ValueError(f"run {run_id} is {run['status']}; only interrupted, cancelled or "
                              f"failed runs can be resumed")
         spec = stages.get(run["stage"])
@@ -201,24 +203,23 @@ class JobManager:
             self._events[run_id] = cancel
             self._done[run_id] = done
             self._live.add(run_id)
-        item = (run_id, spec, config, resume, cancel, done)
-        if spec.light:
-            threading.Thread(target=self._run_one, args=item, name=f"job-{run_id}",
-                             daemon=True).start()
-        else:
-            self._queue.put(item)
-            self._ensure_worker()
+        self._lane(_lane_of(spec, config)).put((run_id, spec, config, resume, cancel, done))
 
-    def _ensure_worker(self) -> None:
+    def _lane(self, lane: str) -> queue.Queue:
+        """The queue of a lane, with a live worker thread behind it."""
         with self._lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, name="train-worker",
-                                                daemon=True)
-                self._worker.start()
+            q = self._queues.setdefault(lane, queue.Queue())
+            worker = self._workers.get(lane)
+            if worker is None or not worker.is_alive():
+                worker = threading.Thread(target=self._work, args=(q,), daemon=True,
+                                          name=f"{lane}-worker")
+                self._workers[lane] = worker
+                worker.start()
+            return q
 
-    def _work(self) -> None:
+    def _work(self, q: queue.Queue) -> None:
         while True:
-            item = self._queue.get()
+            item = q.get()
             if item is None:
                 return
             self._run_one(*item)
@@ -228,6 +229,8 @@ class JobManager:
         try:
             if cancel.is_set():  # cancelled while queued: cancel() recorded it
                 return
+            if self.store.get_run(run_id)["status"] != "queued":
+                return  # cancelled while queued from another process
             execute(self.store, run_id, config, spec.function(), resume=resume,
                     cancel_event=cancel)
         except BaseException as exc:  # noqa: BLE001 - e.g. the stage failed to import
@@ -240,17 +243,41 @@ class JobManager:
             done.set()
 
     # -- control -------------------------------------------------------------------
-    def cancel(self, run_id: int) -> None:
+    def cancel(self, run_id: int) -> bool:
+        """Ask a queued or running run to stop; it keeps its last checkpoint.
+
+        A run of this manager stops within one step. A run of a headless CLI process
+        (`python -m engine train ...`) is sent SIGTERM, which that process turns into the
+        same cancel; the process must be the one that claimed the run (same host, started
+        before the run: see storage.db.owner_process), so a reused pid is never signalled.
+        A run nobody holds any more is recorded as cancelled. Returns False when the run
+        was not active, or belongs to another app process (which must cancel it itself).
+        """
         event = self._events.get(run_id)
-        if event is None:
-            run = self.store.get_run(run_id)
-            if run["status"] in ("queued", "running"):
-                # owned by a process that no longer holds it
+        if event is not None:
+            event.set()
+            status = self.store.get_run(run_id)["status"]
+            if status == "queued":
                 self.store.finish_run(run_id, "cancelled")
-            return
-        event.set()
-        if self.store.get_run(run_id)["status"] == "queued":
-            self.store.finish_run(run_id, "cancelled")
+            return status in ACTIVE_STATES
+        run = self.store.get_run(run_id)
+        if run["status"] not in ACTIVE_STATES:
+            return False
+        owner = owner_process(run) if run.get("pid") != os.getpid() else None
+        if owner is not None:
+            if not _is_headless_cli(owner):
+                self.store.log(run_id, f"cancel asked here, but the run belongs to another "
+                                       f"app process (pid {owner.pid}): cancel it there",
+                               "warning")
+                return False
+            try:
+                owner.send_signal(signal.SIGTERM)  # psutil re-checks it is the same process
+                return True
+            except Exception:  # noqa: BLE001 - psutil.NoSuchProcess: it ended meanwhile
+                if self.store.get_run(run_id)["status"] not in ACTIVE_STATES:
+                    return False
+        self.store.finish_run(run_id, "cancelled")  # nobody holds it any more
+        return True
 
     def wait(self, run_id: int, timeout: float | None = None) -> str:
         done = self._done.get(run_id)
@@ -265,7 +292,49 @@ class JobManager:
     def shutdown(self) -> None:
         for event in self._events.values():
             event.set()
-        self._queue.put(None)
+        with self._lock:
+            for q in self._queues.values():
+                q.put(None)
+
+
+def _lane_of(spec, config: Any) -> str:
+    """Training runs share one lane (one device); light jobs one lane per model."""
+    if not spec.light:
+        return "train"
+    return f"light:{getattr(config, 'model', None) or ''}"
+
+
+def _is_headless_cli(proc) -> bool:
+    """Whether a process is `python -m engine ...` (which turns SIGTERM into a cancel),
+    not e.g. a Streamlit server that SIGTERM would stop altogether."""
+    try:
+        args = proc.cmdline()
+    except Exception:  # noqa: BLE001 - psutil.Error: gone, or not ours to inspect
+        return False
+    main = os.path.join("engine", "__main__.py")
+    return any(a == "-m" and b == "engine" for a, b in zip(args, args[1:])) \
+        or any(a == "-mengine" or a.endswith(main) for a in args)
+
+
+@contextmanager
+def sigterm_cancels(cancel: threading.Event):
+    """While inside, SIGTERM sets `cancel` (the run stops as `cancelled` within one step,
+    keeping its last checkpoint); a second SIGTERM stops it at once. Main thread only
+    (elsewhere Python cannot install handlers: nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt("SIGTERM twice: stopping now")
+        cancel.set()  # no storage write here: the main thread may be inside one
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 _managers: dict[str, JobManager] = {}
@@ -296,7 +365,9 @@ def run_sync(store: Store, stage: str, config: Any = None, *, name: str | None =
     run_id = store.create_run(stage, config_dict(config), name=name, parents=parents,
                               model=getattr(config, "model", None),
                               dataset=getattr(config, "dataset", None))
-    execute(store, run_id, config, spec.function())
+    cancel = threading.Event()
+    with sigterm_cancels(cancel):  # Cancel on the Runs page of another process sends SIGTERM
+        execute(store, run_id, config, spec.function(), cancel_event=cancel)
     return store.get_run(run_id)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 from engine import data, rewards_builtin, train_utils
 from engine import reward as reward_mod
 from engine.chat import collate_prompts, encode_prompt
+from engine.errors import NonFiniteError
 from engine.models import LoraSettings, add_lora, adapter_dir, load_adapter, load_base
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                clipped_policy_loss, clipped_value_loss, entropy_from_logits,
@@ -448,8 +449,6 @@ class PPOTrainer:
         raw = torch.tensor(self.scorer.score(ro.prompts, ro.texts), dtype=torch.float32,
                            device=self.device)
         if not torch.isfinite(raw).all():
-            from engine.jobs import NonFiniteError
-
             raise NonFiniteError(f"the reward ({self.reward_label}) returned a non-finite score")
         ro.raw_scores = raw
         ro.scores = raw - (~ro.has_eos).float() * float(cfg.missing_eos_penalty)
@@ -582,7 +581,8 @@ class PPOTrainer:
     def load_checkpoint(self, run_dir: Path) -> int:
         """Restore the latest complete checkpoint; returns its step (0 if none)."""
         for _, folder in reversed(train_utils.list_checkpoints(run_dir)):
-            if not (folder / "value_head.pt").exists():
+            train_utils.refuse_legacy(folder)  # an old pickle checkpoint fails the resume
+            if not train_utils.has_state(folder, "value_head"):
                 continue
             self.policy.set_adapter(self.POLICY)
             state = train_utils.load_checkpoint(folder, self.policy, self.optimizer,
@@ -669,8 +669,6 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
 
 
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    from engine.jobs import NonFiniteError
-
     for name in ("kl", "score_mean", "entropy"):
         value = metrics.get(name)
         if value is not None and not math.isfinite(value):

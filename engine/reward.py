@@ -495,11 +495,11 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     step = 0
     last = tu.latest_checkpoint(ctx.run_dir) if ctx.resume else None
     if last is not None:
-        has_head = (last / "head.pt").exists()
+        has_head = tu.has_state(last, "head")
         step = int(tu.load_checkpoint(last, lm, optimizer, scheduler,
                                       modules={"head": head} if has_head else None)["step"])
         if not has_head:
-            ctx.log(f"{last} has no head.pt: the head restarts from its initialisation",
+            ctx.log(f"{last} has no head: the head restarts from its initialisation",
                     "warning")
         ctx.log(f"resumed from the checkpoint at step {step}")
     if ctx.resume and ctx.is_main_process:

@@ -14,9 +14,7 @@ from typing import Any, Iterable
 from engine import stages
 from engine.jobs import config_dict
 from storage import Store, data_home
-
-ACTIVE_STATES = ("queued", "running")
-RESUMABLE_STATES = ("interrupted", "cancelled", "failed")
+from storage.db import ACTIVE_STATES, RESUMABLE_STATES  # noqa: F401 - re-exported for pages
 
 # Per stage, the metric that says most about a finished run, as name fragments in order of
 # preference ("eval_loss", "eval/loss" and "loss_eval" all match ("eval", "loss")).

@@ -26,7 +26,7 @@ import torch
 from engine import train_utils as tu
 from engine.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
 from engine.generate import SamplingConfig, generate
-from engine.jobs import JobCancelled
+from engine.errors import JobCancelled
 from engine.models import LoraSettings, add_lora, adapter_dir, load_base
 from engine.objectives import response_nll, sft_loss
 

@@ -17,7 +17,11 @@ Small on purpose; each function does one thing:
                                           optionally grouped by length (`epoch_order`)
 
 Checkpoints live in `<run_dir>/checkpoints/step-<N>/`:
-    adapter/ (PEFT format)   optimizer.pt   scheduler.pt   rng.pt   state.json
+    adapter/ (PEFT format)   optimizer.*   scheduler.*   rng.*   <module>.*   state.json
+where each `name.*` is `name.json` (the structure, numbers, Python's and numpy's RNG
+states) plus `name.safetensors` (the tensors): loading a checkpoint never unpickles, so a
+planted file cannot run code. Checkpoints of the old format (pickled `.pt` files) are
+refused with a CheckpointError, never loaded: the resume fails and says so.
 `state.json` holds {"step": N, **extra}; a checkpoint folder is written under a temporary
 name and renamed, so a crash never leaves a half-written "step-N".
 Only the main process writes; every process loads.
@@ -35,6 +39,8 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from engine.errors import CheckpointError
 
 CHECKPOINTS = "checkpoints"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -294,6 +300,104 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# -- state files without pickle --------------------------------------------------------------
+# JSON cannot hold tensors, tuples, numpy arrays or non-string keys: they are tagged.
+_TENSOR, _TUPLE, _ITEMS, _NDARRAY = "__tensor__", "__tuple__", "__items__", "__ndarray__"
+
+
+def save_state(obj, stem: str | os.PathLike) -> None:
+    """Write `obj` (nested dicts, lists and tuples of tensors, numpy arrays, numbers,
+    strings, None) as `<stem>.json` plus, when it holds tensors, `<stem>.safetensors`."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(x):
+        if isinstance(x, torch.Tensor):
+            key = f"t{len(tensors)}"
+            tensors[key] = x.detach().to("cpu").contiguous().clone()  # no shared storage
+            return {_TENSOR: key}
+        if isinstance(x, (list, tuple)):
+            items = [enc(v) for v in x]
+            return {_TUPLE: items} if isinstance(x, tuple) else items
+        if isinstance(x, dict):
+            if all(isinstance(k, str) for k in x) and not {_TENSOR, _TUPLE, _ITEMS,
+                                                           _NDARRAY} & set(x):
+                return {k: enc(v) for k, v in x.items()}
+            return {_ITEMS: [[enc(k), enc(v)] for k, v in x.items()]}
+        if type(x).__module__ == "numpy":
+            if hasattr(x, "tolist") and getattr(x, "ndim", 0):
+                return {_NDARRAY: x.tolist(), "dtype": str(x.dtype)}
+            return x.item() if hasattr(x, "item") else x
+        if x is None or isinstance(x, (bool, int, float, str)):
+            return x
+        raise TypeError(f"{stem}: cannot store a {type(x).__name__} in a checkpoint")
+
+    data = enc(obj)
+    stem = Path(stem)
+    (stem.parent / f"{stem.name}.json").write_text(json.dumps(data))
+    if tensors:
+        save_file(tensors, str(stem.parent / f"{stem.name}.safetensors"))
+
+
+def load_state(stem: str | os.PathLike):
+    """Read what save_state wrote. A file that is not what it should be (e.g. a pickle
+    planted under the name) raises CheckpointError; nothing in it is ever executed."""
+    from safetensors.torch import load_file
+
+    stem = Path(stem)
+    json_path = stem.parent / f"{stem.name}.json"
+    st_path = stem.parent / f"{stem.name}.safetensors"
+    try:
+        data = json.loads(json_path.read_text(encoding="utf-8"))
+        tensors = load_file(str(st_path), device="cpu") if st_path.exists() else {}
+    except Exception as exc:  # noqa: BLE001 - JSON, UTF-8, I/O or safetensors header errors
+        raise CheckpointError(f"{json_path.parent.name}/{stem.name}: not a valid checkpoint "
+                              f"file ({type(exc).__name__}: {exc})") from None
+
+    def dec(x):
+        if isinstance(x, list):
+            return [dec(v) for v in x]
+        if isinstance(x, dict):
+            if _TENSOR in x:
+                if x[_TENSOR] not in tensors:
+                    raise CheckpointError(f"{st_path}: tensor {x[_TENSOR]!r} is missing")
+                return tensors[x[_TENSOR]]
+            if _TUPLE in x:
+                return tuple(dec(v) for v in x[_TUPLE])
+            if _ITEMS in x:
+                return {_hashable(dec(k)): dec(v) for k, v in x[_ITEMS]}
+            if _NDARRAY in x:
+                import numpy as np
+
+                return np.asarray(x[_NDARRAY], dtype=np.dtype(x["dtype"]))
+            return {k: dec(v) for k, v in x.items()}
+        return x
+
+    return dec(data)
+
+
+def _hashable(key):
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def has_state(folder: str | os.PathLike, name: str) -> bool:
+    """Whether a checkpoint folder holds the state file `name` (e.g. a value head)."""
+    return (Path(folder) / f"{name}.json").exists()
+
+
+def refuse_legacy(folder: str | os.PathLike) -> None:
+    """Old checkpoints pickled their state in `.pt` files; unpickling runs code, so they
+    are refused with a message that says what to do."""
+    folder = Path(folder)
+    old = sorted(p.name for p in folder.glob("*.pt"))
+    if old:
+        raise CheckpointError(
+            f"checkpoint {folder} predates the safe checkpoint format: its {', '.join(old)} "
+            f"are Python pickles, which can run code when loaded, so it is not loaded. "
+            f"Delete {folder.parent} to resume this run from step 0, or start a new run.")
+
+
 # -- checkpoints ---------------------------------------------------------------------------
 def checkpoints_dir(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINTS
@@ -325,7 +429,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
     training). `keep` > 0 deletes all but the newest `keep` checkpoints. `rng`: the RNG
     state to store (default: the current one; pass a snapshot taken at the end of `step`
     when saving later, e.g. on cancel mid-step). `modules`: {name: nn.Module} saved as
-    `<name>.pt` inside the same folder (a reward head, a value head), so they are part of
+    `<name>.json/.safetensors` inside the same folder (a reward head, a value head), so they are part of
     the checkpoint's single rename.
     Returns the folder (None on non-main processes).
     """
@@ -339,12 +443,12 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
         save_adapter(model, tmp / "adapter")
-        torch.save(_unwrap_optimizer(optimizer).state_dict(), tmp / "optimizer.pt")
+        save_state(_unwrap_optimizer(optimizer).state_dict(), tmp / "optimizer")
         if scheduler is not None:
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng if rng is not None else rng_state(), tmp / "rng.pt")
+            save_state(scheduler.state_dict(), tmp / "scheduler")
+        save_state(rng if rng is not None else rng_state(), tmp / "rng")
         for name, module in (modules or {}).items():
-            torch.save(_unwrap(module).state_dict(), tmp / f"{name}.pt")
+            save_state(_unwrap(module).state_dict(), tmp / name)
         (tmp / "state.json").write_text(json.dumps({"step": int(step), **(extra or {})}))
         if folder.exists():
             shutil.rmtree(folder)
@@ -360,19 +464,28 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model, optimizer, sch
 def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=None,
                     restore_rng: bool = True, modules: dict | None = None) -> dict:
     """Restore adapter weights, optimizer, scheduler, RNG and `modules` (those saved with
-    it) from a checkpoint folder in place; returns state.json ({"step": N, **extra})."""
+    it) from a checkpoint folder in place; returns state.json ({"step": N, **extra}).
+    Nothing is unpickled: an old-format or tampered checkpoint raises CheckpointError
+    before anything is changed."""
     folder = Path(folder)
-    for name, module in (modules or {}).items():
-        _unwrap(module).load_state_dict(torch.load(folder / f"{name}.pt", map_location="cpu"))
-    load_adapter_weights(model, folder / "adapter")
-    # our own files: they hold python objects (RNG tuples), hence weights_only=False
+    refuse_legacy(folder)
+    # read every file first: a bad one fails the load before the model is touched
+    states = {name: load_state(folder / name) for name in (modules or {})}
     if optimizer is not None:
-        _unwrap_optimizer(optimizer).load_state_dict(
-            torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=False))
-    if scheduler is not None and (folder / "scheduler.pt").exists():
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    if restore_rng and (folder / "rng.pt").exists():
-        set_rng_state(torch.load(folder / "rng.pt", weights_only=False))
+        states["optimizer"] = load_state(folder / "optimizer")
+    if scheduler is not None and has_state(folder, "scheduler"):
+        states["scheduler"] = load_state(folder / "scheduler")
+    if restore_rng and has_state(folder, "rng"):
+        states["rng"] = load_state(folder / "rng")
+    for name, module in (modules or {}).items():
+        _unwrap(module).load_state_dict(states[name])
+    load_adapter_weights(model, folder / "adapter")
+    if optimizer is not None:
+        _unwrap_optimizer(optimizer).load_state_dict(states["optimizer"])
+    if "scheduler" in states:
+        scheduler.load_state_dict(states["scheduler"])
+    if "rng" in states:
+        set_rng_state(states["rng"])
     return json.loads((folder / "state.json").read_text())
 
 

@@ -10,6 +10,7 @@ from engine import collect
 from engine import data as D
 from engine.chat import prompt_text as short_prompt
 from engine.models import display_name
+from storage.db import ACTIVE_STATES
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)
 from ui.i18n import t
@@ -393,10 +394,10 @@ def collect_settings() -> None:
 
 def pair_panel(run_id: int) -> None:
     run = store.get_run(run_id)
-    if run["status"] in ("queued", "running"):
+    if run["status"] in ACTIVE_STATES:
         @st.fragment(run_every=1.0)
         def poll():
-            if store.get_run(run_id)["status"] not in ("queued", "running"):
+            if store.get_run(run_id)["status"] not in ACTIVE_STATES:
                 st.rerun()
             job_panel(run_id, show_log=False)
 

@@ -3,6 +3,7 @@ import streamlit as st
 
 from engine import data as D
 from engine.models import device_summary, display_name
+from storage.db import ACTIVE_STATES
 from ui.common import get_jobs, get_store, model_spec, run_label
 from ui.i18n import t
 
@@ -43,7 +44,7 @@ with left:
 with right:
     st.subheader(t("home.jobs"))
     active = [store.get_run(i) for i in get_jobs().active()]
-    active += [r for r in store.list_runs(status=("running", "queued"))
+    active += [r for r in store.list_runs(status=ACTIVE_STATES)
                if r["id"] not in {a["id"] for a in active}]
     if not active:
         st.caption(t("home.no_jobs"))

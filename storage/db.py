@@ -22,6 +22,8 @@ SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+ACTIVE_STATES = ("queued", "running")                       # a job holds (or will hold) it
+RESUMABLE_STATES = ("interrupted", "cancelled", "failed")   # may continue from a checkpoint
 
 
 class NotFound(KeyError):
@@ -60,7 +62,7 @@ def _loads(value: str | None, default: Any = None) -> Any:
     return json.loads(value)
 
 
-def _split_prompt(prompt: Any) -> tuple[str, str | None]:
+def split_prompt(prompt: Any) -> tuple[str, str | None]:
     """Store a prompt as display text plus, for chat prompts, the message list as JSON."""
     if isinstance(prompt, list):
         text = "\n".join(f"{m.get('role', '?')}: {m.get('content', '')}" for m in prompt)
@@ -281,7 +283,7 @@ class Store:
         start = ds["rows"]
         records = []
         for i, row in enumerate(rows):
-            text, messages = _split_prompt(row["prompt"])
+            text, messages = split_prompt(row["prompt"])
             rec = {"dataset_id": ds["id"], "prompt": text, "prompt_messages": messages,
                    "split": row.get("split") or _default_split(start + i, ds["eval_fraction"]),
                    "source": row.get("source", source), "meta": _dumps(row.get("meta") or {}),
@@ -312,7 +314,7 @@ class Store:
             raise ValueError(f"row fields {sorted(bad)} cannot be changed")
         fields = dict(fields)
         if "prompt" in fields:
-            fields["prompt"], fields["prompt_messages"] = _split_prompt(fields["prompt"])
+            fields["prompt"], fields["prompt_messages"] = split_prompt(fields["prompt"])
         if "meta" in fields:
             fields["meta"] = _dumps(fields["meta"])
         with self._write():
@@ -429,12 +431,11 @@ class Store:
         live = set(int(i) for i in live_run_ids)
         host = socket.gethostname()
         orphans = []
-        for run in self.list_runs(status=("running", "queued")):
+        for run in self.list_runs(status=ACTIVE_STATES):
             if run["id"] in live:
                 continue
             same_process = run.get("pid") == os.getpid() and run.get("host") == host
-            if run.get("pid") and run.get("host") == host and not same_process \
-                    and _pid_alive(run["pid"]):
+            if not same_process and owner_process(run) is not None:
                 continue  # another live process (e.g. a headless CLI run) owns it
             orphans.append(run["id"])
         for run_id in orphans:
@@ -506,7 +507,7 @@ class Store:
             r = dict(r)
             prompt = r.pop("prompt")
             recs.append({"run_id": int(run_id), "step": int(step),
-                         "prompt": _split_prompt(prompt)[0] if isinstance(prompt, list) else prompt,
+                         "prompt": split_prompt(prompt)[0] if isinstance(prompt, list) else prompt,
                          "response": r.pop("response"), "reward": r.pop("reward", None),
                          "kl": r.pop("kl", None), "extra": _dumps(r), "time": _now()})
         with self._write():
@@ -576,7 +577,7 @@ class Store:
             r = dict(r)
             recs.append({"comparison_id": int(comparison_id),
                          "prompt_index": int(r.pop("prompt_index")),
-                         "prompt": _split_prompt(r.pop("prompt"))[0],
+                         "prompt": split_prompt(r.pop("prompt"))[0],
                          "model": r.pop("model"), "response": r.pop("response"),
                          "reward": r.pop("reward", None), "kl": r.pop("kl", None),
                          "length": r.pop("length", None), "extra": _dumps(r)})
@@ -658,3 +659,29 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# a process's start time is known to about a second (boot time is whole seconds)
+_START_SLACK_S = 2.0
+
+
+def owner_process(run: dict):
+    """The live process that claimed `run` (a psutil.Process), or None.
+
+    It must be on this host, alive, and have started no later than the run was claimed
+    (`started`): a pid reused by a process started after the owner died is not the owner.
+    A run without a `started` time is matched by pid alone. psutil's Process also checks
+    its start time again before `send_signal`, so the pid cannot be reused in between.
+    """
+    pid, started = run.get("pid"), run.get("started")
+    if not pid or run.get("host") != socket.gethostname() or not _pid_alive(pid):
+        return None
+    import psutil  # a dependency of accelerate
+
+    try:
+        proc = psutil.Process(int(pid))
+        if started is not None and proc.create_time() > float(started) + _START_SLACK_S:
+            return None
+        return proc
+    except psutil.Error:  # gone meanwhile, or not ours to inspect
+        return None

@@ -1,5 +1,9 @@
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -8,6 +12,8 @@ import pytest
 
 from engine import stages
 from engine.jobs import JobManager, run_sync
+from engine.models import run_dir
+from tests.conftest import ROOT
 
 
 @dataclass
@@ -125,3 +131,99 @@ def test_run_sync_is_the_same_code_path(store):
 def test_unknown_config_field_is_named(store):
     with pytest.raises(ValueError, match="bogus"):
         JobManager(store).submit("count", {"bogus": 1})
+
+
+# -- light jobs: one at a time per model -------------------------------------------------------
+@dataclass
+class TimedConfig:
+    model: str = "embedded"
+    seconds: float = 0.3
+
+
+def timed_stage(cfg: TimedConfig, ctx):
+    start = time.monotonic()
+    time.sleep(cfg.seconds)
+    return {"start": start, "end": time.monotonic()}
+
+
+stages.register("timed_light", TimedConfig, timed_stage, light=True)
+
+
+def test_light_jobs_of_one_model_run_one_after_another(store):
+    jobs = JobManager(store)
+    ids = [jobs.submit("timed_light", {"seconds": 0.3}) for _ in range(3)]
+    assert [jobs.wait(i, 30) for i in ids] == ["succeeded"] * 3
+    spans = sorted((store.get_run(i)["summary"]["start"], store.get_run(i)["summary"]["end"])
+                   for i in ids)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert start >= end, f"light jobs overlapped: {spans}"
+    assert [store.get_run(i)["started"] for i in ids] == sorted(
+        store.get_run(i)["started"] for i in ids)  # in the order they were submitted
+
+
+# -- cancel of a run another process holds ------------------------------------------------------
+def _sleeper() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def test_cancel_never_signals_a_reused_pid_or_a_process_that_is_not_the_cli(store):
+    proc = _sleeper()
+    try:
+        time.sleep(0.2)
+        host = socket.gethostname()
+        jobs = JobManager(store)
+        # the pid was reused: the process started after the run was claimed
+        reused = store.create_run("count", {})
+        store.update_run(reused, status="running", pid=proc.pid, host=host,
+                         started=time.time() - 3600)
+        assert jobs.cancel(reused) is True
+        assert store.get_run(reused)["status"] == "cancelled"  # nobody held it any more
+        # ... and a restart sees such a run as orphaned, not as held by the live pid
+        orphan = store.create_run("count", {})
+        store.update_run(orphan, status="running", pid=proc.pid, host=host,
+                         started=time.time() - 3600)
+        assert JobManager(store).recovered == [orphan]
+        # the owner is alive but is not `python -m engine` (e.g. another app process)
+        other = store.create_run("count", {})
+        store.update_run(other, status="running", pid=proc.pid, host=host,
+                         started=time.time())
+        assert JobManager(store).recovered == []
+        assert jobs.cancel(other) is False
+        assert store.get_run(other)["status"] == "running"
+        assert any("another app process" in r["message"] for r in store.get_log(other))
+        assert proc.poll() is None, "a process that does not own the run was signalled"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_cancel_from_another_process_stops_a_cli_run_as_cancelled(store, tiny_model_dir):
+    from engine.train_utils import latest_checkpoint
+    from tests.test_faults import make_sft_dataset, subprocess_env, wait_until
+
+    dataset = make_sft_dataset(store)
+    # only fields whose names are stable: model, dataset, max_steps, batch_size
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "engine", "--db", str(store.path), "train", "sft",
+         "--set", f"model={tiny_model_dir}", "--set", f"dataset={dataset}",
+         "--set", "max_steps=100000", "--set", "batch_size=2"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        def running_at_step():
+            runs = store.list_runs(stage="sft")
+            return runs and runs[0]["status"] == "running" and (runs[0]["step"] or 0) >= 1 \
+                and runs[0]
+        run = wait_until(running_at_step, 180, "the CLI run to start training", cli)
+        assert run["pid"] == cli.pid
+        assert JobManager(store).cancel(run["id"]) is True  # not in this process's queue
+        out, _ = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+    run = store.get_run(run["id"])
+    assert run["status"] == "cancelled", out.decode()[-2000:]
+    assert cli.returncode == 1 and json.loads(out[out.index(b"{"):])["status"] == "cancelled"
+    assert run["step"] < 100000
+    assert latest_checkpoint(run_dir(run["id"])) is not None  # the last checkpoint is kept
+    assert any("cancelled" in r["message"] for r in store.get_log(run["id"]))

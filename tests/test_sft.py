@@ -16,6 +16,7 @@ import torch
 from engine import train_utils as tu
 from engine.chat import IGNORE_INDEX
 from engine.sft import response_nll, sft_loss
+from storage.db import ACTIVE_STATES
 from tests.conftest import ROOT, app_with_model
 
 PAIRS = [{"prompt": "What is the capital of France?", "response": "Paris."},
@@ -260,8 +261,7 @@ def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, ti
 
     jobs = JobManager(store)
     rid = jobs.submit("sft", cfg)
-    while (store.get_run(rid)["step"] or 0) < 2 and store.get_run(rid)["status"] in (
-            "queued", "running"):
+    while (store.get_run(rid)["step"] or 0) < 2 and store.get_run(rid)["status"] in ACTIVE_STATES:
         time.sleep(0.01)
     jobs.cancel(rid)
     at_cancel = store.get_run(rid)["step"]

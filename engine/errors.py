@@ -1,0 +1,19 @@
+"""The exceptions that stages raise and the job runtime (engine.jobs) handles.
+
+They live here, not in engine.jobs, so that a stage never imports the job manager
+(stages are called by it, not the other way round). engine.jobs re-exports them.
+"""
+from __future__ import annotations
+
+
+class JobCancelled(Exception):
+    """Raised inside a stage by ctx.check_cancel() once cancel was asked for."""
+
+
+class NonFiniteError(RuntimeError):
+    """A loss became NaN or infinite; the run fails with the step and the loss named."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that must not or cannot be loaded (an old pickle checkpoint, a file
+    that is not what it claims to be); the run fails with this message, nothing is run."""
