@@ -27,14 +27,17 @@ import torch
 from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
 from engine.objectives import logprobs_from_logits
 from engine.reward import pearson
+from engine.schema import SamplingSettings, StageConfig, like
 
 MAX_MODELS = 4
 CHOICES = ("a", "b", "tie")
 
 
 @dataclass
-class CompareConfig:
-    model: str = "embedded"            # base model spec used for the source "base"
+class CompareConfig(StageConfig, SamplingSettings):
+    """Answers of several models to the same prompts (model: the base of source "base")."""
+    max_new_tokens: int = like("max_new_tokens", 64)
+    top_p: float = like("top_p", 0.9)
     name: str = ""
     sources: list = field(default_factory=lambda: ["base"])  # "base" or run ids (SFT/PPO)
     prompts: list = field(default_factory=list)              # strings or chat message lists
@@ -42,9 +45,6 @@ class CompareConfig:
     split: str = "eval"
     num_prompts: int = 8
     reward_run: int | None = None      # a finished reward run: score every answer
-    max_new_tokens: int = 64
-    temperature: float = 0.7
-    top_p: float = 0.9
     greedy: bool = False
     seed: int = 0
     batch_size: int = 8

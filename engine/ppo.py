@@ -27,7 +27,7 @@ import json
 import math
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from engine import data, rewards_builtin, train_utils
 from engine import reward as reward_mod
 from engine.chat import collate_prompts, encode_prompt
 from engine.errors import NonFiniteError
-from engine.models import LoraSettings, add_lora, adapter_dir, load_adapter, load_base
+from engine.models import add_lora, adapter_dir, load_adapter, load_base
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                clipped_policy_loss, clipped_value_loss, entropy_from_logits,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
@@ -47,6 +47,8 @@ from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                sequence_kl, value_clip_fraction, whiten)
 from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
 from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
+from engine.schema import (ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig,
+                           like, setting)
 
 # Fixed bin edges of the ratio histogram logged each step as ratio_hist_00 .. _NN
 # (values outside [0.5, 1.5] fall into the end bins); the page draws them.
@@ -117,56 +119,47 @@ def truncate_after_eos(response: torch.Tensor, eos_id: int, pad_id: int
 # The stage
 # ======================================================================================
 @dataclass
-class PPOConfig:
-    model: str = "embedded"
-    sft_run: int | None = None          # None: start from the base (reference = base)
-    reward_run: int | None = None       # a finished reward-model run; None: builtin_reward
-    builtin_reward: str = "ends_with_period"
-    reward_params: dict = field(default_factory=dict)
-    dataset: str = DEFAULT_PROMPT_DATASET  # prompts of an SFT or a preference dataset
-    max_prompt_length: int = 128
-    steps: int = 16
-    batch_size: int = 8
-    max_new_tokens: int = 32
+class PPOConfig(SamplingSettings, TrainConfig):
+    """Settings of a PPO run (see engine.schema for the shared ones)."""
+    dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)  # prompts of an SFT/preference set
+    max_steps: int = like("max_steps", 16, min=1)
+    save_every: int = like("save_every", 8)
+    keep_checkpoints: int = like("keep_checkpoints", 1)
+    lora: LoraSettings = like("lora", factory=lambda: LoraSettings(dropout=0.0))
     # top_p < 1 samples from a truncated distribution the log-probs do not see; keep 1.0
-    temperature: float = 0.7
-    top_p: float = 1.0
-    ppo_epochs: int = 1
-    minibatches: int = 2
-    lr: float = 3e-4
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    beta: float = 0.05                  # initial KL coefficient β
-    adaptive_kl: bool = False
-    target_kl: float = 4.0              # nats per response (adaptive controller)
-    horizon: int = 200                  # responses (adaptive controller)
-    missing_eos_penalty: float = 0.0    # subtracted from the score of responses without EOS
-    whiten_rewards: bool = False
-    max_grad_norm: float = 1.0
-    seed: int = 0
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))
-    checkpoint_every: int = 8
-    sample_every: int = 1
-    samples_per_step: int = 4
+    max_new_tokens: int = like("max_new_tokens", 32)
+    sft_run: int | None = setting(None, widget="page")     # None: from the base (ref = base)
+    reward_run: int | None = setting(None, widget="page")  # a reward-model run, or None:
+    builtin_reward: str = setting(rewards_builtin.DEFAULT_REWARD, widget="page",
+                                  choices=tuple(rewards_builtin.names()))  # ... a rule
+    reward_params: dict = setting(factory=dict, widget="page")
+    max_prompt_length: int = setting(128, min=8, max=65_536, step=32, group=ADVANCED)
+    ppo_epochs: int = setting(1, min=1, max=64, group=ADVANCED)
+    minibatches: int = setting(2, min=1, max=1024, group=ADVANCED)
+    gamma: float = setting(1.0, min=0.0, max=1.0, step=0.01, group=ADVANCED)
+    lam: float = setting(0.95, min=0.0, max=1.0, step=0.01, group=ADVANCED)
+    cliprange: float = setting(0.2, min=0.001, max=1e6, step=0.05)   # ε (1e6: no clip)
+    cliprange_value: float = setting(0.2, min=0.001, max=1e6, step=0.05, group=ADVANCED)
+    vf_coef: float = setting(0.1, min=0.0, max=100.0, step=0.05, group=ADVANCED)
+    beta: float = setting(0.05, min=0.0, max=100.0, step=0.01, format="%.3f")  # initial β
+    adaptive_kl: bool = setting(False, group=ADVANCED)
+    target_kl: float = setting(4.0, min=0.001, max=1000.0, step=0.5, group=ADVANCED)
+    horizon: int = setting(200, min=1, max=100_000_000, group=ADVANCED)  # responses
+    missing_eos_penalty: float = setting(0.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
+    whiten_rewards: bool = setting(False, group=ADVANCED)
+    sample_every: int = setting(1, min=0, max=10_000_000, group=ADVANCED)
+    samples_per_step: int = setting(4, min=0, max=1024, group=ADVANCED)
 
-    def validate(self) -> None:
-        if self.batch_size < 1 or self.minibatches < 1 or self.batch_size % self.minibatches:
-            raise ValueError(f"batch_size ({self.batch_size}) must be a positive multiple of "
-                             f"minibatches ({self.minibatches})")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 (PPO samples)")
-        if not 0 < self.top_p <= 1:
-            raise ValueError("top_p must be in (0, 1]")
-        for name in ("steps", "max_new_tokens", "ppo_epochs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1")
+    def check(self) -> None:
+        super().check()
+        if self.batch_size % self.minibatches:
+            raise ConfigError("minibatches", f"batch_size ({self.batch_size}) must be a "
+                              f"multiple of minibatches ({self.minibatches})")
         if self.reward_run is None:
-            from engine import rewards_builtin
-
-            rewards_builtin.check_params(self.builtin_reward, self.reward_params)
+            try:
+                rewards_builtin.check_params(self.builtin_reward, self.reward_params)
+            except ValueError as exc:
+                raise ConfigError("reward_params", str(exc)) from exc
 
 
 @dataclass
@@ -254,7 +247,7 @@ class PPOTrainer:
         marker = f".{self.POLICY}."
         params = [p for n, p in model.named_parameters() if p.requires_grad and marker in n] \
             + list(self.value_head.parameters())
-        optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=1e-5)
+        optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=1e-5)
         self.model, self.value_head, self.optimizer = self.accelerator.prepare(
             model, self.value_head, optimizer)
         self.params = params
@@ -638,20 +631,20 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
         first_score = prev[0]["value"] if prev else None
     last: dict[str, float] = {}
     step_times: list[float] = []
-    for step in range(start + 1, cfg.steps + 1):
+    for step in range(start + 1, cfg.max_steps + 1):
         ctx.check_cancel()
         metrics, rows = trainer.step(step)
         _check_finite(step, metrics)
         ctx.metrics(step, metrics)
         ctx.samples(step, rows)
-        ctx.progress(step, cfg.steps, f"score {metrics['score_mean']:.3f} · "
+        ctx.progress(step, cfg.max_steps, f"score {metrics['score_mean']:.3f} · "
                                       f"KL {metrics['kl']:.3f}")
         if first_score is None:
             first_score = metrics["score_mean"]
         last = metrics
         step_times.append(metrics["time_step"])
-        if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps:
-            trainer.save_checkpoint(ctx.run_dir, step)
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            trainer.save_checkpoint(ctx.run_dir, step, keep=cfg.keep_checkpoints)
     folder, head = trainer.save_final(ctx.run_id)
     ctx.artifact("adapter", folder)
     ctx.artifact("value_head", head)
@@ -663,7 +656,7 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
         "final_kl": last.get("kl"),
         "final_beta": last.get("beta"),
         "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
-        "steps": cfg.steps,
+        "steps": cfg.max_steps,
         "reward": trainer.reward_label,
     }
 

@@ -35,7 +35,7 @@ import threading
 import time
 from collections import OrderedDict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,46 +47,39 @@ from torch import nn
 from engine import train_utils as tu
 from engine.chat import Encoded, collate_completions, encode_completion
 from engine.generate import SamplingConfig, generate
-from engine.models import (LoraSettings, add_lora, adapter_dir, inference_cache, load_adapter,
-                           load_base)
+from engine.models import add_lora, adapter_dir, inference_cache, load_adapter, load_base
 from engine.objectives import (normalize_rewards, pairwise_accuracy, pairwise_loss,
                                reward_stats)
+from engine.schema import ADVANCED, LoraSettings, SupervisedConfig, like, setting
 from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing
 
 HEAD_FILE = "reward_head.safetensors"
 
 
 @dataclass
-class RewardConfig:
-    model: str = "embedded"
-    dataset: str = "sample-preferences"
-    batch_size: int = 4            # pairs per step (2× sequences in the forward pass)
-    grad_accum: int = 1
-    lr: float = 2e-4               # LoRA weights
-    head_lr: float | None = 1e-3   # the scalar head (None: same as lr)
-    weight_decay: float = 0.0
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"       # constant | linear | cosine (after warm-up)
-    max_grad_norm: float = 1.0
-    epochs: int = 1
-    max_steps: int = 30            # 0: run `epochs` full passes
-    max_length: int = 256
-    group_by_length: bool = True   # batch pairs of similar length (less padding, faster)
-    max_train_pairs: int = 0       # 0: all
-    eval_split: str = "eval"
-    max_eval_pairs: int = 64       # 0: all
-    eval_every: int = 0            # 0: only at the end
-    eval_batch_size: int = 8
-    save_every: int = 20           # checkpoint for resume (0: never)
-    seed: int = 0
+class RewardConfig(SupervisedConfig):
+    """Settings of a reward-model run (see engine.schema for the shared ones)."""
+    dataset: str = like("dataset", "sample-preferences")
+    max_steps: int = like("max_steps", 30)          # 0: run `epochs` full passes
+    batch_size: int = like("batch_size", 4)         # pairs per step (2× sequences a pass)
+    learning_rate: float = like("learning_rate", 2e-4)   # the LoRA weights
+    schedule: str = like("schedule", "linear")
+    eval_every: int = like("eval_every", 0)         # 0: only at the end
+    save_every: int = like("save_every", 20)
     # no LoRA dropout (TRL's RewardTrainer default too): a Bradley–Terry step compares two
     # scores of the same pass, and dropout noise on them only blurs the margin; ~10% faster
-    lora: LoraSettings = field(default_factory=lambda: LoraSettings(dropout=0.0))
-    margin: float = 0.0            # m in −log σ(r⁺ − r⁻ − m)
-    normalize: bool = True         # rewards mean 0 / std 1 on normalisation responses
-    normalize_samples: int = 64    # responses used to compute the statistics
-    normalize_sft_run: int | None = None  # if set: statistics on this SFT run's own answers
-    normalize_max_new_tokens: int = 48
+    lora: LoraSettings = like("lora", factory=lambda: LoraSettings(dropout=0.0))
+    head_lr: float | None = setting(1e-3, min=1e-9, max=1.0, step=1e-4, format="%.1e",
+                                    group=ADVANCED, optional=True)  # None: learning_rate
+    margin: float = setting(0.0, min=0.0, max=100.0, step=0.1)   # m in −log σ(r⁺ − r⁻ − m)
+    max_train_pairs: int = setting(0, min=0, max=100_000_000, group=ADVANCED)   # 0: all
+    eval_split: str = setting("eval", group=ADVANCED, widget="hidden")
+    max_eval_pairs: int = setting(64, min=0, max=100_000_000)    # 0: all
+    eval_batch_size: int = setting(8, min=1, max=4096, group=ADVANCED)
+    normalize: bool = setting(True)          # rewards mean 0 / std 1 on reference responses
+    normalize_samples: int = setting(64, min=2, max=100_000, group=ADVANCED)
+    normalize_sft_run: int | None = setting(None, widget="page")  # statistics on its answers
+    normalize_max_new_tokens: int = setting(48, min=1, max=4096, group=ADVANCED)
 
 
 # -- the equations -------------------------------------------------------------------
@@ -439,8 +432,7 @@ def _normalisation_stats(cfg: RewardConfig, ctx, lm, head, tokenizer, train_rows
 
 def train_reward(cfg: RewardConfig, ctx) -> dict:
     """Fit r_φ on preference pairs with L = −log σ(r⁺ − r⁻ − m); save adapter + head."""
-    if isinstance(cfg.lora, dict):
-        cfg.lora = LoraSettings(**cfg.lora)
+    cfg.validate()
     accelerator = tu.make_accelerator()
     ctx.is_main_process = accelerator.is_main_process
     device = accelerator.device
@@ -480,14 +472,15 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     reward_model = RewardModel(lm, head)
     lora_params = [p for p in lm.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": lora_params, "lr": cfg.lr},
-         {"params": list(head.parameters()), "lr": cfg.head_lr or cfg.lr}],
+        [{"params": lora_params, "lr": cfg.learning_rate},
+         {"params": list(head.parameters()), "lr": cfg.head_lr or cfg.learning_rate}],
         weight_decay=cfg.weight_decay)
     accum = max(1, cfg.grad_accum)
     # batch_size pairs per process: each takes its own slice of every global batch
     procs, rank = accelerator.num_processes, accelerator.process_index
     per_epoch = math.ceil(len(train_pairs) / (cfg.batch_size * accum * procs))
-    total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else max(1, cfg.epochs) * per_epoch
+    total = cfg.max_steps if cfg.max_steps and cfg.max_steps > 0 else \
+        max(1, math.ceil(cfg.epochs * per_epoch))
     scheduler = tu.make_scheduler(optimizer, cfg.schedule,
                                   tu.warmup_steps_for(total, cfg.warmup_ratio), total)
     reward_model, optimizer = accelerator.prepare(reward_model, optimizer)

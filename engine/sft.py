@@ -19,43 +19,29 @@ compute on data of mixed lengths.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from engine import train_utils as tu
 from engine.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
-from engine.generate import SamplingConfig, generate
 from engine.errors import JobCancelled
-from engine.models import LoraSettings, add_lora, adapter_dir, load_base
+from engine.generate import SamplingConfig, generate
+from engine.models import add_lora, adapter_dir, load_base
 from engine.objectives import response_nll, sft_loss
+from engine.schema import ADVANCED, SupervisedConfig, like, setting
 
 METRICS = ("train_loss", "learning_rate", "grad_norm", "tokens_per_s", "epoch", "eval_loss")
 
 
 @dataclass
-class SFTConfig:
-    model: str = "embedded"          # base model spec: "embedded", a folder, or a hub id
-    dataset: str = "sample-sft"      # an SFT dataset ({prompt, response} rows)
-    epochs: float = 2.0              # passes over the train split (used when max_steps is 0)
-    max_steps: int = 0               # > 0: stop after this many optimizer steps
-    batch_size: int = 8              # examples per micro-batch (per process)
-    grad_accum: int = 1              # micro-batches per optimizer step
-    learning_rate: float = 3e-4
-    schedule: str = "cosine"         # constant | linear | cosine (after warm-up)
-    warmup_ratio: float = 0.1        # fraction of the steps with a linear warm-up
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0       # clip the global gradient norm (0: no clipping)
-    max_length: int = 256            # tokens per example (prompt + response); longer is cut
-    group_by_length: bool = True     # batch examples of similar length (less padding, faster)
-    eval_every: int = 10             # evaluate every N steps (and at start and end); 0: start/end
-    eval_max_rows: int = 64          # evaluate on at most this many eval rows
-    eval_samples: int = 2            # at each evaluation, greedy answers to this many eval prompts
-    sample_tokens: int = 48
-    seed: int = 0
-    checkpoint_every: int = 10       # save adapter + optimizer + scheduler every N steps; 0: end only
-    keep_checkpoints: int = 2
-    lora: LoraSettings = field(default_factory=LoraSettings)
+class SFTConfig(SupervisedConfig):
+    """Settings of an SFT run (see engine.schema for the shared ones)."""
+    dataset: str = like("dataset", "sample-sft")
+    epochs: float = like("epochs", 2.0)           # used when max_steps is 0
+    eval_max_rows: int = setting(64, min=0, max=1_000_000, group=ADVANCED)
+    eval_samples: int = setting(2, min=0, max=64, group=ADVANCED)
+    sample_tokens: int = setting(48, min=1, max=4096, group=ADVANCED)
 
 
 def response_window(labels: torch.Tensor) -> tuple[int, int]:
@@ -113,18 +99,6 @@ def total_steps_for(cfg: SFTConfig, n_train: int, processes: int = 1) -> int:
     return max(1, math.ceil(cfg.epochs * n_train / global_batch))
 
 
-def _validate(cfg: SFTConfig) -> None:
-    if cfg.batch_size < 1 or cfg.grad_accum < 1:
-        raise ValueError("batch_size and grad_accum must be at least 1")
-    if cfg.max_length < 8:
-        raise ValueError("max_length must be at least 8 tokens")
-    if not (cfg.learning_rate > 0):
-        raise ValueError("learning_rate must be positive")
-    if cfg.max_steps <= 0 and not cfg.epochs > 0:
-        raise ValueError("set epochs > 0 or max_steps > 0")
-    tu.lr_factor(0, 0, 1, cfg.schedule)
-
-
 # -- evaluation -----------------------------------------------------------------------------
 @torch.no_grad()
 def evaluate(model, examples: list[Encoded], pad_id: int, batch_size: int, accelerator) -> float | None:
@@ -162,7 +136,7 @@ def _samples(model, tokenizer, rows: list[dict], n: int, max_new_tokens: int) ->
 # -- the stage ------------------------------------------------------------------------------
 def train_sft(cfg: SFTConfig, ctx) -> dict:
     """Fine-tune a LoRA adapter on an SFT dataset; see the module docstring."""
-    _validate(cfg)
+    cfg.validate()
     accelerator = tu.make_accelerator()
     ctx.is_main_process = accelerator.is_main_process
     main = ctx.is_main_process  # False on other processes and on contexts that never write
@@ -297,7 +271,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
                     ctx.metrics(step, {"eval_loss": last_eval})
                     ctx.log(f"step {step}: train loss {last_loss:.4f}, eval loss {last_eval:.4f}")
                 _log_samples(ctx, model, tokenizer, eval_rows, cfg, step, main)
-            if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < total:
+            if cfg.save_every > 0 and step % cfg.save_every == 0 and step < total:
                 checkpoint(step)
     except (JobCancelled, KeyboardInterrupt):
         # cancelled between steps: keep the last finished step, so resume loses nothing

@@ -8,20 +8,16 @@ import pandas as pd
 import streamlit as st
 
 from engine import rewards_builtin
-from engine.models import LoraSettings, display_name
+from engine.models import display_name
 from engine.objectives import LATEX
 from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
-from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart,
-                       metrics_frame, model_spec, run_label, run_picker, translated_choice,
-                       translated_radio)
+from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
+                       model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t
+from ui.stage_page import PageFields, StagePage
 
 store = get_store()
 defaults = PPOConfig()
-
-st.title(":material/target: " + t("ppo.title"))
-st.write(t("ppo.intro"))
-st.latex(LATEX["rlhf_objective"])
 
 
 # -- a new run -----------------------------------------------------------------------------
@@ -46,10 +42,12 @@ def _reward_params(name: str) -> dict:
     return out
 
 
-def new_run_form() -> None:
+def page_fields() -> PageFields | None:
+    """Where the policy starts, its prompts and its reward: the choices that depend on
+    the runs and datasets there are (the schema's other fields form the rest)."""
     datasets = datasets_or_hint(None, "ppo")
     if not datasets:
-        return
+        return None
     spec = model_spec()
     st.caption(t("ppo.model_line", name=display_name(spec), spec=spec))
 
@@ -78,7 +76,7 @@ def new_run_form() -> None:
         if not reward_runs:
             st.info(t("ppo.no_reward_runs"))
             st.page_link("pages/reward.py", label=t("ppo.go_reward"), icon=":material/balance:")
-            return
+            return None
         reward_run = translated_choice(st.selectbox, t("ppo.reward_run"), list(reward_runs),
                                        "ppo_reward_run", lambda i: run_label(reward_runs[i]))
     else:
@@ -88,88 +86,13 @@ def new_run_form() -> None:
                                     index=options.index(defaults.builtin_reward))
         st.caption(t("ppo.rw_" + builtin + "_help"))
         params = _reward_params(builtin)
-
-    with st.form("ppo_form"):
-        c = st.columns(4)
-        steps = c[0].number_input(t("ppo.steps"), 1, 100_000, defaults.steps,
-                                  help=t("ppo.steps_help"))
-        batch_size = c[1].number_input(t("ppo.batch_size"), 1, 1024, defaults.batch_size,
-                                       help=t("ppo.batch_size_help"))
-        max_new = c[2].number_input(t("ppo.max_new_tokens"), 1, 1024, defaults.max_new_tokens)
-        lr = c[3].number_input(t("ppo.lr"), 1e-7, 1e-1, defaults.lr, step=1e-5, format="%.1e")
-        c = st.columns(4)
-        beta = c[0].number_input(t("ppo.beta"), 0.0, 10.0, defaults.beta, step=0.01,
-                                 format="%.3f", help=t("ppo.beta_help"))
-        cliprange = c[1].number_input(t("ppo.cliprange"), 0.01, 1.0, defaults.cliprange,
-                                      step=0.05, help=t("ppo.cliprange_help"))
-        temperature = c[2].number_input(t("ppo.temperature"), 0.05, 2.0, defaults.temperature,
-                                        step=0.05, help=t("ppo.temperature_help"))
-        top_p = c[3].number_input(t("ppo.top_p"), 0.05, 1.0, defaults.top_p, step=0.05,
-                                  help=t("ppo.top_p_help"))
-        with st.expander(t("ppo.advanced"), icon=":material/tune:"):
-            c = st.columns(4)
-            ppo_epochs = c[0].number_input(t("ppo.ppo_epochs"), 1, 32, defaults.ppo_epochs,
-                                           help=t("ppo.ppo_epochs_help"))
-            minibatches = c[1].number_input(t("ppo.minibatches"), 1, 64, defaults.minibatches,
-                                            help=t("ppo.minibatches_help"))
-            gamma = c[2].number_input(t("ppo.gamma"), 0.0, 1.0, defaults.gamma, step=0.01)
-            lam = c[3].number_input(t("ppo.lam"), 0.0, 1.0, defaults.lam, step=0.01,
-                                    help=t("ppo.lam_help"))
-            c = st.columns(4)
-            cliprange_value = c[0].number_input(t("ppo.cliprange_value"), 0.01, 10.0,
-                                                defaults.cliprange_value, step=0.05)
-            vf_coef = c[1].number_input(t("ppo.vf_coef"), 0.0, 10.0, defaults.vf_coef,
-                                        step=0.05, help=t("ppo.vf_coef_help"))
-            max_grad_norm = c[2].number_input(t("ppo.max_grad_norm"), 0.0, 100.0,
-                                              defaults.max_grad_norm, step=0.1)
-            eos_penalty = c[3].number_input(t("ppo.missing_eos_penalty"), 0.0, 10.0,
-                                            defaults.missing_eos_penalty, step=0.1,
-                                            help=t("ppo.missing_eos_penalty_help"))
-            c = st.columns(4)
-            adaptive = c[0].checkbox(t("ppo.adaptive_kl"), defaults.adaptive_kl,
-                                     help=t("ppo.adaptive_kl_help"))
-            target_kl = c[1].number_input(t("ppo.target_kl"), 0.01, 100.0, defaults.target_kl,
-                                          step=0.5)
-            horizon = c[2].number_input(t("ppo.horizon"), 1, 1_000_000, defaults.horizon)
-            max_prompt = c[3].number_input(t("ppo.max_prompt_length"), 8, 8192,
-                                           defaults.max_prompt_length, step=32)
-            c = st.columns(4)
-            lora_r = c[0].number_input(t("ppo.lora_r"), 1, 256, defaults.lora.r,
-                                       help=t("ppo.lora_help"))
-            lora_alpha = c[1].number_input(t("ppo.lora_alpha"), 1, 1024, defaults.lora.alpha)
-            ckpt_every = c[2].number_input(t("ppo.checkpoint_every"), 0, 100_000,
-                                           defaults.checkpoint_every)
-            sample_every = c[3].number_input(t("ppo.sample_every"), 0, 100_000,
-                                             defaults.sample_every)
-            c = st.columns(4)
-            seed = c[0].number_input(t("ppo.seed"), 0, 2**31 - 1, defaults.seed)
-            whiten_rewards = c[1].checkbox(t("ppo.whiten_rewards"), defaults.whiten_rewards)
-        name = st.text_input(t("ppo.run_name"), placeholder=t("ppo.run_name_placeholder"))
-        submitted = st.form_submit_button(t("ppo.start"), icon=":material/play_arrow:",
-                                          type="primary")
-    if submitted:
-        if int(batch_size) % int(minibatches):
-            st.error(t("ppo.bad_minibatches"))
-            return
-        cfg = PPOConfig(
-            model=spec, sft_run=sft_choice, reward_run=reward_run, builtin_reward=builtin,
-            reward_params=params, dataset=dataset, max_prompt_length=int(max_prompt),
-            steps=int(steps), batch_size=int(batch_size), max_new_tokens=int(max_new),
-            temperature=float(temperature), top_p=float(top_p), ppo_epochs=int(ppo_epochs),
-            minibatches=int(minibatches), lr=float(lr), gamma=float(gamma), lam=float(lam),
-            cliprange=float(cliprange), cliprange_value=float(cliprange_value),
-            vf_coef=float(vf_coef), beta=float(beta), adaptive_kl=bool(adaptive),
-            target_kl=float(target_kl), horizon=int(horizon),
-            missing_eos_penalty=float(eos_penalty), whiten_rewards=bool(whiten_rewards),
-            max_grad_norm=float(max_grad_norm), seed=int(seed),
-            lora=LoraSettings(r=int(lora_r), alpha=int(lora_alpha), dropout=0.0),
-            checkpoint_every=int(ckpt_every), sample_every=int(sample_every))
-        if sft_choice is not None:  # the policy continues the SFT run on its base model
-            cfg.model = (sft_runs[sft_choice].get("config") or {}).get("model") or spec
-        parents = [i for i in (sft_choice, reward_run) if i is not None]
-        run_id = get_jobs().submit("ppo", cfg, name=name.strip() or None, parents=parents)
-        st.session_state["ppo_view"] = run_id
-        st.toast(t("ppo.started", id=run_id), icon=":material/play_arrow:")
+    # the policy continues the SFT run on that run's base model
+    model = (sft_runs[sft_choice].get("config") or {}).get("model") or spec \
+        if sft_choice is not None else spec
+    return PageFields(values={"model": model, "sft_run": sft_choice, "reward_run": reward_run,
+                              "builtin_reward": builtin, "reward_params": params,
+                              "dataset": dataset},
+                      parents=[i for i in (sft_choice, reward_run) if i is not None])
 
 
 # -- one run ---------------------------------------------------------------------------------
@@ -370,25 +293,5 @@ def run_view(run_id: int) -> dict:
     return run
 
 
-@st.fragment(run_every=2)
-def live_view(run_id: int) -> None:
-    run = run_view(run_id)
-    if run["status"] not in ("queued", "running"):
-        st.rerun()
-
-
 # -- the page --------------------------------------------------------------------------------
-with st.container(border=True):
-    st.subheader(":material/add_circle: " + t("ppo.new_run"))
-    new_run_form()
-
-st.subheader(":material/monitoring: " + t("ppo.runs"))
-picked = run_picker("ppo", t("ppo.view_run"), key="ppo_view")
-if picked is None:
-    st.caption(t("ppo.no_runs"))
-else:
-    run_id = picked["id"]
-    if picked["status"] in ("queued", "running"):
-        live_view(run_id)
-    else:
-        run_view(run_id)
+StagePage("ppo", ":material/target:", [LATEX["rlhf_objective"]], page_fields, run_view).render()

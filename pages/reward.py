@@ -5,125 +5,63 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine.models import LoraSettings
 from engine.objectives import LATEX
 from engine.reward import RewardConfig
 from engine.tryout import ScoreTextConfig
-from storage.db import RUN_STATES
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_of_session, job_panel,
-                       line_chart, metrics_frame, model_spec, run_picker, runs_options,
+                       line_chart, metrics_frame, model_spec, runs_options,
                        translated_choice)
 from ui.i18n import t, tn
+from ui.stage_page import PageFields, StagePage
 
 store = get_store()
-st.title(":material/balance: " + t("reward.title"))
-st.write(t("reward.intro"))
-st.latex(LATEX["pairwise_loss"])
-
 defaults = RewardConfig()
 
 
 # -- a new run -----------------------------------------------------------------------------
-def new_run_form() -> None:
+def page_fields() -> PageFields | None:
+    """The preference dataset and where the normalisation answers come from."""
     datasets = datasets_or_hint("preference", "reward")
     if not datasets:
-        return
+        return None
     names = [d["name"] for d in datasets]
+    rows = {d["name"]: d["rows"] for d in datasets}
     sft_runs = runs_options("sft")
-    with st.form("reward_form"):
-        dataset = st.selectbox(t("reward.dataset"), names, format_func=lambda n: t(
-            "reward.dataset_option", name=n, rows=next(d["rows"] for d in datasets
-                                                        if d["name"] == n)),
-            index=names.index(defaults.dataset) if defaults.dataset in names else 0)
-        c = st.columns(4)
-        max_steps = c[0].number_input(t("reward.max_steps"), 1, 100_000, defaults.max_steps,
-                                      help=t("reward.max_steps_help"))
-        batch_size = c[1].number_input(t("reward.batch_size"), 1, 256, defaults.batch_size,
-                                       help=t("reward.batch_size_help"))
-        lr = c[2].number_input(t("reward.lr"), 1e-6, 1e-1, defaults.lr, step=1e-5, format="%.1e",
-                               help=t("reward.lr_help"))
-        max_length = c[3].number_input(t("reward.max_length"), 32, 8192, defaults.max_length,
-                                       step=32, help=t("reward.max_length_help"))
-        c = st.columns(4)
-        margin = c[0].number_input(t("reward.margin"), 0.0, 10.0, defaults.margin, step=0.1,
-                                   help=t("reward.margin_help"))
-        seed = c[1].number_input(t("reward.seed"), 0, 2**31 - 1, defaults.seed)
-        max_eval = c[2].number_input(t("reward.max_eval_pairs"), 0, 100_000,
-                                     defaults.max_eval_pairs, help=t("reward.max_eval_help"))
-        eval_every = c[3].number_input(t("reward.eval_every"), 0, 100_000, defaults.eval_every,
-                                       help=t("reward.eval_every_help"))
-        normalize = st.checkbox(t("reward.normalize"), defaults.normalize,
-                                help=t("reward.normalize_help"))
-        norm_sources = [None, *sft_runs.values()]
-        norm_labels = {None: t("reward.norm_train"),
-                       **{rid: t("reward.norm_sft", run=label) for label, rid in sft_runs.items()}}
-        norm_source = st.selectbox(t("reward.norm_source"), norm_sources,
-                                   format_func=lambda v: norm_labels[v])
-        with st.expander(t("reward.advanced")):
-            c = st.columns(4)
-            lora_r = c[0].number_input(t("reward.lora_r"), 1, 256, defaults.lora.r)
-            lora_alpha = c[1].number_input(t("reward.lora_alpha"), 1, 512, defaults.lora.alpha)
-            head_lr = c[2].number_input(t("reward.head_lr"), 1e-6, 1.0, defaults.head_lr,
-                                        step=1e-4, format="%.1e", help=t("reward.head_lr_help"))
-            grad_accum = c[3].number_input(t("reward.grad_accum"), 1, 64, defaults.grad_accum)
-            group = st.checkbox(t("reward.group_by_length"), defaults.group_by_length,
-                                help=t("reward.group_by_length_help"))
-        name = st.text_input(t("reward.run_name"), placeholder=t("reward.run_name_placeholder"))
-        submitted = st.form_submit_button(t("reward.start"), icon=":material/play_arrow:",
-                                          type="primary")
-    if submitted:
-        cfg = RewardConfig(
-            model=model_spec(), dataset=dataset, max_steps=int(max_steps),
-            batch_size=int(batch_size), lr=float(lr), max_length=int(max_length),
-            margin=float(margin), seed=int(seed), max_eval_pairs=int(max_eval),
-            eval_every=int(eval_every), normalize=bool(normalize),
-            normalize_sft_run=norm_source, head_lr=float(head_lr), grad_accum=int(grad_accum),
-            group_by_length=bool(group),
-            lora=LoraSettings(r=int(lora_r), alpha=int(lora_alpha),
-                              dropout=defaults.lora.dropout))
-        run_id = get_jobs().submit("reward", cfg, name=name.strip() or None,
-                                   parents=[norm_source] if norm_source else None)
-        st.session_state["reward_run_select"] = run_id
-        st.toast(t("reward.started", run=run_id), icon=":material/play_arrow:")
+    c = st.columns(2)
+    dataset = translated_choice(c[0].selectbox, t("reward.dataset"), names, "reward_dataset",
+                                lambda n: t("reward.dataset_option", name=n, rows=rows[n]),
+                                index=names.index(defaults.dataset)
+                                if defaults.dataset in names else 0)
+    labels = {None: t("reward.norm_train"),
+              **{rid: t("reward.norm_sft", run=label) for label, rid in sft_runs.items()}}
+    norm_source = translated_choice(c[1].selectbox, t("reward.norm_source"), list(labels),
+                                    "reward_norm_source", labels.get,
+                                    help=t("settings.normalize_sft_run_help"))
+    return PageFields(values={"model": model_spec(), "dataset": dataset,
+                              "normalize_sft_run": norm_source},
+                      parents=[norm_source] if norm_source else [])
 
-
-st.subheader(t("reward.new_run"))
-new_run_form()
 
 # -- one run: live curves, then results ---------------------------------------------------
-st.subheader(t("reward.run"))
-picked = run_picker("reward", t("reward.pick_run"), key="reward_run_select",
-                    status=RUN_STATES)
-if picked is None:
-    st.caption(t("reward.no_runs"))
-    run_id = None
-else:
-    run_id = picked["id"]
+def run_view(run_id: int) -> dict:
+    run = job_panel(run_id)
     smoothing = st.slider(t("reward.smoothing"), 0.0, 0.95, 0.6, 0.05,
-                          help=t("reward.smoothing_help"))
-    was_active = picked["status"] in ("queued", "running")
-
-    @st.fragment(run_every=2 if was_active else None)
-    def live(run_id: int) -> None:
-        run = job_panel(run_id)
-        left, right = st.columns(2)
-        with left:
-            line_chart(metrics_frame(run_id, ["loss", "eval_loss"]), t("reward.chart_loss"),
-                       smoothing=smoothing)
-        with right:
-            line_chart(metrics_frame(run_id, ["accuracy", "eval_accuracy"]),
-                       t("reward.chart_accuracy"), smoothing=smoothing, rule=0.5)
-        left, right = st.columns(2)
-        with left:
-            line_chart(metrics_frame(run_id, ["reward_chosen", "reward_rejected"]),
-                       t("reward.chart_rewards"), smoothing=smoothing)
-        with right:
-            line_chart(metrics_frame(run_id, ["margin"]), t("reward.chart_margin"),
-                       smoothing=smoothing, rule=0.0)
-        if was_active and run["status"] not in ("queued", "running"):
-            st.rerun()  # the whole page: the results appear
-
-    live(run_id)
+                          help=t("reward.smoothing_help"), key=f"reward_smooth_{run_id}")
+    left, right = st.columns(2)
+    with left:
+        line_chart(metrics_frame(run_id, ["loss", "eval_loss"]), t("reward.chart_loss"),
+                   smoothing=smoothing)
+    with right:
+        line_chart(metrics_frame(run_id, ["accuracy", "eval_accuracy"]),
+                   t("reward.chart_accuracy"), smoothing=smoothing, rule=0.5)
+    left, right = st.columns(2)
+    with left:
+        line_chart(metrics_frame(run_id, ["reward_chosen", "reward_rejected"]),
+                   t("reward.chart_rewards"), smoothing=smoothing)
+    with right:
+        line_chart(metrics_frame(run_id, ["margin"]), t("reward.chart_margin"),
+                   smoothing=smoothing, rule=0.0)
+    return run
 
 
 def eval_frame(run_id: int) -> pd.DataFrame:
@@ -248,8 +186,9 @@ def results(run: dict) -> None:
             "margin": st.column_config.NumberColumn(t("reward.col_margin"), format="%.3f")})
 
 
-if run_id is not None and picked["status"] == "succeeded":
-    results(store.get_run(run_id))
+StagePage("reward", ":material/balance:", [LATEX["pairwise_loss"]], page_fields, run_view,
+          after_run=results, view_key="reward_run_select").render()
+run_id = st.session_state.get("reward_run_select")
 
 # -- the tester ----------------------------------------------------------------------------
 st.subheader(t("reward.tester"))

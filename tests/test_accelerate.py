@@ -59,7 +59,7 @@ def tiny_sft(store, tiny_model_dir, tmp_path) -> Path:
                                  "response": f"The number is {i}."} for i in range(16)])
     config = {"model": str(tiny_model_dir), "dataset": "tiny-sft", "max_steps": 4,
               "batch_size": 2, "learning_rate": 1e-2, "eval_every": 2, "eval_samples": 1,
-              "sample_tokens": 8, "checkpoint_every": 2, "max_length": 64}
+              "sample_tokens": 8, "save_every": 2, "max_length": 64}
     path = tmp_path / "sft.json"
     path.write_text(json.dumps(config))
     return path
@@ -117,9 +117,9 @@ def test_ppo_on_two_processes_trains_identical_policies(store, tiny_model_dir, t
     store.create_dataset("tiny-prompts", "preference")
     store.add_rows("tiny-prompts", [{"prompt": f"Say {w}.", "chosen": "Yes.", "rejected": "No"}
                                     for w in ("a", "b c", "d e f", "g", "h i", "j k l m")])
-    config = {"model": str(tiny_model_dir), "dataset": "tiny-prompts", "steps": 2,
-              "batch_size": 2, "minibatches": 2, "max_new_tokens": 4, "lr": 1e-2,
-              "checkpoint_every": 0, "builtin_reward": "ends_with_period"}
+    config = {"model": str(tiny_model_dir), "dataset": "tiny-prompts", "max_steps": 2,
+              "batch_size": 2, "minibatches": 2, "max_new_tokens": 4, "learning_rate": 1e-2,
+              "save_every": 0, "builtin_reward": "ends_with_period"}
     path = tmp_path / "ppo.json"
     path.write_text(json.dumps(config))
     dumps, _ = _launch(["train", "ppo", "--config", str(path)], store, tmp_path, lab_home)

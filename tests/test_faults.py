@@ -75,7 +75,7 @@ def test_kill_during_sft_then_restart_marks_interrupted_and_resume_loses_nothing
     dataset = make_sft_dataset(store)
     steps, every = 40, 4  # a wide window to kill in, even on a fast machine
     config = {**TINY_SFT, "model": str(tiny_model_dir), "dataset": dataset, "max_steps": steps,
-              "batch_size": 2, "max_length": 48, "checkpoint_every": every,
+              "batch_size": 2, "max_length": 48, "save_every": every,
               "keep_checkpoints": 2}
     proc = subprocess.Popen([sys.executable, "-c", APP_PROCESS.format(config=repr(config))],
                             cwd=ROOT, env=subprocess_env(), stdout=subprocess.DEVNULL,
@@ -127,7 +127,7 @@ def test_two_sessions_and_a_headless_run_write_at_once(store, tiny_model_dir, tm
         [sys.executable, "-m", "engine", "train", "sft", "--name", "headless",
          "--set", f"model={tiny_model_dir}", "--set", f"dataset={dataset}",
          "--set", "max_steps=16", "--set", "batch_size=2", "--set", "max_length=48",
-         "--set", "eval_every=0", "--set", "eval_samples=0", "--set", "checkpoint_every=3"],
+         "--set", "eval_every=0", "--set", "eval_samples=0", "--set", "save_every=3"],
         cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     errors: list[BaseException] = []
     written = {"rows": 0, "votes": 0}
@@ -154,7 +154,7 @@ def test_two_sessions_and_a_headless_run_write_at_once(store, tiny_model_dir, tm
         app_jobs = JobManager(store)  # the app's own training thread writes too
         app_run = app_jobs.submit("sft", {**TINY_SFT, "model": str(tiny_model_dir),
                                           "dataset": dataset, "max_steps": 6,
-                                          "checkpoint_every": 2})
+                                          "save_every": 2})
         threads = [threading.Thread(target=session, args=(k,)) for k in (1, 2)]
         for th in threads:
             th.start()
@@ -238,7 +238,7 @@ def test_huge_answer_is_truncated_with_a_warning_not_a_crash(store, tiny_model_d
     import_file(store, path, kind="sft", dataset="huge", max_chars=0, eval_fraction=0.0)
     assert max(len(r["response"]) for r in store.list_rows("huge")) == 100_000
     run = run_sync(store, "sft", {**TINY_SFT, "model": str(tiny_model_dir), "dataset": "huge",
-                                  "max_steps": 2, "checkpoint_every": 0})
+                                  "max_steps": 2, "save_every": 0})
     assert run["status"] == "succeeded", run["error"]
     warnings = [r["message"] for r in store.get_log(run["id"]) if r["level"] == "warning"]
     assert any("truncated" in w and "max_length=64" in w for w in warnings), warnings
@@ -302,7 +302,7 @@ def test_absurd_learning_rate_fails_the_run_naming_the_step(store, tiny_model_di
     # the LoRA weights overflow at the first update, so step 2's loss is NaN.
     jobs = JobManager(store)
     rid = jobs.submit("sft", {**TINY_SFT, "model": str(tiny_model_dir), "dataset": "nan",
-                              "max_steps": 6, "learning_rate": 1e20, "checkpoint_every": 0})
+                              "max_steps": 6, "learning_rate": 1e20, "save_every": 0})
     assert jobs.wait(rid, 120) == "failed"
     run = store.get_run(rid)
     assert run["error"].startswith("step 2: train_loss is nan"), run["error"]

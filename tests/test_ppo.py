@@ -267,9 +267,9 @@ def _dataset(store, name="prompts"):
 
 
 def _config(model_dir, **kw) -> PPOConfig:
-    base = dict(model=str(model_dir), dataset="prompts", steps=12, batch_size=8, minibatches=2,
-                ppo_epochs=1, max_new_tokens=4, temperature=1.0, lr=3e-3, beta=0.2,
-                checkpoint_every=0, samples_per_step=4)
+    base = dict(model=str(model_dir), dataset="prompts", max_steps=12, batch_size=8, minibatches=2,
+                ppo_epochs=1, max_new_tokens=4, temperature=1.0, learning_rate=3e-3, beta=0.2,
+                save_every=0, samples_per_step=4)
     base.update(kw)
     cfg = PPOConfig(**base)
     cfg.lora.r, cfg.lora.alpha = 8, 16
@@ -356,7 +356,7 @@ def test_reference_stays_frozen_and_the_saved_adapter_stands_alone(store, bigram
 
     _dataset(store)
     sft_id = _fake_sft_run(store, bigram_dir)
-    cfg = _config(bigram_dir, sft_run=sft_id, steps=3, lr=1e-2)
+    cfg = _config(bigram_dir, sft_run=sft_id, max_steps=3, learning_rate=1e-2)
     trainer = PPOTrainer(cfg, store)
     # only the policy adapter and the value head train; the reference never does
     trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
@@ -404,7 +404,7 @@ def test_reference_stays_frozen_and_the_saved_adapter_stands_alone(store, bigram
 
 def test_reference_without_sft_is_the_base(store, bigram_dir):
     _dataset(store)
-    trainer = PPOTrainer(_config(bigram_dir, steps=2, lr=1e-2), store)
+    trainer = PPOTrainer(_config(bigram_dir, max_steps=2, learning_rate=1e-2), store)
     torch.manual_seed(0)
     ro = trainer.generate(PROMPTS[:4])
     batch = (ro.query, ro.query_mask, ro.response, ro.mask)
@@ -425,7 +425,7 @@ def test_a_reward_model_on_the_same_base_scores_through_a_shared_adapter(store, 
     store.update_run(rid, stage="reward")  # ... made into a reward run with a head
     head = R.new_head(64, seed=3)
     R.save_head(adapter_dir(rid) / R.HEAD_FILE, head, {"mean": 0.5, "std": 2.0})
-    trainer = PPOTrainer(_config(bigram_dir, reward_run=rid, steps=1), store)
+    trainer = PPOTrainer(_config(bigram_dir, reward_run=rid, max_steps=1), store)
     assert trainer.reward_label == f"reward#{rid}"
     responses = ["Yes.", "No", "Sure."]
     shared = trainer.scorer.score(PROMPTS[:3], responses)
@@ -446,7 +446,7 @@ def test_resume_replays_from_the_checkpoint(store, bigram_dir):
     from engine.train_utils import list_checkpoints
 
     _dataset(store)
-    cfg = _config(bigram_dir, steps=4, checkpoint_every=2)
+    cfg = _config(bigram_dir, max_steps=4, save_every=2)
     run = run_sync(store, "ppo", cfg)
     rid = run["id"]
     first = {(m["step"], m["name"]): m["value"]
@@ -467,7 +467,7 @@ def test_cli_trains_ppo_headless(lab_home, bigram_dir, tmp_path):
 
     store = Store(lab_home / "lab.db")
     _dataset(store)
-    cfg = asdict(_config(bigram_dir, steps=1, batch_size=2, minibatches=1))
+    cfg = asdict(_config(bigram_dir, max_steps=1, batch_size=2, minibatches=1))
     path = tmp_path / "ppo.json"
     path.write_text(json.dumps(cfg))
     env = dict(os.environ, RLHF_LAB_HOME=str(lab_home))

@@ -38,8 +38,8 @@ def synthetic_preferences(store, name: str = "syn", n: int = 96) -> None:
 
 
 def tiny_config(tiny_model_dir, **kw) -> dict:
-    cfg = dict(model=str(tiny_model_dir), dataset="syn", max_steps=15, batch_size=8, lr=2e-3,
-               head_lr=1e-2, max_length=64, save_every=0, normalize_samples=64)
+    cfg = dict(model=str(tiny_model_dir), dataset="syn", max_steps=15, batch_size=8,
+               learning_rate=2e-3, head_lr=1e-2, max_length=64, save_every=0, normalize_samples=64)
     cfg.update(kw)
     return cfg
 
@@ -267,6 +267,7 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
     from streamlit.testing.v1 import AppTest
 
     from engine.models import inference_cache
+    from ui.forms import field_key
     from ui.i18n import t
 
     synthetic_preferences(store)
@@ -275,12 +276,10 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
     at.session_state["model_spec"] = str(tiny_model_dir)
     at.run()
     assert not at.exception, at.exception
-    _by_label(at.number_input, t("reward.max_steps")).set_value(15)
-    _by_label(at.number_input, t("reward.batch_size")).set_value(8)
-    _by_label(at.number_input, t("reward.lr")).set_value(2e-3)
-    _by_label(at.number_input, t("reward.head_lr")).set_value(1e-2)
-    _by_label(at.number_input, t("reward.max_length")).set_value(64)
-    _by_label(at.button, t("reward.start")).click().run()
+    for name, value in (("max_steps", 15), ("batch_size", 8), ("learning_rate", 2e-3),
+                        ("head_lr", 1e-2), ("max_length", 64)):
+        at.number_input(key=field_key("reward", name)).set_value(value)
+    at.button(key="start.reward").click().run()
     assert not at.exception, at.exception
     runs = store.list_runs(stage="reward")
     assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)

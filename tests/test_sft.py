@@ -35,7 +35,7 @@ def _dataset(store, name="toy", rows=None, eval_fraction=0.25, kind="sft"):
 def _quick(model_dir, **over) -> dict:
     """A config that runs in a second or two on the tiny model."""
     cfg = {"model": str(model_dir), "dataset": "toy", "max_steps": 4, "batch_size": 2,
-           "learning_rate": 1e-3, "eval_every": 0, "checkpoint_every": 0, "eval_samples": 0,
+           "learning_rate": 1e-3, "eval_every": 0, "save_every": 0, "eval_samples": 0,
            "max_length": 96}
     cfg.update(over)
     return cfg
@@ -255,7 +255,7 @@ def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, ti
     from engine.models import run_dir
 
     _dataset(store)
-    cfg = _quick(tiny_model_dir, max_steps=14, eval_every=5, checkpoint_every=4, eval_samples=1)
+    cfg = _quick(tiny_model_dir, max_steps=14, eval_every=5, save_every=4, eval_samples=1)
     straight = run_sync(store, "sft", cfg)
     assert straight["status"] == "succeeded", straight["error"]
 
@@ -360,18 +360,22 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
     import streamlit as st
 
     from engine.jobs import get_manager
+    from ui.common import widget_key
+    from ui.forms import field_key
 
     st.cache_resource.clear()  # each test its own database
     at = app_with_model(tiny_model_dir, "pages/sft.py")  # the sidebar's base model: the tiny one
     assert not at.exception, at.exception
-    assert at.info  # no dataset yet: it says where to make one
+    # a fresh data folder: the app loaded the shipped samples, the form offers them
+    assert at.selectbox(key=widget_key("sft_dataset")).value == "sample-sft"
 
     _dataset(store)
     at.run()
+    at.selectbox(key=widget_key("sft_dataset")).set_value("toy").run()
     assert not at.exception, at.exception
-    at.number_input[0].set_value(0.5)  # epochs
-    at.number_input[1].set_value(4)  # batch size
-    at.button[0].click().run()  # the form's start button
+    at.number_input(key=field_key("sft", "epochs")).set_value(0.5)
+    at.number_input(key=field_key("sft", "batch_size")).set_value(4)
+    at.button(key="start.sft").click().run()  # the form's start button
     assert not at.exception, at.exception
     runs = store.list_runs(stage="sft")
     assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
