@@ -76,6 +76,28 @@ def add_dataset(store, name: str, kind: str, rows: list[dict], split: str = "tra
     store.add_rows(name, [dict(r, split=split) for r in rows], source="bench")
 
 
+# Config fields being renamed in the engine (old <-> new): the harness gives one spelling
+# and make_config passes whichever of the two the dataclass has.
+ALIASES = {"steps": "max_steps", "max_steps": "steps",
+           "checkpoint_every": "save_every", "save_every": "checkpoint_every",
+           "lr": "learning_rate", "learning_rate": "lr"}
+
+
+def make_config(cls, **values):
+    """cls(**values), each name mapped to its alias when the dataclass has that one instead."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        name = key if key in names else ALIASES.get(key)
+        if name not in names:
+            raise TypeError(f"{cls.__name__} has no field {key!r}"
+                            + (f" nor {ALIASES[key]!r}" if key in ALIASES else ""))
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
 def lora_settings(w: dict, **over):
     from engine.models import LoraSettings
 
@@ -87,19 +109,20 @@ def lora_settings(w: dict, **over):
 def sft_config(w: dict, steps: int):
     from engine.sft import SFTConfig
 
-    return SFTConfig(model=w["model_spec"], dataset="bench-sft", max_steps=steps,
-                     batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
-                     eval_every=0, eval_samples=0, checkpoint_every=0, warmup_ratio=0.0,
-                     lora=lora_settings(w))
+    return make_config(SFTConfig, model=w["model_spec"], dataset="bench-sft", max_steps=steps,
+                       batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
+                       eval_every=0, eval_samples=0, checkpoint_every=0, warmup_ratio=0.0,
+                       lora=lora_settings(w))
 
 
 def reward_config(w: dict, steps: int):
     from engine.reward import RewardConfig
 
-    return RewardConfig(model=w["model_spec"], dataset="bench-pairs", max_steps=steps,
-                        batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
-                        eval_every=0, save_every=0, normalize=False, max_eval_pairs=8,
-                        warmup_ratio=0.0, lora=lora_settings(w))
+    return make_config(RewardConfig, model=w["model_spec"], dataset="bench-pairs",
+                       max_steps=steps, batch_size=w["batch_size"], grad_accum=1,
+                       max_length=w["max_length"], eval_every=0, save_every=0,
+                       normalize=False, max_eval_pairs=8, warmup_ratio=0.0,
+                       lora=lora_settings(w))
 
 
 def prepare_store(w: dict):
@@ -172,12 +195,12 @@ def main(argv: list[str]) -> int:
         elif w["stage"] == "ppo":
             from engine.ppo import PPOConfig, train_ppo
 
-            cfg = PPOConfig(model=w["model_spec"], sft_run=w["sft_run"],
-                            reward_run=w["reward_run"], dataset="bench-prompts",
-                            steps=steps, batch_size=w["batch_size"],
-                            max_new_tokens=w["new_tokens"], ppo_epochs=w["ppo_epochs"],
-                            minibatches=w["minibatches"], temperature=w["temperature"],
-                            checkpoint_every=0, lora=lora_settings(w, dropout=0.0))
+            cfg = make_config(PPOConfig, model=w["model_spec"], sft_run=w["sft_run"],
+                              reward_run=w["reward_run"], dataset="bench-prompts",
+                              max_steps=steps, batch_size=w["batch_size"],
+                              max_new_tokens=w["new_tokens"], ppo_epochs=w["ppo_epochs"],
+                              minibatches=w["minibatches"], temperature=w["temperature"],
+                              save_every=0, lora=lora_settings(w, dropout=0.0))
             ctx, summary = run_stage(store, "ppo", cfg, device, train_ppo)
             result["response_length"] = [v.get("response_length") for v in ctx.step_values]
             result["phase_seconds"] = [

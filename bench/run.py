@@ -10,6 +10,9 @@ after the warm-up), tokens/s, peak memory (peak RSS of the subprocess from
 os.wait4 on CPU; torch.cuda.max_memory_allocated on GPU), and the ratio ours/TRL of
 each. The workloads are fixed (bench/workload.py, bench/README.md). TRL is a
 benchmark-only dependency: nothing in the app or the tests imports it.
+
+On a GPU each measurement also gets its model FLOP utilisation (`mfu`, see
+`add_mfu`): model FLOPs per second over the GPU's peak dense bf16 FLOP/s.
 """
 from __future__ import annotations
 
@@ -42,6 +45,13 @@ GOALS = {
     "reward": ("tokens_per_s", ">=", 1.2),
     "ppo": [("seconds_per_step", "<=", 0.5), ("peak_memory", "<=", 0.6)],
 }
+
+
+# Peak dense (no sparsity) bf16 tensor FLOP/s by GPU name, first match wins; --peak-tflops
+# overrides. H100 SXM and H200: 989 TFLOP/s (the same chip and clocks; the H200 differs in
+# memory only).
+GPU_PEAK_BF16_TFLOPS = (("H200 NVL", 835.0), ("H200", 989.0), ("H100 NVL", 835.0),
+                        ("H100 PCIe", 756.0), ("H100", 989.0), ("A100", 312.0))
 
 
 def log(msg: str) -> None:
@@ -146,7 +156,7 @@ def summarise(raw: dict, wl: Workload, tokens_per_step_fixed: float | None) -> d
 def ratios(ours: dict, trl: dict) -> dict:
     out = {}
     for k in ("seconds_per_step", "min_seconds_per_step", "cpu_seconds_per_step",
-              "tokens_per_s", "peak_memory_mb"):
+              "tokens_per_s", "peak_memory_mb", "mfu_percent"):
         a, b = ours.get(k), trl.get(k)
         out[k.replace("_mb", "")] = round(a / b, 3) if a and b else None
     return out
@@ -163,10 +173,82 @@ def goals_for(stage: str, ratio: dict) -> list[dict]:
     return out
 
 
+def model_flops(model_path: str) -> dict:
+    """The parameter counts that the FLOP estimate uses, from the model's config (no weights
+    read): n_lm multiplies every token of a causal-LM pass (all weights but the input
+    embedding, whose lookup costs no FLOPs, plus the LM head: with tied embeddings the same
+    matrix), n_body a pass without the LM head (the reward model and the value head read the
+    last hidden state)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_path)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    total = sum(p.numel() for p in model.parameters())  # shared (tied) tensors once
+    emb = model.get_input_embeddings().weight
+    head = model.get_output_embeddings().weight
+    tied = head is emb
+    n_body = total - emb.numel() - (0 if tied else head.numel())
+    return {"parameters": total, "n_lm": n_body + head.numel(), "n_body": n_body,
+            "tied_embeddings": tied}
+
+
+def gpu_peak_tflops(args) -> tuple[float | None, str | None]:
+    import torch
+
+    if args.peak_tflops:
+        return args.peak_tflops, "--peak-tflops"
+    if not torch.cuda.is_available():
+        return None, None
+    name = torch.cuda.get_device_name(0)
+    for key, tflops in GPU_PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops, f"dense bf16 peak of {key} ({name})"
+    return None, f"unknown GPU {name!r}: give --peak-tflops"
+
+
+def add_mfu(out: dict, stage: str, wl: Workload, flops: dict | None) -> None:
+    """Model FLOPs and MFU of one side's summary (GPU runs only; CPU rows are unchanged).
+
+    Per token, N as in model_flops: SFT 6·n_lm (forward 2N + backward 4N; with LoRA the
+    backward still runs through the whole frozen base, only the weight gradients of the
+    frozen matrices (2N of the 4N) are skipped, so the work done is nearer 4N: the usual
+    6N convention is kept); reward 6·n_body (no LM head); PPO per rollout token
+    2·n_lm (sampling, prefill included) + 2·n_lm (reference) + 2·n_body (reward model) +
+    6·n_lm per PPO epoch (policy and value head trained in one pass): the FLOPs the
+    algorithm needs, the same for both sides (TRL's separate value model and its extra
+    forward passes are work it does on top, not counted). Tokens: real tokens for SFT and
+    reward, the fixed rollout size for PPO; attention's own FLOPs (≤ 128 positions) are
+    left out."""
+    if not out.get("ok") or not flops or not flops.get("peak_tflops") or \
+            out.get("device") != "cuda" or not out.get("tokens_per_s"):
+        return
+    n_lm, n_body, peak = flops["n_lm"], flops["n_body"], flops["peak_tflops"] * 1e12
+    per_token = {"sft": 6 * n_lm, "reward": 6 * n_body}.get(
+        stage, 4 * n_lm + 2 * n_body + 6 * n_lm * max(1, wl.ppo_epochs))
+    out["model_flops_per_token"] = per_token
+    if out.get("tokens_per_step"):
+        out["model_flops_per_step"] = round(per_token * out["tokens_per_step"])
+    out["achieved_tflops"] = round(per_token * out["tokens_per_s"] / 1e12, 3)
+    out["mfu"] = round(per_token * out["tokens_per_s"] / peak, 8)
+    out["mfu_percent"] = round(100 * out["mfu"], 5)
+    if stage == "ppo" and out.get("phase_seconds") and out.get("tokens_per_step"):
+        gen = [p.get("time_generate") for p in out["phase_seconds"][wl.warmup:]
+               if p and p.get("time_generate")]
+        if gen:
+            # sampling alone: 2·n_lm per rollout token over the median generation time
+            t = statistics.median(gen)
+            out["generate_seconds"] = round(t, 4)
+            out["mfu_generate"] = round(2 * n_lm * out["tokens_per_step"] / t / peak, 9)
+            out["mfu_generate_percent"] = round(100 * out["mfu_generate"], 6)
+
+
 def finish_entry(entry: dict, stage: str, wl: Workload, raw: dict,
-                 fixed_tokens: float | None) -> dict:
+                 fixed_tokens: float | None, flops: dict | None = None) -> dict:
     for side, r in raw.items():
         entry[side] = summarise(r, wl, fixed_tokens)
+        add_mfu(entry[side], stage, wl, flops)
     if entry.get("ours", {}).get("ok") and entry.get("trl", {}).get("ok"):
         entry["ratio"] = ratios(entry["ours"], entry["trl"])
         entry["goals"] = goals_for(stage, entry["ratio"])
@@ -206,7 +288,8 @@ def from_work(work: Path, previous: dict | None = None) -> dict:
         if raw:
             prev_entry = (previous or {}).get("stages", {}).get(stage, {})
             entry = {"workload": prev_entry.get("workload")}
-            doc["stages"][stage] = finish_entry(entry, stage, wl, raw, fixed)
+            doc["stages"][stage] = finish_entry(entry, stage, wl, raw, fixed,
+                                                doc["environment"].get("model_flops"))
     return doc
 
 
@@ -233,6 +316,9 @@ def environment(args, model_path: str) -> dict:
         pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+        info["dtype"] = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
     for name in ("transformers", "peft", "accelerate"):
         try:
             info[name] = __import__(name).__version__
@@ -266,6 +352,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--measured", type=int, default=None,
                    help="steps measured (default: SFT and reward one epoch, PPO 3; "
                         "1 + 2 with --quick)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples / pairs / prompts per step instead of the workload's 8 "
+                        "(a larger-batch row: not the fixed workload)")
+    p.add_argument("--rows", type=int, default=None,
+                   help="rows per stage instead of 64 (the sample rows that fit, cycled)")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the GPU's peak dense bf16 TFLOP/s for MFU (default: by GPU name)")
     p.add_argument("--sides", default="ours,trl", help="comma list: ours, trl")
     p.add_argument("--trl-ppo-lora", action="store_true",
                    help="also run TRL's PPO with a LoRA policy (3 models instead of 4)")
@@ -311,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     models = models_home()
     spec, model_path = resolve_model(args, work)
     tokenizer = load_tokenizer(spec)
-    base = Workload(stage="all")
+    base = workload_for("all", args)
     log(f"work folder {work}; model {spec}; building data")
     data = build_data(tokenizer, work / "data", base.rows, base.max_length, base.new_tokens)
 
@@ -325,11 +418,20 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, RLHF_LAB_HOME=str(work / "home"), RLHF_LAB_MODELS=str(models),
                PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     env.pop("PYTHONPATH", None)
+    if os.environ.get("RLHF_LAB_BENCH_PYTHONPATH"):
+        # packages carried beside the interpreter's own (a GPU machine without network)
+        env["PYTHONPATH"] = os.environ["RLHF_LAB_BENCH_PYTHONPATH"]
     doc = {"environment": environment(args, model_path), "data": data, "stages": {}}
     doc["environment"]["sides"] = sides
+    flops = model_flops(model_path)
+    flops["peak_tflops"], flops["peak_source"] = gpu_peak_tflops(args)
+    doc["environment"]["model_flops"] = flops
+    if args.batch_size or args.rows:
+        doc["environment"]["workload_override"] = {"batch_size": args.batch_size,
+                                                   "rows": args.rows}
 
     for stage in stages:
-        wl = Workload(stage=stage)
+        wl = workload_for(stage, args)
         wl.warmup, wl.measured = steps_for(stage, wl, args)
         wl.lora["target_modules"] = targets
         common = dict(wl.to_dict(), model_spec=spec, model_path=model_path,
@@ -369,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
             if stage != "ppo" and args.trl_grouped:
                 raw["trl_grouped"] = run_side("trl", dict(common, group_by_length=True,
                                                           variant="grouped"), work, env, args)
-        finish_entry(entry, stage, wl, raw, fixed_tokens)
+        finish_entry(entry, stage, wl, raw, fixed_tokens, flops)
         doc["stages"][stage] = entry
         log(f"{stage}: " + json.dumps(entry.get("ratio")))
 
@@ -391,6 +493,16 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     ok = all(e.get(s, {}).get("ok", True) for e in doc["stages"].values() for s in sides)
     return 0 if ok else 1
+
+
+def workload_for(stage: str, args) -> Workload:
+    """The fixed workload, or a larger one with --batch-size / --rows."""
+    wl = Workload(stage=stage)
+    if getattr(args, "rows", None):
+        wl.rows = args.rows
+    if getattr(args, "batch_size", None):
+        wl.batch_size = args.batch_size
+    return wl
 
 
 def steps_for(stage: str, wl: Workload, args) -> tuple[int, int]:
@@ -425,10 +537,18 @@ def markdown_table(doc: dict) -> str:
                                           ("CPU s/step (median)", "cpu_seconds_per_step",
                                            "cpu_seconds_per_step", 2),
                                           ("tokens/s", "tokens_per_s", "tokens_per_s", 1),
-                                          ("peak memory MB", "peak_memory_mb", "peak_memory", 0)):
+                                          ("peak memory MB", "peak_memory_mb", "peak_memory", 0),
+                                          ("MFU %", "mfu_percent", "mfu_percent", 3),
+                                          ("MFU % of generation alone", "mfu_generate_percent",
+                                           None, 4)):
+                if key.startswith("mfu") and ours.get(key) is None and trl.get(key) is None:
+                    continue  # CPU runs: no MFU rows
                 g = goals.get(rkey)
                 gtxt = "" if not g else (f"{g['goal'].split(' ', 2)[2]}: "
                                          f"{'met' if g['met'] else 'not met'}")
+                if "seconds" in key and any(isinstance(v, float) and v < 1
+                                            for v in (ours.get(key), trl.get(key))):
+                    nd = 3  # GPU steps: milliseconds
                 lines.append(f"| {label} | {metric} | {fmt(ours.get(key), nd)} | "
                              f"{fmt(trl.get(key), nd)} | {fmt(ratio.get(rkey), 2)} | {gtxt} |")
     return "\n".join(lines)
