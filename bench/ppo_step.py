@@ -73,7 +73,7 @@ def main() -> int:
     store = Store(Path(home) / "lab.db")
     dataset = _dataset(store)
     cfg = PPOConfig(model=args.model, dataset=dataset, batch_size=8, max_new_tokens=32,
-                    minibatches=2, ppo_epochs=1, steps=args.warmup + args.steps)
+                    minibatches=2, ppo_epochs=1, max_steps=args.warmup + args.steps)
     rss_start = _rss_mb()
     t0 = time.perf_counter()
     trainer = PPOTrainer(cfg, store)
