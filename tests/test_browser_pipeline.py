@@ -142,7 +142,6 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
 
                 # -- data: the samples, then two votes -------------------------------------------
                 ui.goto("nav.data", "data.title")  # the samples were loaded on first open
-                ui.wait_text("sample-preferences")
                 ui.shot("data")
                 ui.tab(label("data.tab_collect"))
                 ui.button(label("data.collect_sample"))
