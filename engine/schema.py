@@ -139,7 +139,9 @@ class TrainConfig(StageConfig):
 
     dataset: str = setting("", widget="page")
     max_steps: int = setting(0, min=0, max=10_000_000)
-    learning_rate: float = setting(3e-4, min=1e-9, max=1.0, step=1e-5, format="%.1e")
+    # no upper bound: a learning rate that blows the run up is an experiment the lab shows
+    # (the run fails at the first non-finite loss, naming the step)
+    learning_rate: float = setting(3e-4, min=1e-9, step=1e-5, format="%.1e")
     batch_size: int = setting(8, min=1, max=4096)
     seed: int = setting(0, min=0, max=2**31 - 1, group=ADVANCED)
     max_grad_norm: float = setting(1.0, min=0.0, max=1e4, step=0.1, group=ADVANCED)

@@ -202,9 +202,9 @@ def test_export_page_in_french_without_runs(store):
 
 
 def test_reward_run_export_keeps_its_head(store, tiny_model_dir):
-    from tests.test_compare import _tiny_reward_run
+    from tests.conftest import make_reward_run
 
-    rid = _tiny_reward_run(store, tiny_model_dir)
+    rid = make_reward_run(store, tiny_model_dir)
     summary = export_run(store, rid, "reward-model", merged=True)
     assert "reward_head.safetensors" in summary["adapter_files"]
     assert "reward_head.safetensors" in summary["merged_files"]

@@ -16,6 +16,7 @@ from engine.jobs import execute, get_manager, run_sync
 from engine.reward import (HEAD_FILE, RewardConfig, clear_scorers, last_token_reward,
                            load_reward_head, load_scorer, pairwise_accuracy, pairwise_loss,
                            reward_adapter_path, reward_stats, score_with_model, train_reward)
+from engine.schema import from_dict
 from tests.conftest import ROOT
 
 WORDS = ["it", "is", "very", "nice", "and", "good", "old", "new", "small", "warm"]
@@ -197,9 +198,9 @@ class _CancelAfter(threading.Event):
 
 def test_cancel_keeps_a_checkpoint_and_resume_replays_the_same_steps(store, tiny_model_dir):
     synthetic_preferences(store)
-    cfg = RewardConfig(**{**tiny_config(tiny_model_dir, max_steps=6, save_every=2,
-                                        max_eval_pairs=8, normalize=False),
-                          "lora": {"r": 4, "alpha": 8, "dropout": 0.05}})
+    cfg = from_dict(RewardConfig, {**tiny_config(tiny_model_dir, max_steps=6, save_every=2,
+                                                 max_eval_pairs=8, normalize=False),
+                                   "lora": {"r": 4, "alpha": 8, "dropout": 0.05}})
     rid = store.create_run("reward", {})
     # checks at the start of steps 1..4: cancelled before step 4, after step 3's metrics
     status = execute(store, rid, cfg, train_reward, cancel_event=_CancelAfter(3))
