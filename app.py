@@ -5,7 +5,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.models import ModelLoadError, device_summary, resolve
+from engine.inference.models import ModelLoadError, device_summary, resolve
 from ui.common import get_jobs, get_store
 from ui.i18n import LANGUAGES, current_language, t
 

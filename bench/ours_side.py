@@ -33,7 +33,7 @@ def read_jsonl(path: str) -> list[dict]:
 def make_context(store, run_id: int, config, device: str):
     import torch
 
-    from engine.jobs import JobContext
+    from engine.runtime.jobs import JobContext
 
     class BenchContext(JobContext):
         def __init__(self, *a, **kw):
@@ -99,7 +99,7 @@ def make_config(cls, **values):
 
 
 def lora_settings(w: dict, **over):
-    from engine.models import LoraSettings
+    from engine.inference.models import LoraSettings
 
     lora = dict(w["lora"], **over)
     return LoraSettings(r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"],
@@ -107,7 +107,7 @@ def lora_settings(w: dict, **over):
 
 
 def sft_config(w: dict, steps: int):
-    from engine.sft import SFTConfig
+    from engine.training.sft import SFTConfig
 
     return make_config(SFTConfig, model=w["model_spec"], dataset="bench-sft", max_steps=steps,
                        batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
@@ -116,7 +116,7 @@ def sft_config(w: dict, steps: int):
 
 
 def reward_config(w: dict, steps: int):
-    from engine.reward import RewardConfig
+    from engine.training.reward import RewardConfig
 
     return make_config(RewardConfig, model=w["model_spec"], dataset="bench-pairs",
                        max_steps=steps, batch_size=w["batch_size"], grad_accum=1,
@@ -154,8 +154,8 @@ def run_stage(store, stage: str, config, device: str, fn) -> tuple[object, dict]
 
 def setup_ppo(w: dict, device: str) -> dict:
     """Unmeasured: one-step SFT and reward runs that PPO starts from (reference, reward)."""
-    from engine.reward import train_reward
-    from engine.sft import train_sft
+    from engine.training.reward import train_reward
+    from engine.training.sft import train_sft
 
     store = prepare_store(w)
     _, sft = run_stage(store, "sft", sft_config(w, 1), device, train_sft)
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> int:
 
     if w.get("threads"):
         torch.set_num_threads(int(w["threads"]))
-    from engine.models import pick_device
+    from engine.inference.models import pick_device
 
     device = pick_device().type
     t0 = time.perf_counter()
@@ -182,18 +182,18 @@ def main(argv: list[str]) -> int:
         store = prepare_store(w)
         counts: list[int] = []
         if w["stage"] == "sft":
-            import engine.sft as mod
+            import engine.training.sft as mod
 
             count_tokens(mod, counts)
             ctx, summary = run_stage(store, "sft", sft_config(w, steps), device, mod.train_sft)
         elif w["stage"] == "reward":
-            import engine.reward as mod
+            import engine.training.reward as mod
 
             count_tokens(mod, counts)
             ctx, summary = run_stage(store, "reward", reward_config(w, steps), device,
                                      mod.train_reward)
         elif w["stage"] == "ppo":
-            from engine.ppo import PPOConfig, train_ppo
+            from engine.training.ppo import PPOConfig, train_ppo
 
             cfg = make_config(PPOConfig, model=w["model_spec"], sft_run=w["sft_run"],
                               reward_run=w["reward_run"], dataset="bench-prompts",

@@ -62,12 +62,12 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from engine.models import models_home
+    from engine.inference.models import models_home
 
     os.environ.setdefault("RLHF_LAB_MODELS", str(models_home()))
     home = tempfile.mkdtemp(prefix="rlhf-bench-ppo-")
     os.environ["RLHF_LAB_HOME"] = home
-    from engine.ppo import PPOConfig, PPOTrainer
+    from engine.training.ppo import PPOConfig, PPOTrainer
     from storage import Store
 
     store = Store(Path(home) / "lab.db")

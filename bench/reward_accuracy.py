@@ -53,8 +53,8 @@ def main() -> int:
     os.environ["RLHF_LAB_HOME"] = home
     import torch
 
-    from engine import stages
-    from engine.jobs import run_sync
+    from engine.runtime import stages
+    from engine.runtime.jobs import run_sync
     from storage import Store
 
     store = Store()

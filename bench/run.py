@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.workload import Workload, build_data  # noqa: E402
-from engine.models import build_tiny_model  # noqa: E402
+from engine.inference.models import build_tiny_model  # noqa: E402
 
 STAGES = ("sft", "reward", "ppo")
 # extra TRL runs beside its defaults (each with its own ratio row)
@@ -329,7 +329,7 @@ def environment(args, model_path: str) -> dict:
 
 def resolve_model(args, work: Path) -> tuple[str, str]:
     """(spec for the engine, plain HF folder or hub id for TRL)."""
-    from engine.models import ensure_embedded_cache, resolve
+    from engine.inference.models import ensure_embedded_cache, resolve
 
     if args.quick and args.model == "embedded":
         tiny = build_tiny_model(ROOT / "bench" / "out" / "tiny-llama",
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
 
     (ROOT / "bench" / "out").mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / "bench" / "out"))
-    from engine.models import load_tokenizer, models_home
+    from engine.inference.models import load_tokenizer, models_home
 
     models = models_home()
     spec, model_path = resolve_model(args, work)
@@ -411,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     # LoRA targets as the engine picks them (q/k/v/o on llama-likes), given to both sides
     from transformers import AutoConfig
 
-    from engine.models import _TARGETS_BY_ARCH
+    from engine.inference.models import _TARGETS_BY_ARCH
 
     arch = AutoConfig.from_pretrained(model_path).model_type
     targets = _TARGETS_BY_ARCH.get(arch, ["q_proj", "k_proj", "v_proj", "o_proj"])

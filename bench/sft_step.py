@@ -49,10 +49,10 @@ def time_steps(store, dataset: str, steps: int, warmup: int, window: bool, batch
                max_length: int = 128) -> dict:
     import torch
 
-    from engine import train_utils as tu
-    from engine.chat import collate_completions
-    from engine.models import LoraSettings, add_lora, load_base
-    from engine.sft import encode_rows, forward_logits, sft_loss
+    from engine.training import train_utils as tu
+    from engine.inference.chat import collate_completions
+    from engine.inference.models import LoraSettings, add_lora, load_base
+    from engine.training.sft import encode_rows, forward_logits, sft_loss
 
     loaded = load_base("embedded", "cpu")
     model = add_lora(loaded.model, LoraSettings())
@@ -94,8 +94,8 @@ def time_steps(store, dataset: str, steps: int, warmup: int, window: bool, batch
 
 
 def default_run(store, dataset: str, run_steps: int) -> dict:
-    from engine.jobs import run_sync
-    from engine.sft import SFTConfig
+    from engine.runtime.jobs import run_sync
+    from engine.training.sft import SFTConfig
 
     cfg = SFTConfig(dataset=dataset, max_steps=run_steps)
     t0 = time.perf_counter()
@@ -133,7 +133,7 @@ def main() -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from engine.models import models_home
+    from engine.inference.models import models_home
 
     os.environ.setdefault("RLHF_LAB_MODELS", str(models_home()))
     home = tempfile.mkdtemp(prefix="rlhf-bench-sft-")

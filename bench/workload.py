@@ -132,7 +132,7 @@ FIT_MARGIN = 4
 def _fits(tokenizer, prompt, response: str, max_length: int) -> int | None:
     """Token count of prompt + response through the chat template, None if it does not fit
     in max_length − FIT_MARGIN tokens."""
-    from engine.chat import encode_completion
+    from engine.inference.chat import encode_completion
 
     enc = encode_completion(tokenizer, prompt, response, max_length)
     if enc.truncated or len(enc.input_ids) > max_length - FIT_MARGIN:
@@ -198,12 +198,12 @@ def build_data(tokenizer, folder: Path, rows: int, max_length: int,
     sft, sft_src = select_sft(tokenizer, rows, max_length)
     pairs, pairs_src = select_pairs(tokenizer, rows + 8, max_length)
     # PPO prompts: from the pairs, short enough that prompt + new tokens fit in max_length
-    from engine.chat import encode_prompt
+    from engine.inference.chat import encode_prompt
 
     prompts = [{"prompt": p["prompt"]} for p in pairs
                if len(encode_prompt(tokenizer, p["prompt"])) + new_tokens <= max_length]
     prompts = _take(prompts, rows)
-    from engine.chat import encode_completion
+    from engine.inference.chat import encode_completion
 
     sft_tokens = sum(len(encode_completion(tokenizer, r["prompt"], r["response"],
                                            max_length).input_ids) for r in sft)

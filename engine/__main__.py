@@ -32,7 +32,7 @@ def cmd_runs_list(args) -> int:
 
 
 def cmd_model_info(args) -> int:
-    from engine.models import load_base
+    from engine.inference.models import load_base
 
     loaded = load_base(args.model)
     info = loaded.info()
@@ -46,7 +46,8 @@ def cmd_model_info(args) -> int:
 
 def train_help(stage: str | None) -> str:
     """`train STAGE --help`: every setting with its type, default, bounds and help."""
-    from engine import schema, stages
+    from engine import schema
+    from engine.runtime import stages
 
     names = stages.training_stages()
     head = ("usage: python -m engine train STAGE [--config FILE.json] [--set KEY=VALUE ...] "
@@ -59,8 +60,8 @@ def train_help(stage: str | None) -> str:
 
 
 def cmd_train(args) -> int:
-    from engine import stages
-    from engine.jobs import run_sync
+    from engine.runtime import stages
+    from engine.runtime.jobs import run_sync
 
     if args.help or args.stage is None:
         print(train_help(args.stage), end="")
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_model_info)
 
-    from engine.stages import training_stages
+    from engine.runtime.stages import training_stages
 
     p = sub.add_parser("train", help="run a training stage synchronously", add_help=False)
     p.add_argument("stage", nargs="?", choices=training_stages())
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Exception as exc:  # noqa: BLE001 - one clear line, not a traceback
-        from engine.models import ModelLoadError
+        from engine.inference.models import ModelLoadError
         from storage import DatasetExists, NotFound
 
         if isinstance(exc, (ModelLoadError, NotFound, DatasetExists, ValueError,

@@ -24,9 +24,9 @@ from typing import Any, Iterable
 
 import torch
 
-from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
+from engine.inference.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
 from engine.objectives import logprobs_from_logits
-from engine.reward import pearson
+from engine.training.reward import pearson
 from engine.schema import SamplingSettings, StageConfig, like
 
 MAX_MODELS = 4
@@ -96,7 +96,7 @@ def response_logprobs(model, tokenizer, prompts: list, responses: list[str],
     the ones the model would have produced, end-of-turn token included. Logits are used
     as they are (temperature 1): the model's own distribution.
     """
-    from engine.sft import forward_logits
+    from engine.training.sft import forward_logits
 
     device = next(model.parameters()).device
     out: list[torch.Tensor] = []
@@ -168,8 +168,8 @@ def resolve_prompts(store, cfg: CompareConfig) -> list:
 
 def run_compare(cfg: CompareConfig, ctx) -> dict:
     """Answer the prompts with every source, score them, store a comparison."""
-    from engine.generate import SamplingConfig, generate_with_lengths
-    from engine.models import inference_cache, source_of
+    from engine.inference.generate import SamplingConfig, generate_with_lengths
+    from engine.inference.models import inference_cache, source_of
 
     store = ctx.store
     sources = [str(s) for s in cfg.sources]
@@ -206,13 +206,13 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
     if cfg.reward_run:
         ctx.check_cancel()
         ctx.progress(len(sources), total, f"reward model #{cfg.reward_run}")
-        from engine.reward import load_scorer
+        from engine.training.reward import load_scorer
 
         scorer = load_scorer(store, int(cfg.reward_run))
         for source in sources:
             rewards[source] = [float(r) for r in scorer.score(prompts, answers[source])]
     name = cfg.name or f"compare-{ctx.run_id}"
-    from engine.jobs import config_dict
+    from engine.runtime.jobs import config_dict
 
     comparison_id = store.create_comparison(
         name, {**config_dict(cfg), "prompts": prompts, "labels": labels}, run_id=ctx.run_id)

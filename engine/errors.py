@@ -1,7 +1,7 @@
-"""The exceptions that stages raise and the job runtime (engine.jobs) handles.
+"""The exceptions that stages raise and the job runtime (engine.runtime.jobs) handles.
 
-They live here, not in engine.jobs, so that a stage never imports the job manager
-(stages are called by it, not the other way round). engine.jobs re-exports them.
+They live here, not in engine.runtime.jobs, so that a stage never imports the job manager
+(stages are called by it, not the other way round). engine.runtime.jobs re-exports them.
 """
 from __future__ import annotations
 

@@ -110,7 +110,7 @@ def _prepare_out(out: Path) -> None:
 # -- pieces of an export -------------------------------------------------------------------
 def hub_base_name(spec: str | None) -> str:
     """What base_model_name_or_path should say: the hub id for the embedded model."""
-    from engine.models import EMBEDDED
+    from engine.inference.models import EMBEDDED
 
     if spec in (None, "", EMBEDDED):
         return EMBEDDED_HUB_ID
@@ -120,7 +120,7 @@ def hub_base_name(spec: str | None) -> str:
 
 def find_adapter_folder(run_id: int) -> Path:
     """The run's adapter folder (flattened PEFT layout; one level of subfolder tolerated)."""
-    from engine.models import ModelLoadError, adapter_dir
+    from engine.inference.models import ModelLoadError, adapter_dir
 
     folder = adapter_dir(run_id)
     if (folder / "adapter_config.json").exists():
@@ -190,7 +190,7 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
                charts: list[str], dataset: dict | None, local_base: str | None,
                merged: bool = False) -> str:
     """README.md: base model, data, config, final metrics, charts and how to load it."""
-    from engine.models import EMBEDDED
+    from engine.inference.models import EMBEDDED
 
     stage = run["stage"]
     cfg = run.get("config") or {}
@@ -256,13 +256,13 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
 
 def merge_adapter(base_spec: str, adapter: Path, out: Path) -> list[str]:
     """merge_and_unload the adapter into its base (loaded in fp32 on the CPU, as
-    engine.models.load_base does it); save safetensors + tokenizer to `out`, in the dtype
+    engine.inference.models.load_base does it); save safetensors + tokenizer to `out`, in the dtype
     the base model declares."""
     import torch
     from peft import PeftModel
     from transformers import AutoConfig
 
-    from engine.models import load_base, resolve
+    from engine.inference.models import load_base, resolve
 
     loaded = load_base(base_spec, device="cpu", dtype=torch.float32)
     model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
@@ -285,8 +285,8 @@ def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
 
     Returns what was written: {"out_dir", "adapter_dir", "merged_dir", "files", ...}.
     """
-    from engine.jobs import sha256_of
-    from engine.models import EMBEDDED, resolve
+    from engine.runtime.jobs import sha256_of
+    from engine.inference.models import EMBEDDED, resolve
 
     run = store.get_run(int(run_id))
     if run["stage"] not in EXPORTABLE_STAGES:
@@ -383,9 +383,9 @@ def zip_folder(folder: str | os.PathLike) -> bytes:
 
 # -- command line ---------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from engine.generate import SamplingConfig, generate
+    from engine.inference.generate import SamplingConfig, generate
     from engine.cli import store_of
-    from engine.models import inference_cache
+    from engine.inference.models import inference_cache
 
     store = store_of(args)
     cfg = SamplingConfig(max_new_tokens=args.max_new_tokens, greedy=args.greedy,

@@ -10,8 +10,8 @@ dict `LATEX` under the function's name and on the function as `fn.latex`:
 
 A few formulas the pages show are statistics computed inline (a mean, a standard
 deviation): they have a `LATEX` entry and no function, listed at the end of the module.
-No formula is written anywhere else; the stage modules (engine.sft, engine.reward,
-engine.ppo) import these functions, and the pages render these strings.
+No formula is written anywhere else; the stage modules (engine.training.sft, engine.training.reward,
+engine.training.ppo) import these functions, and the pages render these strings.
 
 Conventions: tensors of per-token quantities are [batch, tokens]; `mask` is 1 on the tokens
 that count (response tokens, EOS included) and 0 on padding. Sequence log-probabilities
@@ -25,7 +25,7 @@ from typing import Callable, TypeVar
 import torch
 import torch.nn.functional as F
 
-from engine.chat import IGNORE_INDEX
+from engine.inference.chat import IGNORE_INDEX
 
 LATEX: dict[str, str] = {}
 

@@ -47,7 +47,7 @@ class LoraSettings:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: engine.models.default_lora_targets
+    target_modules: list[str] | None = None  # None: engine.inference.models.default_lora_targets
 I18N = Path(__file__).resolve().parent.parent / "i18n"
 
 
@@ -173,7 +173,7 @@ class SupervisedConfig(TrainConfig):
 
 _BASES = (StageConfig, SamplingSettings, TrainConfig, SupervisedConfig)
 
-# the settings of LoRA (engine.models.LoraSettings): bounds for forms and validation
+# the settings of LoRA (engine.inference.models.LoraSettings): bounds for forms and validation
 LORA_META = {
     "r": Setting(min=1, max=1024, group=ADVANCED),
     "alpha": Setting(min=1, max=4096, group=ADVANCED),

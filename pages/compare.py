@@ -7,8 +7,8 @@ from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_m
                             model_summary, outputs_by_prompt, pending_items, record_vote,
                             reward_preference, short_prompt, win_rate)
 from engine import data as D
-from engine.collect import model_sources
-from engine.models import display_name
+from engine.data.collect import model_sources
+from engine.inference.models import display_name
 from ui.common import (get_jobs, get_store, live_job_panel, model_spec, run_label,
                        translated_choice, translated_radio)
 from ui.i18n import t, tn
@@ -48,7 +48,7 @@ with tab_new:
         run = store.get_run(int(key))
         return f"{run['stage'].upper()} · {run_label(run)}"
 
-    # the base and the runs that saved an adapter (engine.collect.model_sources)
+    # the base and the runs that saved an adapter (engine.data.collect.model_sources)
     sources = {key: source_label(key) for key in model_sources(store)}
     default = ["base"] + [k for k in sources if k != "base"][:1]
     chosen = translated_choice(st.multiselect, t("compare.models"), list(sources),

@@ -6,10 +6,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine import collect
+from engine.data import collect
 from engine import data as D
-from engine.chat import prompt_text as short_prompt
-from engine.models import display_name
+from engine.inference.chat import prompt_text as short_prompt
+from engine.inference.models import display_name
 from storage.db import ACTIVE_STATES
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)

@@ -2,7 +2,7 @@
 import streamlit as st
 
 from engine import data as D
-from engine.models import device_summary, display_name
+from engine.inference.models import device_summary, display_name
 from storage.db import ACTIVE_STATES
 from ui.common import get_jobs, get_store, model_spec, run_label
 from ui.i18n import t

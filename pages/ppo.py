@@ -7,10 +7,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine import rewards_builtin
-from engine.models import display_name
+from engine.training import rewards_builtin
+from engine.inference.models import display_name
 from engine.objectives import LATEX
-from engine.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
+from engine.training.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t

@@ -6,8 +6,8 @@ import pandas as pd
 import streamlit as st
 
 from engine.objectives import LATEX
-from engine.reward import RewardConfig
-from engine.tryout import ScoreTextConfig
+from engine.training.reward import RewardConfig
+from engine.inference.tryout import ScoreTextConfig
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_of_session, job_panel,
                        line_chart, metrics_frame, model_spec, runs_options,
                        translated_choice)
@@ -94,7 +94,7 @@ def results(run: dict) -> None:
         return
     st.subheader(t("reward.results"))
     chosen, rejected = t("reward.chosen"), t("reward.rejected")
-    # the stage's own figures over these pairs (engine.reward.train_reward's summary)
+    # the stage's own figures over these pairs (engine.training.reward.train_reward's summary)
     rho, longer = summary.get("length_correlation"), summary.get("longer_is_chosen")
     accuracy = summary.get("eval_accuracy", float(df["correct"].mean()))
     c = st.columns(4)
@@ -211,7 +211,7 @@ else:
         lines = [a.strip() for a in (answers or "").splitlines() if a.strip()]
         if not (prompt or "").strip() or not lines:
             st.warning(t("reward.tester_need"))
-        else:  # scored by a light job (engine.tryout.run_score_text), not in this script
+        else:  # scored by a light job (engine.inference.tryout.run_score_text), not in this script
             st.session_state["reward_tester_job"] = get_jobs().submit(
                 "score_text", ScoreTextConfig(reward_run=scorer_run, prompt=prompt.strip(),
                                               responses=lines))

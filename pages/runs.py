@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from engine import runs as R
+from engine.runtime import runs as R
 from storage import NotFound
 from storage.db import RUN_STATES
 from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, translated_choice

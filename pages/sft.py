@@ -4,9 +4,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from engine.models import display_name
+from engine.inference.models import display_name
 from engine.objectives import LATEX
-from engine.sft import SFTConfig
+from engine.training.sft import SFTConfig
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, translated_choice)
 from ui.i18n import t
@@ -88,9 +88,9 @@ def run_view(run_id: int) -> dict:
     return run
 
 
-# -- try it: base vs fine-tuned, greedy (a light job: engine.tryout.run_try) -----------------
+# -- try it: base vs fine-tuned, greedy (a light job: engine.inference.tryout.run_try) -----------------
 def try_it(run: dict) -> None:
-    from engine.tryout import TryConfig
+    from engine.inference.tryout import TryConfig
     from ui.common import job_of_session
 
     run_id = run["id"]

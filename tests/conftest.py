@@ -47,7 +47,7 @@ def store(lab_home):
 @pytest.fixture(scope="session")
 def embedded_dir(models_home) -> Path:
     """The embedded SmolLM2-135M-Instruct as a safetensors folder (converted once)."""
-    from engine.models import ensure_embedded_cache
+    from engine.inference.models import ensure_embedded_cache
 
     return ensure_embedded_cache()
 
@@ -56,7 +56,7 @@ def make_adapter_run(store, model_dir, stage: str = "sft", spec: str | None = No
                      dataset: str | None = None) -> int:
     """A finished run holding a real LoRA adapter on `model_dir`, with lora_B perturbed so
     that it changes the outputs (a fresh LoRA is the identity)."""
-    from engine.models import adapter_dir, add_lora, load_base
+    from engine.inference.models import adapter_dir, add_lora, load_base
 
     peft_model = add_lora(load_base(str(model_dir), device="cpu").model)
     torch.manual_seed(seed)
@@ -74,7 +74,7 @@ def make_adapter_run(store, model_dir, stage: str = "sft", spec: str | None = No
 
 def make_reward_run(store, model_dir, normalize: bool = False) -> int:
     """A real (briefly trained) reward run on `model_dir` and a small preference set."""
-    from engine.jobs import run_sync
+    from engine.runtime.jobs import run_sync
 
     rows = [{"prompt": f"Tell me about topic {i}.", "chosen": f"Topic {i} is fine.",
              "rejected": f"Topic {i} is fine!", "split": "eval" if i % 2 else "train"}
@@ -104,7 +104,7 @@ def app_with_model(model_dir, page: str, timeout: float = 60):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
     """A 2-layer, 64-wide Llama with the embedded tokenizer: a real model that trains in seconds."""
-    from engine.models import build_tiny_model
+    from engine.inference.models import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", embedded_dir)
 

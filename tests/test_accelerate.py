@@ -4,7 +4,7 @@ processes end with the same adapter weights (data-parallel gradients are synchro
 
 `accelerate launch --cpu` always starts a single process (accelerate 1.15's simple
 launcher); two local processes come from its torchrun-based launcher (`--multi_gpu`),
-which on a machine without a GPU runs on CPU: engine.jobs.run_distributed then sets
+which on a machine without a GPU runs on CPU: engine.runtime.jobs.run_distributed then sets
 accelerate up with cpu=True (gloo), as train_utils.make_accelerator does.
 """
 from __future__ import annotations

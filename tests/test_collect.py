@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from engine import collect, stages
-from engine.jobs import JobManager, get_manager
+from engine.data import collect
+from engine.runtime import stages
+from engine.runtime.jobs import JobManager, get_manager
 from tests.conftest import ROOT
 
 PROMPT = "Who wrote Les Misérables?"
@@ -82,7 +83,7 @@ def test_empty_prompt_fails_the_job_clearly(store, tiny_model_dir):
 
 
 def test_sources_list_base_and_finished_runs_with_adapters(store):
-    from engine.models import adapter_dir
+    from engine.inference.models import adapter_dir
 
     sft = store.create_run("sft", {"model": "embedded"}, status="succeeded")
     store.create_run("ppo", {"model": "embedded"}, status="failed")

@@ -9,9 +9,9 @@ from streamlit.testing.v1 import AppTest
 from engine.compare import (blind_items, distinct_1, distinct_2, distinct_n, hidden_order_swapped,
                             kl_to_reference, model_summary, pending_items, record_vote,
                             reward_preference, wilson_interval, win_rate)
-from engine.generate import SamplingConfig, generate_with_lengths
-from engine.jobs import JobManager
-from engine.models import inference_cache
+from engine.inference.generate import SamplingConfig, generate_with_lengths
+from engine.runtime.jobs import JobManager
+from engine.inference.models import inference_cache
 from tests.conftest import ROOT, make_adapter_run, make_reward_run
 from ui.common import widget_key
 
@@ -215,7 +215,7 @@ def test_counts_agree_in_number_in_both_languages(store):
 
 
 def test_answer_length_counts_generated_tokens_up_to_eos():
-    from engine.generate import answer_length
+    from engine.inference.generate import answer_length
 
     assert answer_length([5, 7, 2, 0, 0], eos_token_id=2) == 2   # EOS, then padding
     assert answer_length([5, 7, 9], eos_token_id=2) == 3         # cut at max_new_tokens
@@ -229,7 +229,7 @@ def test_compare_page_in_french_without_comparisons(store):
 
 
 def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
-    from engine.jobs import get_manager
+    from engine.runtime.jobs import get_manager
 
     rid = make_adapter_run(store, tiny_model_dir)
     inference_cache.clear()
@@ -251,7 +251,7 @@ def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
 
 
 def test_comparison_with_reward_model_on_dataset_prompts(store, tiny_model_dir):
-    from engine.reward import clear_scorers, load_scorer
+    from engine.training.reward import clear_scorers, load_scorer
 
     rid = make_adapter_run(store, tiny_model_dir, stage="ppo", seed=2)
     reward_id = make_reward_run(store, tiny_model_dir)

@@ -15,11 +15,11 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from engine.__main__ import main as cli_main
-from engine.chat import encode_prompt
+from engine.inference.chat import encode_prompt
 from engine.export import (EMBEDDED_HUB_ID, UnsafePathError, export_run, exports_root,
                            resolve_export_dir, zip_folder)
-from engine.generate import SamplingConfig, generate
-from engine.models import inference_cache
+from engine.inference.generate import SamplingConfig, generate
+from engine.inference.models import inference_cache
 from tests.conftest import ROOT
 from tests.conftest import make_adapter_run as shared_adapter_run
 from ui.common import widget_key
@@ -58,7 +58,7 @@ def make_adapter_run(store, tiny_model_dir, stage="sft", spec=None, seed=1) -> i
 
 
 def app_greedy(store, rid) -> tuple[list[int], str]:
-    """The app's greedy answer: token ids, and the text engine.generate returns."""
+    """The app's greedy answer: token ids, and the text engine.inference.generate returns."""
     cfg = SamplingConfig(greedy=True, max_new_tokens=NEW_TOKENS)
     with inference_cache.use(store, rid) as (model, tok):
         text = generate(model, tok, [PROMPT], cfg)[0]
@@ -174,7 +174,7 @@ def _app(lang="en") -> AppTest:
 
 
 def test_export_page_exports_and_offers_downloads(store, tiny_model_dir):
-    from engine.jobs import get_manager
+    from engine.runtime.jobs import get_manager
 
     rid = make_adapter_run(store, tiny_model_dir)
     at = _app().run()

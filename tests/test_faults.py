@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.jobs import JobManager, run_sync
+from engine.runtime.jobs import JobManager, run_sync
 from tests.conftest import ROOT
 
 TINY_SFT = {"batch_size": 4, "max_length": 64, "eval_every": 0, "eval_samples": 0,
@@ -62,7 +62,7 @@ def wait_until(predicate, timeout: float, what: str, proc: subprocess.Popen | No
 # -- (a) SIGKILL during an SFT run --------------------------------------------------------
 APP_PROCESS = """
 import sys
-from engine.jobs import get_manager
+from engine.runtime.jobs import get_manager
 jobs = get_manager()
 rid = jobs.submit("sft", {config})
 print("RUN", rid, flush=True)
@@ -258,7 +258,7 @@ def bad_model_folders(tmp_path: Path) -> dict[str, str]:
 
 
 def test_bad_model_path_fails_the_run_with_a_clear_message(store, tmp_path):
-    from engine.models import ModelLoadError, load_base
+    from engine.inference.models import ModelLoadError, load_base
 
     make_sft_dataset(store, "small", 10)
     for kind, path in bad_model_folders(tmp_path).items():

@@ -58,7 +58,7 @@ def test_typing_starts_nothing_and_a_double_start_is_refused(app, store):
     at.button(key="start.sft").click().run()  # the same settings again, at once
     assert len(store.list_runs(stage="sft")) == 1
     assert at.warning and "#" in at.warning[0].value
-    from engine.jobs import get_manager
+    from engine.runtime.jobs import get_manager
 
     run_id = store.list_runs(stage="sft")[0]["id"]
     get_manager(store).cancel(run_id)

@@ -138,7 +138,7 @@ def test_pages_with_finished_runs_render_in_french(store, tiny_model_dir, monkey
     """The result views (curves, tables, samples, exports) too, not only the empty pages."""
     import ui.i18n
     from engine.data import ensure_sample_datasets
-    from engine.jobs import run_sync
+    from engine.runtime.jobs import run_sync
 
     ensure_sample_datasets(store)
     model = str(tiny_model_dir)

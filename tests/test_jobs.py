@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine import stages
-from engine.jobs import JobManager, run_sync
-from engine.models import run_dir
+from engine.runtime import stages
+from engine.runtime.jobs import JobManager, run_sync
+from engine.inference.models import run_dir
 from tests.conftest import ROOT
 
 
@@ -198,7 +198,7 @@ def test_cancel_never_signals_a_reused_pid_or_a_process_that_is_not_the_cli(stor
 
 
 def test_cancel_from_another_process_stops_a_cli_run_as_cancelled(store, tiny_model_dir):
-    from engine.train_utils import latest_checkpoint
+    from engine.training.train_utils import latest_checkpoint
     from tests.test_faults import make_sft_dataset, subprocess_env, wait_until
 
     dataset = make_sft_dataset(store)

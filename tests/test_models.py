@@ -5,9 +5,9 @@ import sys
 import pytest
 import torch
 
-from engine.chat import IGNORE_INDEX, collate_completions, encode_completion, encode_prompt
-from engine.generate import SamplingConfig, generate
-from engine.models import ModelLoadError, add_lora, load_base, pick_device
+from engine.inference.chat import IGNORE_INDEX, collate_completions, encode_completion, encode_prompt
+from engine.inference.generate import SamplingConfig, generate
+from engine.inference.models import ModelLoadError, add_lora, load_base, pick_device
 from tests.conftest import ROOT, make_adapter_run
 
 
@@ -89,7 +89,7 @@ def test_cli_model_info_and_runs_list(tiny_model_dir, lab_home):
 
 
 def test_inference_cache_switches_between_base_and_run_adapters(store, tiny_model_dir):
-    from engine.models import inference_cache
+    from engine.inference.models import inference_cache
 
     rid = make_adapter_run(store, tiny_model_dir)
     cfg = SamplingConfig(greedy=True, max_new_tokens=8)

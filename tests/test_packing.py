@@ -1,4 +1,4 @@
-"""Padding-free passes (engine.packing): sequences packed end to end give the padded
+"""Padding-free passes (engine.inference.packing): sequences packed end to end give the padded
 batch's outputs, on a real tiny Llama with a LoRA adapter."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from engine.packing import pack_sequences, supports_packing, unpad
+from engine.inference.packing import pack_sequences, supports_packing, unpad
 from tests.conftest import make_adapter_run
 
 
@@ -25,7 +25,7 @@ def test_pack_sequences_fills_rows_in_order_and_restarts_positions():
 
 
 def _lora_model(store, tiny_model_dir):
-    from engine.models import adapter_dir, load_adapter, load_base
+    from engine.inference.models import adapter_dir, load_adapter, load_base
 
     run = make_adapter_run(store, tiny_model_dir)
     model = load_adapter(load_base(str(tiny_model_dir), "cpu").model, adapter_dir(run))
@@ -79,8 +79,8 @@ def test_a_model_that_ignores_packed_positions_gets_the_padded_path(store, tiny_
 
 
 def test_reward_scores_are_the_same_packed_or_padded(store, tiny_model_dir, embedded_dir):
-    from engine.models import load_tokenizer
-    from engine.reward import new_head, score_with_model
+    from engine.inference.models import load_tokenizer
+    from engine.training.reward import new_head, score_with_model
 
     model = _lora_model(store, tiny_model_dir)
     tok = load_tokenizer(str(tiny_model_dir))
@@ -113,7 +113,7 @@ class EchoLM(nn.Module):
 
 
 def test_packed_outputs_read_the_kept_positions_of_each_sequence_in_order():
-    from engine.packing import packed_outputs
+    from engine.inference.packing import packed_outputs
 
     seqs = [torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6, 7]), torch.tensor([8, 9])]
     keep = [torch.tensor([0, 2]), torch.tensor([1, 2, 3]), torch.tensor([1])]

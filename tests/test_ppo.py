@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import rewards_builtin as RB
-from engine.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController, PPOConfig,
+from engine.training import rewards_builtin as RB
+from engine.training.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController, PPOConfig,
                         PPOTrainer, approx_kl, clip_fraction, clipped_policy_loss,
                         clipped_value_loss, entropy_from_logits, explained_variance,
                         gae_advantages, kl_penalty, logprobs_from_logits, masked_mean,
@@ -277,8 +277,8 @@ def _config(model_dir, **kw) -> PPOConfig:
 
 
 def test_ppo_raises_the_score_while_kl_stays_bounded(store, bigram_dir):
-    from engine.jobs import run_sync
-    from engine.models import adapter_dir, read_adapter_base
+    from engine.runtime.jobs import run_sync
+    from engine.inference.models import adapter_dir, read_adapter_base
 
     _dataset(store)
     run = run_sync(store, "ppo", _config(bigram_dir))
@@ -318,8 +318,8 @@ def _fake_sft_run(store, model_dir) -> int:
     """A finished "SFT" run whose adapter is a small random LoRA on the bigram model."""
     from peft import LoraConfig, get_peft_model
 
-    from engine.models import adapter_dir, load_base
-    from engine.train_utils import save_adapter
+    from engine.inference.models import adapter_dir, load_base
+    from engine.training.train_utils import save_adapter
 
     rid = store.create_run("sft", {"model": str(model_dir)}, model=str(model_dir))
     store.finish_run(rid, "succeeded")
@@ -337,7 +337,7 @@ def _fake_sft_run(store, model_dir) -> int:
 
 def _fresh_logprobs(model_dir, adapter, query, qmask, response, mask, temperature):
     """Log-probs from an independent copy: the base, plus an adapter folder if given."""
-    from engine.models import load_adapter, load_base
+    from engine.inference.models import load_adapter, load_base
 
     model = load_base(str(model_dir), device="cpu").model
     if adapter is not None:
@@ -352,7 +352,7 @@ def _fresh_logprobs(model_dir, adapter, query, qmask, response, mask, temperatur
 
 
 def test_reference_stays_frozen_and_the_saved_adapter_stands_alone(store, bigram_dir):
-    from engine.models import adapter_dir
+    from engine.inference.models import adapter_dir
 
     _dataset(store)
     sft_id = _fake_sft_run(store, bigram_dir)
@@ -417,8 +417,8 @@ def test_reference_without_sft_is_the_base(store, bigram_dir):
 
 
 def test_a_reward_model_on_the_same_base_scores_through_a_shared_adapter(store, bigram_dir):
-    from engine import reward as R
-    from engine.models import adapter_dir
+    from engine.training import reward as R
+    from engine.inference.models import adapter_dir
 
     _dataset(store)
     rid = _fake_sft_run(store, bigram_dir)  # a LoRA adapter on the base ...
@@ -440,10 +440,10 @@ def test_a_reward_model_on_the_same_base_scores_through_a_shared_adapter(store, 
 
 
 def test_resume_replays_from_the_checkpoint(store, bigram_dir):
-    from engine.jobs import execute, run_sync
-    from engine.ppo import train_ppo
-    from engine.models import run_dir
-    from engine.train_utils import list_checkpoints
+    from engine.runtime.jobs import execute, run_sync
+    from engine.training.ppo import train_ppo
+    from engine.inference.models import run_dir
+    from engine.training.train_utils import list_checkpoints
 
     _dataset(store)
     cfg = _config(bigram_dir, max_steps=4, save_every=2)
@@ -578,7 +578,7 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
 def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resources):
     from streamlit.testing.v1 import AppTest
 
-    from engine.jobs import get_manager
+    from engine.runtime.jobs import get_manager
 
     _dataset(store)
     at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)

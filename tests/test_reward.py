@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from engine.jobs import execute, get_manager, run_sync
-from engine.reward import (HEAD_FILE, RewardConfig, clear_scorers, last_token_reward,
+from engine.runtime.jobs import execute, get_manager, run_sync
+from engine.training.reward import (HEAD_FILE, RewardConfig, clear_scorers, last_token_reward,
                            load_reward_head, load_scorer, pairwise_accuracy, pairwise_loss,
                            reward_adapter_path, reward_stats, score_with_model, train_reward)
 from engine.schema import from_dict
@@ -88,7 +88,7 @@ def test_last_token_reward_reads_the_last_non_pad_token():
 
 # -- training, saving, scoring ----------------------------------------------------------------
 def test_reward_model_learns_a_synthetic_preference_and_scorer_agrees(store, tiny_model_dir):
-    from engine.models import add_lora, inference_cache, load_adapter, load_base
+    from engine.inference.models import add_lora, inference_cache, load_adapter, load_base
 
     synthetic_preferences(store)
     run = run_sync(store, "reward", tiny_config(tiny_model_dir))
@@ -167,7 +167,7 @@ def test_reward_model_learns_a_synthetic_preference_and_scorer_agrees(store, tin
 
 
 def test_normalisation_on_an_sft_runs_own_answers(store, tiny_model_dir):
-    from engine.models import add_lora, adapter_dir, load_base
+    from engine.inference.models import add_lora, adapter_dir, load_base
 
     synthetic_preferences(store)
     base = load_base(str(tiny_model_dir), device="cpu")
@@ -267,7 +267,7 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
 def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fresh_resources):
     from streamlit.testing.v1 import AppTest
 
-    from engine.models import inference_cache
+    from engine.inference.models import inference_cache
     from ui.forms import field_key
     from ui.i18n import t
 
@@ -322,7 +322,7 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
 
 
 def test_an_sft_dataset_is_refused_naming_the_kind(store, tiny_model_dir):
-    from engine.jobs import run_sync
+    from engine.runtime.jobs import run_sync
 
     store.create_dataset("answers", "sft")
     store.add_rows("answers", [{"prompt": "p", "response": "r"}])

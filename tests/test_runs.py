@@ -1,4 +1,4 @@
-"""The runs page and engine.runs: overview, key metrics, open, overlay, clone, resume,
+"""The runs page and engine.runtime.runs: overview, key metrics, open, overlay, clone, resume,
 delete (only that run), and a page that still renders with 100 runs / 50,000 metrics."""
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
-from engine import runs as R
-from engine import stages
-from engine.jobs import get_manager
-from engine.models import run_dir
+from engine.runtime import runs as R
+from engine.runtime import stages
+from engine.runtime.jobs import get_manager
+from engine.inference.models import run_dir
 from storage import NotFound
 from tests.conftest import ROOT
 from ui.common import widget_key
@@ -80,7 +80,7 @@ def chart_frames(at) -> list:
     return out
 
 
-# -- engine.runs ----------------------------------------------------------------------------
+# -- engine.runtime.runs ----------------------------------------------------------------------------
 def test_key_metric_prefers_eval_then_summary():
     assert R.key_metric({"stage": "sft", "last_metrics": {"train_loss": 1.0, "eval_loss": 2.0}}) \
         == ("eval_loss", 2.0)

@@ -8,11 +8,12 @@ import sys
 
 import pytest
 
-from engine import schema, stages
-from engine.ppo import PPOConfig
-from engine.reward import RewardConfig
+from engine import schema
+from engine.runtime import stages
+from engine.training.ppo import PPOConfig
+from engine.training.reward import RewardConfig
 from engine.schema import ConfigError
-from engine.sft import SFTConfig
+from engine.training.sft import SFTConfig
 from tests.conftest import ROOT
 
 CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
@@ -53,7 +54,7 @@ def test_defaults_are_valid_and_every_field_has_a_label_and_help_in_both_languag
 def test_stored_configs_in_the_old_names_still_load(store, stage, old, expected):
     """A run stored before the schema (old field names in users' databases) loads, is
     resumable, and its config maps onto today's names."""
-    from engine.jobs import JobManager
+    from engine.runtime.jobs import JobManager
 
     rid = store.create_run(stage, old, status="interrupted")
     cfg = stages.get(stage).make_config(store.get_run(rid)["config"])
@@ -100,7 +101,7 @@ def test_validation_names_the_field_and_the_rule():
 
 
 def test_the_job_engine_refuses_a_bad_config_before_any_run_exists(store):
-    from engine.jobs import JobManager, run_sync
+    from engine.runtime.jobs import JobManager, run_sync
 
     manager = JobManager(store)
     with pytest.raises(ConfigError, match="batch_size"):

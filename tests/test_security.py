@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from engine import train_utils as tu
+from engine.training import train_utils as tu
 from engine.errors import CheckpointError
 
 
@@ -27,7 +27,7 @@ class Payload:
 @pytest.fixture
 def checkpoint(tiny_model_dir, tmp_path):
     """A real checkpoint of a LoRA model, optimizer, scheduler and a module."""
-    from engine.models import LoraSettings, add_lora, load_base
+    from engine.inference.models import LoraSettings, add_lora, load_base
 
     model = add_lora(load_base(str(tiny_model_dir), "cpu").model, LoraSettings(r=4))
     head = torch.nn.Linear(4, 1)
@@ -85,8 +85,8 @@ def test_a_pickle_under_a_safe_name_is_refused_and_never_run(checkpoint, tmp_pat
 
 
 def test_resume_from_an_old_checkpoint_fails_clearly(store, tiny_model_dir, tmp_path):
-    from engine.jobs import JobManager, run_sync
-    from engine.models import run_dir
+    from engine.runtime.jobs import JobManager, run_sync
+    from engine.inference.models import run_dir
     from tests.test_faults import make_sft_dataset
 
     dataset = make_sft_dataset(store, n=12)

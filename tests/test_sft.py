@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-from engine import train_utils as tu
-from engine.chat import IGNORE_INDEX
-from engine.sft import response_nll, sft_loss
+from engine.training import train_utils as tu
+from engine.inference.chat import IGNORE_INDEX
+from engine.training.sft import response_nll, sft_loss
 from storage.db import ACTIVE_STATES
 from tests.conftest import ROOT, app_with_model
 
@@ -76,8 +76,8 @@ def test_sft_loss_without_response_tokens_is_zero_not_nan():
 
 
 def test_real_encoding_masks_the_prompt(tiny_model_dir):
-    from engine.chat import encode_completion
-    from engine.models import load_tokenizer
+    from engine.inference.chat import encode_completion
+    from engine.inference.models import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
     enc = encode_completion(tok, "What is the capital of France?", "Paris.", 256)
@@ -95,9 +95,9 @@ def test_real_encoding_masks_the_prompt(tiny_model_dir):
 
 
 def test_response_window_forward_gives_the_full_loss(tiny_model_dir):
-    from engine.chat import collate_completions, encode_completion
-    from engine.models import load_base
-    from engine.sft import forward_logits
+    from engine.inference.chat import collate_completions, encode_completion
+    from engine.inference.models import load_base
+    from engine.training.sft import forward_logits
 
     loaded = load_base(str(tiny_model_dir), "cpu")
     tok = loaded.tokenizer
@@ -165,7 +165,7 @@ def test_length_grouped_order_pads_less_and_stays_resumable():
 
 
 def test_adapter_save_is_flat_and_checkpoint_round_trips(tiny_model_dir, tmp_path):
-    from engine.models import LoraSettings, add_lora, load_adapter, load_base
+    from engine.inference.models import LoraSettings, add_lora, load_adapter, load_base
 
     model = add_lora(load_base(str(tiny_model_dir), "cpu").model, LoraSettings(r=4),
                      adapter_name="policy")
@@ -223,9 +223,9 @@ def sharp_model_dir(tiny_model_dir, tmp_path_factory):
 
 
 def test_overfits_a_handful_of_pairs_then_answers_them(store, sharp_model_dir):
-    from engine.generate import SamplingConfig, generate
-    from engine.jobs import run_sync
-    from engine.models import adapter_dir, inference_cache
+    from engine.inference.generate import SamplingConfig, generate
+    from engine.runtime.jobs import run_sync
+    from engine.inference.models import adapter_dir, inference_cache
 
     _dataset(store, rows=PAIRS, eval_fraction=0)
     run = run_sync(store, "sft", _quick(
@@ -251,8 +251,8 @@ def test_overfits_a_handful_of_pairs_then_answers_them(store, sharp_model_dir):
 
 
 def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, tiny_model_dir):
-    from engine.jobs import JobManager, run_sync
-    from engine.models import run_dir
+    from engine.runtime.jobs import JobManager, run_sync
+    from engine.inference.models import run_dir
 
     _dataset(store)
     cfg = _quick(tiny_model_dir, max_steps=14, eval_every=5, save_every=4, eval_samples=1)
@@ -292,8 +292,8 @@ def test_a_run_grouped_by_length_pads_less_over_the_same_rows(store, tiny_model_
                                                              monkeypatch):
     """The stage's data order: with group_by_length (default) a run's batches compute far
     fewer padded positions than at random, over exactly the same rows per epoch."""
-    import engine.sft as sft
-    from engine.jobs import run_sync
+    import engine.training.sft as sft
+    from engine.runtime.jobs import run_sync
 
     rows = [{"prompt": f"Question {i}?", "response": ("word " * (1 + 40 * (i % 2))).strip()}
             for i in range(16)]
@@ -325,7 +325,7 @@ def test_a_run_grouped_by_length_pads_less_over_the_same_rows(store, tiny_model_
 
 
 def test_a_preference_dataset_is_refused_clearly(store, tiny_model_dir):
-    from engine.jobs import run_sync
+    from engine.runtime.jobs import run_sync
 
     _dataset(store, name="prefs", kind="preference",
              rows=[{"prompt": "p", "chosen": "a", "rejected": "b"}])
@@ -359,7 +359,7 @@ def test_cli_trains_and_reports_truncation(store, tiny_model_dir, tmp_path, lab_
 def test_page_renders_and_starts_a_run(store, tiny_model_dir):
     import streamlit as st
 
-    from engine.jobs import get_manager
+    from engine.runtime.jobs import get_manager
     from ui.common import widget_key
     from ui.forms import field_key
 

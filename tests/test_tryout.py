@@ -1,4 +1,4 @@
-"""The pages' "try it" boxes as light jobs (engine.tryout): the SFT side-by-side and the
+"""The pages' "try it" boxes as light jobs (engine.inference.tryout): the SFT side-by-side and the
 reward tester give what the models give when called directly, and the SFT page shows the
 job's answers once it finished (the page's script runs no model)."""
 from __future__ import annotations
@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import streamlit as st
 
-from engine import stages
-from engine.generate import SamplingConfig, generate
-from engine.jobs import get_manager, run_sync
-from engine.models import adapter_dir, inference_cache, load_adapter, load_base
+from engine.runtime import stages
+from engine.inference.generate import SamplingConfig, generate
+from engine.runtime.jobs import get_manager, run_sync
+from engine.inference.models import adapter_dir, inference_cache, load_adapter, load_base
 from tests.conftest import app_with_model, make_adapter_run, make_reward_run
 
 PROMPT = "Name a colour."
@@ -55,7 +55,7 @@ def test_try_refuses_an_empty_prompt_and_a_run_without_adapter(store, tiny_model
 
 
 def test_score_text_job_gives_the_reward_models_scores(store, tiny_model_dir):
-    from engine.reward import RewardScorer, clear_scorers
+    from engine.training.reward import RewardScorer, clear_scorers
 
     reward_id = make_reward_run(store, tiny_model_dir, normalize=True)  # r̂ applies
     answers = ["Cats are fine.", "Cats are fine!", "Cats."]

@@ -8,8 +8,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine.jobs import JobManager, get_manager
-from engine.runs import ACTIVE_STATES, RESUMABLE_STATES
+from engine.runtime.jobs import JobManager, get_manager
+from engine.runtime.runs import ACTIVE_STATES, RESUMABLE_STATES
 from storage import NotFound, Store
 from storage.db import default_db_path
 from ui.i18n import current_language, t

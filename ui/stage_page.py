@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import streamlit as st
 
-from engine import stages
-from engine.runs import ACTIVE_STATES
+from engine.runtime import stages
+from engine.runtime.runs import ACTIVE_STATES
 from ui.common import get_store, run_picker
 from ui.forms import settings_form, start_button
 from ui.i18n import t

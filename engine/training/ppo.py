@@ -7,11 +7,11 @@ One base model in memory (peft multi-adapter):
             time), or with adapters disabled when there is no SFT run. Not a second copy;
 - V_φ     = a zero-initialised Linear on the policy's last hidden states;
 - reward  = a finished reward-model run, or a built-in programmatic rule
-            (engine.rewards_builtin).
+            (engine.training.rewards_builtin).
 
 Each step: sample B responses (KV cache, left-padded prompts, stop at EOS) and keep the
 sampling pass's own log π_θ and V on the sampled tokens; score them and compute log π_ref
-(padding-free passes, engine.packing); build per-token rewards (−β·KL on every token,
+(padding-free passes, engine.inference.packing); build per-token rewards (−β·KL on every token,
 the score on the last), advantages by GAE, then `ppo_epochs` passes over `minibatches`
 minibatches of the clipped PPO objective.
 Details follow "The N Implementation Details of RLHF with PPO" (Huang et al., 2023).
@@ -35,18 +35,19 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from engine import data, rewards_builtin, train_utils
-from engine import reward as reward_mod
-from engine.chat import collate_prompts, encode_prompt
+from engine import data
+from engine.training import rewards_builtin, train_utils
+from engine.training import reward as reward_mod
+from engine.inference.chat import collate_prompts, encode_prompt
 from engine.errors import NonFiniteError
-from engine.models import add_lora, adapter_dir, load_adapter, load_base
+from engine.inference.models import add_lora, adapter_dir, load_adapter, load_base
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                clipped_policy_loss, clipped_value_loss, entropy_from_logits,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
                                masked_mean, masked_var, per_token_rewards, ppo_ratio,
                                sequence_kl, value_clip_fraction, whiten)
 from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
-from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
+from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
 from engine.schema import (ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig,
                            like, setting)
 
@@ -272,7 +273,7 @@ class PPOTrainer:
         A reward model trained on the same base is attached to the same weights as the
         adapter "reward" plus its scalar head (one base in memory). One trained on another
         base gets its own private copy of that base on our device (one more model in
-        memory) through engine.reward.load_scorer.
+        memory) through engine.training.reward.load_scorer.
         Returns (scorer with .score(prompts, responses), label, model).
         """
         if cfg.reward_run is None:
@@ -323,7 +324,7 @@ class PPOTrainer:
                 entropy: bool = False):
         """Log-probs (at the sampling temperature) of the response tokens, and optionally
         V(s_t) and the entropy, from one forward pass over prompt + response; [B, T] each,
-        0 where the response is padding. Padding-free (engine.packing) where the model
+        0 where the response is padding. Padding-free (engine.inference.packing) where the model
         supports it, else one padded pass."""
         # several forward calls before one backward: fine on one process; under DDP
         # (several processes) only the no-grad passes pack
@@ -352,7 +353,7 @@ class PPOTrainer:
     def _forward_packed(self, query, query_mask, response, mask, values: bool,
                         entropy: bool):
         """`forward` without padding: each prompt + response laid end to end in short rows
-        (engine.packing); the LM head only on the positions that predict response tokens
+        (engine.inference.packing); the LM head only on the positions that predict response tokens
         (position P_b − 1 + t of sequence b predicts its token t)."""
         B, T = response.shape
         prompts, answers = unpad(query, query_mask), unpad(response, mask)
@@ -612,7 +613,7 @@ def _trim(query, query_mask, response, mask):
 
 
 def train_ppo(cfg: PPOConfig, ctx) -> dict:
-    """The PPO stage: `fn(config, ctx) -> summary` (see engine.jobs)."""
+    """The PPO stage: `fn(config, ctx) -> summary` (see engine.runtime.jobs)."""
     trainer = PPOTrainer(cfg, ctx.store, log=ctx.log)
     ctx.is_main_process = trainer.accelerator.is_main_process
     ctx.log(f"PPO on {trainer.base_spec} · reference: "

@@ -2,7 +2,7 @@
 
     L_SFT(θ) = − Σ_t log p_θ(y_t | x, y_<t)        over the response tokens y only
 
-Each row goes through the model's chat template (engine.chat.encode_completion): the
+Each row goes through the model's chat template (engine.inference.chat.encode_completion): the
 prompt tokens get label −100 and never enter the loss. Training runs on an
 accelerate.Accelerator, so the same loop runs in a job thread or under
 `accelerate launch` (each process takes its slice of every global batch; only the main
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import torch
 
-from engine import train_utils as tu
-from engine.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
+from engine.training import train_utils as tu
+from engine.inference.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
 from engine.errors import JobCancelled
-from engine.generate import SamplingConfig, generate
-from engine.models import add_lora, adapter_dir, load_base
+from engine.inference.generate import SamplingConfig, generate
+from engine.inference.models import add_lora, adapter_dir, load_base
 from engine.objectives import response_nll, sft_loss
 from engine.schema import ADVANCED, SupervisedConfig, like, setting
 

@@ -53,7 +53,7 @@ def make_accelerator():
     launcher's environment decides the processes."""
     from accelerate import Accelerator
 
-    from engine.models import pick_device
+    from engine.inference.models import pick_device
 
     return Accelerator(cpu=pick_device().type == "cpu")
 

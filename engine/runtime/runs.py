@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from engine import stages
-from engine.jobs import config_dict
+from engine.runtime import stages
+from engine.runtime.jobs import config_dict
 from storage import Store, data_home
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES  # noqa: F401 - re-exported for pages
 
@@ -159,7 +159,7 @@ def clone_run(jobs, run_id: int, config: dict | str | None = None,
 
 # -- deleting ------------------------------------------------------------------------
 def run_folder(run_id: int) -> Path:
-    """The run's folder (`engine.models.run_dir`) without creating it."""
+    """The run's folder (`engine.inference.models.run_dir`) without creating it."""
     return data_home() / "runs" / str(int(run_id))
 
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.chat import collate_prompts, encode_prompt
+from engine.inference.chat import collate_prompts, encode_prompt
 from engine.schema import SamplingSettings, like
 
 

@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from engine.chat import prompt_text
+from engine.inference.chat import prompt_text
 
 _WORD = re.compile(r"[\w'’-]+", re.UNICODE)
 

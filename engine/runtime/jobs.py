@@ -1,7 +1,7 @@
 """The job manager: queue, background threads, progress, cancel, crash and restart.
 
 Every job is a run in storage. A stage is a function `fn(config, ctx) -> summary dict`
-registered under a name (see engine.stages). Training stages queue and run one at a
+registered under a name (see engine.runtime.stages). Training stages queue and run one at a
 time on a single worker thread (one device); light stages (sampling two answers for a
 vote, a comparison, an export) queue on a worker of their own per model, so they never
 wait behind a long training run and never compete with each other for the same model
@@ -25,10 +25,10 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from engine import stages
-# re-exported: `from engine.jobs import JobCancelled` keeps working
+from engine.runtime import stages
+# re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
 from engine.errors import CheckpointError, JobCancelled, NonFiniteError  # noqa: F401
-from engine.models import run_dir as _run_dir
+from engine.inference.models import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
 
@@ -385,7 +385,7 @@ def run_distributed(store: Store, stage: str, config: Any, *, name: str | None =
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
-    from engine.models import pick_device
+    from engine.inference.models import pick_device
 
     # the same `cpu` flag as train_utils.make_accelerator: a CPU-only launch runs on gloo
     state = PartialState(cpu=pick_device().type == "cpu")
@@ -394,7 +394,7 @@ def run_distributed(store: Store, stage: str, config: Any, *, name: str | None =
                            f"{state.num_processes} process(es) ({state.distributed_type})")
     spec = stages.get(stage)
     if state.is_local_main_process and getattr(config, "model", None) in (None, "", "embedded"):
-        from engine.models import ensure_embedded_cache
+        from engine.inference.models import ensure_embedded_cache
 
         ensure_embedded_cache()  # convert once per node before the other processes load it
     box = [None]

@@ -5,7 +5,7 @@
 - stage "score_text" (`run_score_text`): a reward run scores several answers to one
   typed prompt (the reward page's tester).
 
-Both use the process-wide inference model (engine.models.inference_cache: one base in
+Both use the process-wide inference model (engine.inference.models.inference_cache: one base in
 memory, adapters switched by name) and return their result as the run's summary (the
 pages draw it from there); their samples repeat it for the Runs page.
 """
@@ -45,8 +45,8 @@ def _check_prompt(stage: str, prompt: Any) -> None:
 
 def run_try(cfg: TryConfig, ctx) -> dict:
     """Answer one prompt with the run's base model and with the run's adapter on it."""
-    from engine.generate import SamplingConfig, generate_with_lengths
-    from engine.models import inference_cache, source_of
+    from engine.inference.generate import SamplingConfig, generate_with_lengths
+    from engine.inference.models import inference_cache, source_of
 
     _check_prompt("try", cfg.prompt)
     if cfg.run_id is None:
@@ -75,7 +75,7 @@ def run_try(cfg: TryConfig, ctx) -> dict:
 
 def run_score_text(cfg: ScoreTextConfig, ctx) -> dict:
     """Score each typed answer to one prompt with a finished reward run."""
-    from engine.reward import load_scorer
+    from engine.training.reward import load_scorer
 
     _check_prompt("score_text", cfg.prompt)
     responses = [str(r) for r in cfg.responses if str(r).strip()]

@@ -5,7 +5,7 @@ r_φ(x, y) is a linear head on the hidden state of the last non-pad token of
 with LoRA on the backbone and the head fully trained. Training minimises the
 Bradley–Terry pairwise loss  L(φ) = −log σ(r_φ(x, y⁺) − r_φ(x, y⁻)).
 
-Saved in the run folder (`engine.models.adapter_dir(run_id)` = <run_dir>/adapter):
+Saved in the run folder (`engine.inference.models.adapter_dir(run_id)` = <run_dir>/adapter):
     adapter_config.json + adapter_model.safetensors   the LoRA adapter (standard PEFT layout)
     reward_head.safetensors                            head weight/bias, and normalisation
                                                        mean/std (metadata holds them too)
@@ -18,7 +18,7 @@ Public API (the PPO and compare pages use it):
     score_with_model(model, head, tokenizer, prompts, responses, ..., adapter_name=None)
 
 Using the reward model on a shared base (e.g. in PPO, one base with several adapters):
-    from engine.models import load_adapter
+    from engine.inference.models import load_adapter
     model = load_adapter(peft_model, reward_adapter_path(rid), adapter_name="reward")
     head, stats = load_reward_head(rid)
     scores = score_with_model(model, head.to(device), tok, prompts, responses,
@@ -44,14 +44,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from engine import train_utils as tu
-from engine.chat import Encoded, collate_completions, encode_completion
-from engine.generate import SamplingConfig, generate
-from engine.models import add_lora, adapter_dir, inference_cache, load_adapter, load_base
+from engine.training import train_utils as tu
+from engine.inference.chat import Encoded, collate_completions, encode_completion
+from engine.inference.generate import SamplingConfig, generate
+from engine.inference.models import add_lora, adapter_dir, inference_cache, load_adapter, load_base
 from engine.objectives import (normalize_rewards, pairwise_accuracy, pairwise_loss,
                                reward_stats)
 from engine.schema import ADVANCED, LoraSettings, SupervisedConfig, like, setting
-from engine.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing
+from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing
 
 HEAD_FILE = "reward_head.safetensors"
 
@@ -150,7 +150,7 @@ class RewardModel(nn.Module):
 def packed_rewards(model, head: nn.Module, seqs: list[torch.Tensor],
                    max_tokens: int = DEFAULT_ROW_TOKENS) -> torch.Tensor:
     """r_φ(x, y) = w·h_last + b for each 1-D token sequence, padding-free: the sequences
-    packed end to end in rows (engine.packing), h_last read at each one's last token."""
+    packed end to end in rows (engine.inference.packing), h_last read at each one's last token."""
     weight = next(head.parameters())
     rewards = torch.zeros(len(seqs), device=weight.device)
     last = [torch.tensor([s.numel() - 1]) for s in seqs]
@@ -288,7 +288,7 @@ class RewardScorer:
     """Scores (prompt, response) pairs with a finished reward run.
 
     Shared mode (device=None): the reward adapter is attached by name to the process-wide
-    inference model (engine.models.inference_cache), so scoring keeps one base in memory.
+    inference model (engine.inference.models.inference_cache), so scoring keeps one base in memory.
     With an explicit device: a private base copy on that device.
     """
 

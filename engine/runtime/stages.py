@@ -14,14 +14,14 @@ from engine import schema
 
 # name: (module, config class, function, light?)
 BUILTIN: dict[str, tuple[str, str, str, bool]] = {
-    "sft": ("engine.sft", "SFTConfig", "train_sft", False),
-    "reward": ("engine.reward", "RewardConfig", "train_reward", False),
-    "ppo": ("engine.ppo", "PPOConfig", "train_ppo", False),
-    "pair_sample": ("engine.collect", "PairSampleConfig", "sample_pair", True),
+    "sft": ("engine.training.sft", "SFTConfig", "train_sft", False),
+    "reward": ("engine.training.reward", "RewardConfig", "train_reward", False),
+    "ppo": ("engine.training.ppo", "PPOConfig", "train_ppo", False),
+    "pair_sample": ("engine.data.collect", "PairSampleConfig", "sample_pair", True),
     "compare": ("engine.compare", "CompareConfig", "run_compare", True),
     "export": ("engine.export", "ExportConfig", "run_export", True),
-    "try": ("engine.tryout", "TryConfig", "run_try", True),
-    "score_text": ("engine.tryout", "ScoreTextConfig", "run_score_text", True),
+    "try": ("engine.inference.tryout", "TryConfig", "run_try", True),
+    "score_text": ("engine.inference.tryout", "ScoreTextConfig", "run_score_text", True),
 }
 
 

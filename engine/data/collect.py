@@ -34,8 +34,8 @@ class PairSampleConfig(StageConfig, SamplingSettings):
 
 def sample_pair(config: PairSampleConfig, ctx) -> dict:
     """Sample two answers to one prompt; write them as samples A and B (step 0)."""
-    from engine.generate import SamplingConfig, generate
-    from engine.models import inference_cache, source_of
+    from engine.inference.generate import SamplingConfig, generate
+    from engine.inference.models import inference_cache, source_of
 
     if not config.prompt or (isinstance(config.prompt, str) and not config.prompt.strip()):
         raise ValueError("pair_sample: the prompt is empty")
@@ -71,7 +71,7 @@ def sample_pair(config: PairSampleConfig, ctx) -> dict:
 def model_sources(store: Store) -> dict[str, str]:
     """{source: label} for sampling: "base", then finished SFT and PPO runs that saved an
     adapter (newest first)."""
-    from engine.models import adapter_dir
+    from engine.inference.models import adapter_dir
 
     out = {"base": "base"}
     for stage in ("sft", "ppo"):
