@@ -10,9 +10,11 @@ import pandas as pd
 import streamlit as st
 
 from engine.runtime import runs as R
+from engine.runtime.jobs import queue_positions
 from storage import NotFound
 from storage.db import RUN_STATES
-from ui.common import get_jobs, get_store, job_panel, line_chart, metrics_frame, translated_choice
+from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, status_text,
+                       translated_choice)
 from ui.i18n import t, tn
 
 MAX_SAMPLES = 500
@@ -86,9 +88,10 @@ st.caption(tn("runs.count", len(all_rows), shown=len(rows))
            + (" " + tn("runs.light_hidden", hidden) if hidden else ""))
 
 if rows:
+    queues = queue_positions(store)  # where each queued run stands in its queue
     table = pd.DataFrame([{
         "id": r["id"], "name": r["name"], "stage": stage_label(r["stage"]),
-        "status": t("common.status_" + r["status"]),
+        "status": status_text(r, queues.get(r["id"])),
         "metric": f"{r['metric']} = {r['value']:.4g}" if r["metric"] else "—",
         "steps": f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"]),
         "duration": seconds_text(r["duration"]), "started": when(r["started"]),

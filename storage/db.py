@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -123,6 +123,7 @@ class Store:
             if version >= SCHEMA_VERSION:
                 return
             self._create_v1(db)
+            self._add_v2(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     @staticmethod
@@ -178,6 +179,17 @@ class Store:
              "response": str, "reward": float, "kl": float, "length": int, "extra": str},
             pk="id", foreign_keys=[("comparison_id", "comparisons", "id")], if_not_exists=True)
         db["comparison_outputs"].create_index(["comparison_id"], if_not_exists=True)
+
+    @staticmethod
+    def _add_v2(db: sqlite_utils.Database) -> None:
+        """Runs know more of their attempts: when the run was (last) queued, when this
+        attempt was claimed (`started` is the first start, kept across resumes), the step and
+        time of this attempt's first step report (the pace of the ETA), and a cancel asked."""
+        have = set(db["runs"].columns_dict)
+        for name, kind in (("enqueued", float), ("claimed", float), ("attempt_step", int),
+                           ("attempt_time", float), ("cancel_requested", float)):
+            if name not in have:
+                db["runs"].add_column(name, kind)
 
     def schema_version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -378,7 +390,8 @@ class Store:
             table = self.db["runs"]
             table.insert({"stage": stage, "name": name or "", "status": status,
                           "config": _dumps(config), "parents": _dumps(parents or []),
-                          "model": model, "dataset": dataset, "created": _now(), "step": 0,
+                          "model": model, "dataset": dataset, "created": _now(),
+                          "enqueued": _now(), "step": 0,
                           "progress": 0.0, "summary": "{}"})
             run_id = table.last_pk
             if not name:
@@ -415,9 +428,23 @@ class Store:
             self.db["runs"].update(int(run_id), fields)
 
     def claim_run(self, run_id: int) -> None:
-        """Mark a run as running in this process (pid and host kept for crash detection)."""
-        self.update_run(run_id, status="running", started=_now(), finished=None, error=None,
-                        pid=os.getpid(), host=socket.gethostname())
+        """Mark a run as running in this process (pid and host kept for crash detection).
+        `started` is set by the first attempt only (a resumed run keeps its first start);
+        `claimed` is this attempt's start, and its pace starts afresh."""
+        now = _now()
+        self.update_run(run_id, status="running", started=self.get_run(run_id)["started"] or now,
+                        claimed=now, attempt_step=None, attempt_time=None, finished=None,
+                        error=None, pid=os.getpid(), host=socket.gethostname())
+
+    def request_cancel(self, run_id: int) -> None:
+        """Record that a cancel was asked (every session shows the run as cancelling until
+        it stops); `requeue_run` clears it."""
+        self.update_run(run_id, cancel_requested=_now())
+
+    def requeue_run(self, run_id: int) -> None:
+        """Queue a finished run again (a resume): at the back of its queue, no cancel asked."""
+        self.update_run(run_id, status="queued", error=None, finished=None, enqueued=_now(),
+                        cancel_requested=None)
 
     def finish_run(self, run_id: int, status: str, error: str | None = None,
                    summary: dict | None = None) -> None:
@@ -669,11 +696,11 @@ def owner_process(run: dict):
     """The live process that claimed `run` (a psutil.Process), or None.
 
     It must be on this host, alive, and have started no later than the run was claimed
-    (`started`): a pid reused by a process started after the owner died is not the owner.
-    A run without a `started` time is matched by pid alone. psutil's Process also checks
-    its start time again before `send_signal`, so the pid cannot be reused in between.
+    (`claimed`, else `started`): a pid reused by a process started after the owner died is
+    not the owner. A run without either time is matched by pid alone. psutil's Process also
+    checks its start time again before `send_signal`, so the pid cannot be reused in between.
     """
-    pid, started = run.get("pid"), run.get("started")
+    pid, started = run.get("pid"), run.get("claimed") or run.get("started")
     if not pid or run.get("host") != socket.gethostname() or not _pid_alive(pid):
         return None
     import psutil  # a dependency of accelerate

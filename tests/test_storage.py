@@ -10,7 +10,7 @@ from storage import DatasetExists, NotFound, Store
 
 def test_schema_is_versioned_and_created_on_first_use(lab_home):
     store = Store(lab_home / "fresh.db")
-    assert store.schema_version() == 1
+    assert store.schema_version() == 2
     assert {"datasets", "sft_examples", "pref_pairs", "runs", "metrics", "samples", "artifacts",
             "votes", "logs"} <= set(store.db.table_names())
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -8,7 +8,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from engine.runtime.jobs import JobManager, get_manager
+from engine.runtime.jobs import JobManager, get_manager, queue_position
 from engine.runtime.runs import ACTIVE_STATES, RESUMABLE_STATES
 from storage import NotFound, Store
 from storage.db import default_db_path
@@ -67,6 +67,38 @@ def status_label(status: str) -> str:
     return f"{STATUS_ICONS.get(status, '')} {t('common.status_' + status)}"
 
 
+def cancelling(run: dict) -> bool:
+    """A cancel was asked (by any session) and the run has not stopped yet."""
+    return run["status"] in ACTIVE_STATES and bool(run.get("cancel_requested"))
+
+
+def status_text(run: dict, queue: dict | None = None) -> str:
+    """The run's state in words (plain text): "cancelling…" once a cancel was asked, a queued
+    run's place in its queue (`queue`: from engine.runtime.jobs.queue_positions)."""
+    if cancelling(run):
+        return t("common.status_cancelling")
+    text = t("common.status_" + run["status"])
+    if run["status"] == "queued" and queue:
+        text += " · " + t("common.queue_position", n=queue["position"])
+    return text
+
+
+def queue_text(queue: dict | None) -> str:
+    """What a queued run waits behind, and its place: "queued behind #9 sft-hb, step
+    4/16 · position 2 in the queue"."""
+    if not queue:
+        return t("common.status_queued")
+    behind = queue.get("behind")
+    if behind is None:
+        head = t("common.status_queued")
+    elif behind.get("total_steps"):
+        head = t("common.queued_behind_step", id=behind["id"], name=behind["name"],
+                 step=behind.get("step") or 0, total=behind["total_steps"])
+    else:
+        head = t("common.queued_behind", id=behind["id"], name=behind["name"])
+    return head + " · " + t("common.queue_position", n=queue["position"])
+
+
 def run_name(run: dict) -> str:
     """#id and name only: for selectors drawn outside a live fragment, where a status
     would go stale while the run moves on."""
@@ -78,13 +110,32 @@ def run_label(run: dict) -> str:
     return f"#{run['id']} {run['name']} · {t('common.status_' + run['status'])}"
 
 
-def eta_text(run: dict) -> str:
-    step, total, started = run.get("step") or 0, run.get("total_steps") or 0, run.get("started")
-    if not (step and total and started) or run["status"] != "running":
+def eta_text(run: dict, now: float | None = None) -> str:
+    """About how long the steps left take, at this attempt's pace: from its first step report
+    (`attempt_step` at `attempt_time`, so loading, evaluating before training and an earlier
+    attempt's steps are left out) to now. Empty until a step has completed in this attempt,
+    and once the last step is done (what follows has no estimate: see progress_text)."""
+    step, total = run.get("step") or 0, run.get("total_steps") or 0
+    base_step, base_time = run.get("attempt_step"), run.get("attempt_time")
+    if run["status"] != "running" or not total or step >= total or base_time is None \
+            or base_step is None or step <= base_step:
         return ""
-    elapsed = time.time() - started
-    remaining = elapsed / step * max(0, total - step)
-    return t("common.eta", seconds=int(remaining))
+    pace = max(0.0, (now or time.time()) - base_time) / (step - base_step)
+    return t("common.eta", seconds=max(1, round(pace * (total - step))))
+
+
+def progress_text(run: dict) -> str:
+    """The progress bar's words: "step 4 / 16 · about 90 s left · loss 1.234"; after the
+    last step of a running stage, its phase ("finishing: evaluating") and no estimate."""
+    step, total = run.get("step") or 0, run.get("total_steps") or 0
+    parts = [t("common.progress", step=step, total=total)]
+    message = run.get("message") if run["status"] != "succeeded" else None  # stale then
+    if run["status"] == "running" and step >= total:
+        parts.append(t("common.finishing", phase=message) if message
+                     else t("common.finishing_plain"))
+    else:
+        parts += [p for p in (eta_text(run), message) if p]
+    return " · ".join(parts)
 
 
 def job_panel(run_id: int, show_log: bool = True) -> dict:
@@ -92,9 +143,13 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
     store, jobs = get_store(), get_jobs()
     run = store.get_run(run_id)
     cols = st.columns([3, 1])
-    cols[0].markdown(f"**#{run['id']} {run['name']}** · {status_label(run['status'])}")
+    stopping = cancelling(run)
+    label = (f"{STATUS_ICONS['cancelled']} {t('common.status_cancelling')}" if stopping
+             else status_label(run["status"]))
+    cols[0].markdown(f"**#{run['id']} {run['name']}** · {label}")
     if run["status"] in ACTIVE_STATES:
-        if cols[1].button(t("common.cancel"), key=f"cancel-{run_id}"):
+        # once asked, the run stops at the end of its step: the button stays, disabled
+        if cols[1].button(t("common.cancel"), key=f"cancel-{run_id}", disabled=stopping):
             jobs.cancel(run_id)
             st.rerun()
     elif run["status"] in RESUMABLE_STATES:
@@ -102,12 +157,11 @@ def job_panel(run_id: int, show_log: bool = True) -> dict:
             jobs.resume(run_id)
             st.rerun()
     total = run.get("total_steps") or 0
-    if total:  # (a succeeded run's last progress message is stale: not shown)
-        st.progress(min(1.0, (run.get("step") or 0) / total),
-                    text=t("common.progress", step=run.get("step") or 0, total=total)
-                    + (" · " + eta_text(run) if eta_text(run) else "")
-                    + (f" · {run['message']}" if run.get("message")
-                       and run["status"] != "succeeded" else ""))
+    if run["status"] == "queued" and not stopping:
+        st.progress(min(1.0, (run.get("step") or 0) / total) if total else 0.0,
+                    text=queue_text(queue_position(store, run_id)))
+    elif total:
+        st.progress(min(1.0, (run.get("step") or 0) / total), text=progress_text(run))
     elif run["status"] in ACTIVE_STATES:
         st.progress(0.0, text=run.get("message") or t("common.status_" + run["status"]))
     if run["status"] == "failed" and run.get("error"):

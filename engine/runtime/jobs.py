@@ -19,6 +19,7 @@ import os
 import queue
 import signal
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
@@ -48,6 +49,7 @@ class JobContext:
         self.may_write = may_write
         self._main = True  # stages on accelerate set is_main_process; only main writes
         self._run_dir: Path | None = None
+        self._paced = False  # whether this attempt's first step report was recorded
 
     @property
     def is_main_process(self) -> bool:
@@ -81,6 +83,11 @@ class JobContext:
         if not self.is_main_process:
             return
         fields: dict[str, Any] = {"step": int(step)}
+        if step > 0 and not self._paced:
+            # the ETA's pace counts from this attempt's first step report: loading the model,
+            # evaluating before training or the steps of an earlier attempt are not steps
+            self._paced = True
+            fields.update(attempt_step=int(step), attempt_time=time.time())
         if total:
             fields["total_steps"] = int(total)
             fields["progress"] = min(1.0, step / total)
@@ -190,7 +197,7 @@ class JobManager:
                              f"failed runs can be resumed")
         spec = stages.get(run["stage"])
         config = spec.make_config(run["config"])
-        self.store.update_run(run_id, status="queued", error=None, finished=None)
+        self.store.requeue_run(run_id)
         self._enqueue(run_id, run["stage"], config, resume=True)
         return run_id
 
@@ -259,6 +266,8 @@ class JobManager:
             status = self.store.get_run(run_id)["status"]
             if status == "queued":
                 self.store.finish_run(run_id, "cancelled")
+            elif status == "running":
+                self.store.request_cancel(run_id)  # stops at the end of its step
             return status in ACTIVE_STATES
         run = self.store.get_run(run_id)
         if run["status"] not in ACTIVE_STATES:
@@ -272,6 +281,7 @@ class JobManager:
                 return False
             try:
                 owner.send_signal(signal.SIGTERM)  # psutil re-checks it is the same process
+                self.store.request_cancel(run_id)
                 return True
             except Exception:  # noqa: BLE001 - psutil.NoSuchProcess: it ended meanwhile
                 if self.store.get_run(run_id)["status"] not in ACTIVE_STATES:
@@ -302,6 +312,49 @@ def _lane_of(spec, config: Any) -> str:
     if not spec.light:
         return "train"
     return f"light:{getattr(config, 'model', None) or ''}"
+
+
+def lane_of_run(run: dict) -> str:
+    """The lane of a stored run (as _lane_of); a stage unknown here counts as training."""
+    try:
+        light = bool(stages.get(run["stage"]).light)
+    except (KeyError, ImportError, AttributeError):
+        light = False
+    if not light:
+        return "train"
+    return f"light:{(run.get('config') or {}).get('model') or ''}"
+
+
+def queue_positions(store: Store, runs: list[dict] | None = None) -> dict[int, dict]:
+    """Where each queued run stands, from storage: {run_id: {"lane", "position", "behind"}}.
+
+    Runs of one lane run one at a time in the order they were queued (`enqueued`: a resumed
+    run goes to the back). `position` is 1 for the next to run; `behind` is the run the lane
+    is busy with ({"id", "name", "step", "total_steps"}; one of this process first, as its
+    queue is the one the run waits in), or None when the lane is idle. `runs`: the active
+    runs, when the caller already has them."""
+    if runs is None:
+        runs = store.list_runs(status=ACTIVE_STATES)
+    lanes: dict[str, dict[str, list[dict]]] = {}
+    for run in runs:
+        if run["status"] in ACTIVE_STATES:
+            lanes.setdefault(lane_of_run(run), {}).setdefault(run["status"], []).append(run)
+    out: dict[int, dict] = {}
+    for lane, by_status in lanes.items():
+        running = sorted(by_status.get("running", []),
+                         key=lambda r: (r.get("pid") != os.getpid(), r["id"]))
+        behind = ({k: running[0].get(k) for k in ("id", "name", "step", "total_steps")}
+                  if running else None)
+        waiting = sorted(by_status.get("queued", []),
+                         key=lambda r: (r.get("enqueued") or r.get("created") or 0, r["id"]))
+        for position, run in enumerate(waiting, 1):
+            out[run["id"]] = {"lane": lane, "position": position, "behind": behind}
+    return out
+
+
+def queue_position(store: Store, run_id: int) -> dict | None:
+    """queue_positions of one run: None unless it is queued."""
+    return queue_positions(store).get(int(run_id))
 
 
 def _is_headless_cli(proc) -> bool:

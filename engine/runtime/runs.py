@@ -53,7 +53,8 @@ def key_metric(run: dict) -> tuple[str | None, float | None]:
 
 
 def duration(run: dict, now: float | None = None) -> float | None:
-    """Seconds from start to finish (to now while it is running)."""
+    """Seconds from the first start to finish (to now while it is running); a resumed run
+    keeps its first start, so this counts every attempt (and the pauses between them)."""
     started = run.get("started")
     if not started:
         return None
@@ -85,7 +86,8 @@ def overview(store: Store, stages_: Iterable[str] | None = None,
                      "started": run.get("started"), "duration": duration(run, now),
                      "metric": name or "", "value": value, "step": run.get("step") or 0,
                      "total_steps": run.get("total_steps") or 0,
-                     "n_metrics": run.get("n_metrics", 0), "light": is_light(run["stage"])})
+                     "n_metrics": run.get("n_metrics", 0), "light": is_light(run["stage"]),
+                     "cancel_requested": run.get("cancel_requested")})
     return filter_rows(rows, stages_, statuses, search, show_light)
 
 

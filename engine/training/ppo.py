@@ -646,6 +646,7 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
         step_times.append(metrics["time_step"])
         if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
             trainer.save_checkpoint(ctx.run_dir, step, keep=cfg.keep_checkpoints)
+    ctx.progress(cfg.max_steps, cfg.max_steps, "saving the adapter")
     folder, head = trainer.save_final(ctx.run_id)
     ctx.artifact("adapter", folder)
     ctx.artifact("value_head", head)

@@ -548,10 +548,11 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
 
     # -- normalisation and final evaluation ---------------------------------------------
     ctx.check_cancel()
-    ctx.progress(step, total, "evaluating")
     stats = None
     if cfg.normalize:
+        ctx.progress(step, total, "normalising rewards")
         stats = _normalisation_stats(cfg, ctx, lm, head, tok, train_rows)
+    ctx.progress(step, total, "evaluating")
     summary: dict[str, Any] = {"train_pairs": len(train_pairs), "eval_pairs": len(eval_pairs),
                                "steps": step, "seconds_per_step": seconds_per_step,
                                "device": str(device)}
@@ -591,6 +592,7 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
                        norm_source=stats["source"])
 
     # -- saving: only the main process writes ---------------------------------------------
+    ctx.progress(step, total, "saving the adapter")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         out = adapter_dir(ctx.run_id)

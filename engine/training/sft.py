@@ -266,6 +266,8 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
 
             if step == total or (cfg.eval_every > 0 and step % cfg.eval_every == 0):
                 ctx.check_cancel()
+                if step == total:
+                    ctx.progress(step, total, "evaluating")
                 last_eval = evaluate(model, evals, pad_id, cfg.batch_size, accelerator)
                 if last_eval is not None:
                     ctx.metrics(step, {"eval_loss": last_eval})
@@ -285,6 +287,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
     accelerator.wait_for_everyone()
     out = adapter_dir(ctx.run_id)
     if main:
+        ctx.progress(total, total, "saving the adapter")
         tu.save_adapter(model, out)
         ctx.artifact("adapter", out)
         ctx.log(f"adapter saved to {out}")
