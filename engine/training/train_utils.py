@@ -35,6 +35,7 @@ import os
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
@@ -492,3 +493,62 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=
 def _unwrap_optimizer(optimizer):
     # accelerate's AcceleratedOptimizer keeps the real one in .optimizer
     return getattr(optimizer, "optimizer", optimizer)
+
+
+# -- a trainable policy and its frozen reference on one base --------------------------------
+POLICY, REF = "policy", "ref"
+
+
+def sft_adapter_path(store, sft_run: int, model_spec: str) -> Path:
+    """The saved adapter of a finished SFT run of `model_spec` (checked before any model
+    loads: a ValueError says which run and why it cannot be the starting point)."""
+    from engine.inference.models import adapter_dir
+
+    run = store.get_run(int(sft_run))
+    spec = (run.get("config") or {}).get("model") or run.get("model") or "embedded"
+    if run["stage"] != "sft" or spec != model_spec:
+        raise ValueError(f"run {run['id']} is not an SFT run of model {model_spec!r} "
+                         f"(it is a {run['stage']} run of {spec!r})")
+    path = adapter_dir(run["id"])
+    if not (path / "adapter_config.json").exists():
+        raise ValueError(f"SFT run {run['id']} has no saved adapter (status {run['status']}); "
+                         f"pick a finished SFT run")
+    return path
+
+
+def policy_and_reference(base, lora, sft_path: Path | None = None):
+    """One base model, two roles (never a second copy of the weights):
+    π_θ = the trainable adapter "policy" (a copy of the SFT adapter when `sft_path` is given,
+    else a fresh LoRA); π_ref = the same SFT adapter loaded again, frozen, as "ref", or the
+    base with adapters disabled. Returns (peft model with "policy" active, has_ref)."""
+    from engine.inference.models import add_lora, load_adapter
+
+    if sft_path is not None:
+        model = load_adapter(base, sft_path, adapter_name=REF, is_trainable=False)
+        model.load_adapter(str(sft_path), adapter_name=POLICY, is_trainable=True)
+    else:
+        model = add_lora(base, lora, adapter_name=POLICY)
+    model.set_adapter(POLICY)
+    return model, sft_path is not None
+
+
+def policy_parameters(model) -> list[torch.nn.Parameter]:
+    """The trainable weights of the "policy" adapter only (never the reference's)."""
+    marker = f".{POLICY}."
+    return [p for n, p in _unwrap(model).named_parameters() if p.requires_grad and marker in n]
+
+
+@contextmanager
+def reference_mode(model, has_ref: bool):
+    """Within the block the model computes π_ref: the frozen "ref" adapter, or the base with
+    adapters disabled; "policy" is active again afterwards."""
+    model = _unwrap(model)
+    if has_ref:
+        model.set_adapter(REF, inference_mode=True)
+        try:
+            yield
+        finally:
+            model.set_adapter(POLICY)
+    else:
+        with model.disable_adapter():
+            yield
