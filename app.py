@@ -76,6 +76,7 @@ pages = [
     st.Page("pages/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
     st.Page("pages/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
     st.Page("pages/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
+    st.Page("pages/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
     st.Page("pages/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
     st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
     st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),

@@ -347,6 +347,19 @@ def adaptive_kl_update(beta: float, kl: float, target: float, n_steps: int,
 # ======================================================================================
 # DPO (Rafailov et al., 2023) and IPO (Azar et al., 2023)
 # ======================================================================================
+@equation(r"\log\pi_\theta(y|x) = \sum_{t \in \text{response}} \log\pi_\theta(y_t \mid x, y_{<t})")
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log π_θ(y|x) = Σ_{t ∈ response} log π_θ(y_t | x, y_<t), one number per row: [B].
+
+    Same shift as `response_nll` (logits at position t predict token t+1); labels −100
+    (prompt, padding) count for nothing. DPO's log-probabilities of whole answers.
+    """
+    shift_labels = labels[:, 1:].to(logits.device)
+    mask = shift_labels != IGNORE_INDEX
+    logp = logprobs_from_logits(logits[:, :-1], shift_labels.clamp(min=0))
+    return (logp * mask).sum(-1)
+
+
 @equation(r"h_\theta = \log\frac{\pi_\theta(y^+|x)}{\pi_{\mathrm{ref}}(y^+|x)}"
           r" - \log\frac{\pi_\theta(y^-|x)}{\pi_{\mathrm{ref}}(y^-|x)}")
 def dpo_margin(logp_chosen: torch.Tensor, logp_rejected: torch.Tensor,
@@ -446,4 +459,7 @@ LATEX.update({
     "score_std": r"\sigma_R = \sqrt{\mathrm{Var}_{i}[R(x_i,y_i)]}",
     "response_length": r"\bar T = \mathbb{E}_i\,|y_i|",
     "eos_fraction": r"\mathbb{E}_i\,\mathbb{1}[\mathrm{EOS} \in y_i]",
+    # DPO: how often the implicit reward ranks the pair as the data does
+    "dpo_reward_accuracy": (r"\mathrm{acc} = \mathbb{E}\big[\mathbb{1}\{\hat r_\theta(x, y^+)"
+                            r" > \hat r_\theta(x, y^-)\}\big]"),
 })

@@ -10,13 +10,15 @@ import pytest
 
 from engine import schema
 from engine.runtime import stages
+from engine.training.dpo import DPOConfig
 from engine.training.ppo import PPOConfig
 from engine.training.reward import RewardConfig
 from engine.schema import ConfigError
 from engine.training.sft import SFTConfig
 from tests.conftest import ROOT
 
-CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig}
+CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig,
+           "dpo": DPOConfig}
 
 
 def test_one_name_per_idea_across_training_stages():

@@ -74,7 +74,7 @@ def model_sources(store: Store) -> dict[str, str]:
     from engine.inference.models import adapter_dir
 
     out = {"base": "base"}
-    for stage in ("sft", "ppo"):
+    for stage in ("sft", "ppo", "dpo"):
         for run in store.list_runs(stage=stage, status="succeeded"):
             if (adapter_dir(run["id"]) / "adapter_config.json").exists():
                 out[str(run["id"])] = f"{stage}#{run['id']} {run['name']}"
