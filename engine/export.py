@@ -33,7 +33,7 @@ from engine.schema import StageConfig
 from storage import data_home
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EXPORTABLE_STAGES = ("sft", "reward", "ppo")
+EXPORTABLE_STAGES = ("sft", "reward", "ppo", "dpo")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MARKER = "export.json"
 MAX_CHARTS = 16
@@ -195,7 +195,8 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
     stage = run["stage"]
     cfg = run.get("config") or {}
     what = {"sft": "supervised fine-tuning (LoRA)", "reward": "reward model (LoRA, "
-            "pairwise Bradley–Terry loss)", "ppo": "PPO with a KL penalty (LoRA policy)"}
+            "pairwise Bradley–Terry loss)", "ppo": "PPO with a KL penalty (LoRA policy)",
+            "dpo": "DPO on preference pairs (LoRA policy)"}
     lines = ["---", f"base_model: {base_name}" if not os.path.isabs(base_name) else
              "base_model: null", "library_name: " + ("transformers" if merged else "peft"),
              "tags:", "- rlhf-lab", f"- {stage}", "- lora", "---", "",
