@@ -13,8 +13,8 @@ from engine.runtime import runs as R
 from engine.runtime.jobs import queue_positions
 from storage import NotFound
 from storage.db import RUN_STATES
-from ui.common import (get_jobs, get_store, job_panel, line_chart, metrics_frame, status_text,
-                       translated_choice)
+from ui.common import (SMOOTH_MIN_POINTS, get_jobs, get_store, job_panel, line_chart,
+                       metric_label, metrics_frame, status_text, translated_choice)
 from ui.i18n import t, tn
 
 MAX_SAMPLES = 500
@@ -57,6 +57,20 @@ def default_charts(names: list[str], key: str | None) -> list[str]:
     return (order or names)[:MAX_CHARTS]
 
 
+def overlay_defaults(candidates: list[dict], n: int = 2) -> list[int]:
+    """The runs the overlay starts with: the newest succeeded ones whose key metric is a
+    curve (at least SMOOTH_MIN_POINTS points of it); never a cancelled or failed run's
+    few points, nor a run still going (none at all rather than those)."""
+    picked = []
+    for r in candidates:
+        if len(picked) == n:
+            break
+        if r["status"] == "succeeded" and r["metric"] and r["n_metrics"] >= SMOOTH_MIN_POINTS \
+                and len(store.get_metrics(r["id"], [r["metric"]])) >= SMOOTH_MIN_POINTS:
+            picked.append(r["id"])
+    return picked
+
+
 # -- the table ------------------------------------------------------------------------
 st.title(":material/monitoring: " + t("runs.title"))
 st.caption(t("runs.intro"))
@@ -92,7 +106,7 @@ if rows:
     table = pd.DataFrame([{
         "id": r["id"], "name": r["name"], "stage": stage_label(r["stage"]),
         "status": status_text(r, queues.get(r["id"])),
-        "metric": f"{r['metric']} = {r['value']:.4g}" if r["metric"] else "—",
+        "metric": f"{metric_label(r['metric'])} = {r['value']:.4g}" if r["metric"] else "—",
         "steps": f"{r['step']}/{r['total_steps']}" if r["total_steps"] else str(r["step"]),
         "duration": seconds_text(r["duration"]), "started": when(r["started"]),
         "model": r["model"], "dataset": r["dataset"], "parents": r["parents"],
@@ -168,14 +182,16 @@ def run_charts(run: dict, key_name: str | None) -> None:
         st.caption(t("common.no_data"))
         return
     left, right = st.columns([3, 1])
-    chosen = left.multiselect(t("runs.metrics"), names, default=default_charts(names, key_name),
-                              key=f"runs_metrics_{run['id']}")
+    chosen = translated_choice(left.multiselect, t("runs.metrics"), names,
+                               f"runs_metrics_{run['id']}", metric_label,
+                               default=default_charts(names, key_name))
     smoothing = right.slider(t("runs.smoothing"), 0.0, 0.99, 0.6, 0.01, key="runs_smoothing",
                              help=t("runs.smoothing_help"))
     grid = st.columns(2)
     for i, name in enumerate(chosen):
         with grid[i % 2]:
-            line_chart(metrics_frame(run["id"], [name]), name, smoothing=smoothing)
+            line_chart(metrics_frame(run["id"], [name]), metric_label(name),
+                       smoothing=smoothing)
 
 
 def run_samples(run_id: int) -> None:
@@ -303,7 +319,7 @@ with tab_overlay:
                                   "runs_overlay_stage", stage_label,
                                   index=stages_here.index(busiest))
         candidates = [r for r in rows if r["stage"] == stage]
-        default = [r["id"] for r in candidates if r["n_metrics"]][:2]
+        default = overlay_defaults(candidates)
         picked = c2.multiselect(t("runs.overlay_runs"), [r["id"] for r in candidates],
                                 default=default, key=f"runs_overlay_ids_{stage}",
                                 format_func=lambda i: f"#{i} {by_id[i]['name']}")
@@ -315,12 +331,13 @@ with tab_overlay:
         else:
             c1, c2 = st.columns([3, 1])
             key_name = by_id[picked[0]]["metric"]
-            metric = c1.selectbox(t("runs.overlay_metric"), names,
-                                  index=names.index(key_name) if key_name in names else 0,
-                                  key="runs_overlay_metric")
+            metric = translated_choice(c1.selectbox, t("runs.overlay_metric"), names,
+                                       "runs_overlay_metric", metric_label,
+                                       index=names.index(key_name) if key_name in names else 0)
             smooth = c2.slider(t("runs.smoothing"), 0.0, 0.99, 0.6, 0.01,
                                key="runs_overlay_smoothing", help=t("runs.smoothing_help"))
-            line_chart(metrics_frame(picked, [metric]), metric, smoothing=smooth, height=320)
+            line_chart(metrics_frame(picked, [metric]), metric_label(metric), smoothing=smooth,
+                       height=320)
             diff = R.config_diff([store.get_run(i) for i in picked])
             st.markdown("**" + t("runs.config_diff") + "**")
             if diff:

@@ -164,8 +164,8 @@ def test_page_lists_and_opens_a_run(store):
     assert not at.exception
     table = at.dataframe[0].value
     assert list(table["id"]) == [ppo, rew, sft]
-    assert "eval_accuracy = 0.75" in set(table["metric"])
-    assert "eval_loss = 0.8333" in set(table["metric"])
+    assert "Eval accuracy = 0.75" in set(table["metric"])
+    assert "Eval loss = 0.8333" in set(table["metric"])
     assert f"#{sft}, #{rew}" in set(table["parents"])
 
     at.multiselect(key=widget_key("runs_stage")).set_value(["reward"]).run()
@@ -206,9 +206,9 @@ def test_overlay_of_two_runs(store):
     at.selectbox(key=widget_key("runs_overlay_stage")).set_value("sft").run()
     at.multiselect(key="runs_overlay_ids_sft").set_value([a, b]).run()
     assert not at.exception
-    assert at.selectbox(key="runs_overlay_metric").options == ["train_loss"]  # shared only
-    overlay = [f for f in chart_frames(at) if f["run"].nunique() == 2]
-    assert overlay and set(overlay[-1]["series"]) == {f"#{a} train_loss", f"#{b} train_loss"}
+    assert at.selectbox(key=widget_key("runs_overlay_metric")).options == ["Train loss"]
+    overlay = [f for f in chart_frames(at) if f["run"].nunique() == 2]  # (shared only)
+    assert overlay and set(overlay[-1]["series"]) == {f"#{a} Train loss", f"#{b} Train loss"}
     diff = at.dataframe[-1].value
     assert list(diff.iloc[:, 0]) == ["learning_rate"]  # what differs in their configs
 
