@@ -77,6 +77,7 @@ pages = [
     st.Page("pages/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
     st.Page("pages/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
     st.Page("pages/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
+    st.Page("pages/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
     st.Page("pages/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
     st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
     st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),

@@ -446,6 +446,49 @@ def rloo_advantages(rewards: torch.Tensor) -> torch.Tensor:
     return rewards - rloo_baseline(rewards)
 
 
+@equation(r"R(x, y) = \sum_k w_k\,R_k(x, y)")
+def weighted_reward(parts: dict[str, torch.Tensor], weights: dict[str, float]) -> torch.Tensor:
+    """R = Σ_k w_k·R_k: several rewards (rules, a reward model) mixed with fixed weights."""
+    return sum(float(weights[name]) * values for name, values in parts.items())
+
+
+@equation(r"\bar\sigma_G = \frac{1}{B}\sum_{b=1}^{B}\sqrt{\tfrac1G\sum_{i=1}^{G}"
+          r"\big(R_{b,i} - \bar R_b\big)^2}")
+def group_reward_std(rewards: torch.Tensor) -> torch.Tensor:
+    """σ̄_G = mean over the B groups of the (population) std of their G rewards: how much
+    signal the group baseline has to work with ([B, G] → scalar)."""
+    return rewards.std(-1, unbiased=False).mean()
+
+
+@equation(r"\frac{1}{B}\sum_{b=1}^{B}\mathbb{1}\big[R_{b,1} = \dots = R_{b,G}\big]")
+def zero_signal_fraction(rewards: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
+    """The share of groups whose G rewards are all equal (within `tol`): every advantage of
+    such a group is 0, so it teaches nothing but the KL term ([B, G] → scalar)."""
+    spread = rewards.max(-1).values - rewards.min(-1).values
+    return (spread <= tol).float().mean()
+
+
+@equation(r"\begin{aligned}&\mathcal{L}_{\mathrm{GRPO}}(\theta) = \frac{1}{\sum_i |y_i|}"
+          r"\sum_{i,t}\Big[\max\big(-\hat A_i\,r_{i,t}(\theta),\\ &\qquad -\hat A_i\,"
+          r"\mathrm{clip}(r_{i,t}(\theta),1-\epsilon,1+\epsilon)\big)"
+          r" + \beta\,k_{3,i,t}\Big]\end{aligned}")
+def grpo_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Tensor,
+              adv: torch.Tensor, mask: torch.Tensor, eps: float = 0.2, beta: float = 0.04,
+              normalizer: float | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L = (1/Σ_i|y_i|)·Σ_{i,t}[ max(−Â_i·r_{i,t}, −Â_i·clip(r_{i,t}, 1−ε, 1+ε)) + β·k₃_{i,t} ]
+
+    with Â_i the group advantage of completion i on every one of its tokens ([N] advantages,
+    [N, T] log-probs) and k₃ against π_ref. `normalizer` replaces the token count Σ|y_i| by a
+    constant (Dr. GRPO: completions × max new tokens, no length bias).
+    Returns (loss, policy term, KL term), each divided the same way."""
+    a = adv[:, None].expand_as(logp_new) if adv.dim() == 1 else adv
+    scale = 1.0 if normalizer is None else float(mask.sum()) / float(normalizer)
+    pg = clipped_policy_loss(logp_new, logp_old, a, eps, mask) * scale
+    kl = masked_mean(kl_k3(logp_new, ref_logp), mask) * scale
+    return pg + beta * kl, pg, kl
+
+
 # ======================================================================================
 # Formulas the pages show that are inline statistics (no function of their own)
 # ======================================================================================

@@ -10,6 +10,7 @@ import pytest
 
 from engine import schema
 from engine.runtime import stages
+from engine.training.grpo import GRPOConfig
 from engine.training.dpo import DPOConfig
 from engine.training.ppo import PPOConfig
 from engine.training.reward import RewardConfig
@@ -17,7 +18,7 @@ from engine.schema import ConfigError
 from engine.training.sft import SFTConfig
 from tests.conftest import ROOT
 
-CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig,
+CONFIGS = {"sft": SFTConfig, "reward": RewardConfig, "ppo": PPOConfig, "grpo": GRPOConfig,
            "dpo": DPOConfig}
 
 

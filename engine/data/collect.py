@@ -69,12 +69,12 @@ def sample_pair(config: PairSampleConfig, ctx) -> dict:
 
 # -- sources, the pair, the vote -----------------------------------------------------
 def model_sources(store: Store) -> dict[str, str]:
-    """{source: label} for sampling: "base", then finished SFT and PPO runs that saved an
+    """{source: label} for sampling: "base", then finished SFT, PPO and GRPO runs that saved an
     adapter (newest first)."""
     from engine.inference.models import adapter_dir
 
     out = {"base": "base"}
-    for stage in ("sft", "ppo", "dpo"):
+    for stage in ("sft", "ppo", "dpo", "grpo"):
         for run in store.list_runs(stage=stage, status="succeeded"):
             if (adapter_dir(run["id"]) / "adapter_config.json").exists():
                 out[str(run["id"])] = f"{stage}#{run['id']} {run['name']}"
