@@ -6,6 +6,8 @@ Layout of an export folder:
     <out>/adapter/   adapter_config.json, adapter_model.safetensors, README.md, charts/
     <out>/merged/    config.json, model.safetensors, tokenizer files, README.md, charts/
                      (only with merged=True; loadable by plain transformers)
+    <out>/gguf/      <name>-f16.gguf, -q8_0.gguf, -q4_0.gguf, Modelfile, README.md
+                     (only with gguf=[...]; see engine.gguf_export)
     <out>/export.json  what was written (the summary returned by export_run)
 
 Where it may write: a relative `out_dir` lands under <data folder>/exports/; an absolute
@@ -25,7 +27,7 @@ import re
 import shutil
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -49,6 +51,7 @@ class ExportConfig(StageConfig):
     run_id: int = 0
     out_dir: str = ""         # relative: under <data folder>/exports/; "" → exports/<run name>
     merged: bool = False
+    gguf: list[str] = field(default_factory=list)   # any of engine.gguf_export.QUANTS
 
 
 # -- where we may write ------------------------------------------------------------------
@@ -186,6 +189,66 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+# settings that do not apply given another one: (field, test on the config, fields it voids)
+NOT_APPLICABLE: tuple[tuple[str, Callable[[Any], bool], tuple[str, ...]], ...] = (
+    ("reward_run", lambda v: v is not None, ("builtin_reward", "reward_params")),
+    ("adaptive_kl", lambda v: not v, ("target_kl", "horizon")),
+    ("normalize", lambda v: not v, ("normalize_samples", "normalize_sft_run",
+                                    "normalize_max_new_tokens")),
+    ("max_steps", lambda v: bool(v), ("epochs",)),   # max_steps set: epochs unused
+)
+CARD_OWN_SECTIONS = ("model", "dataset")  # the card's Base model and Data sections say them
+
+
+def applied_settings(stage: str, config: dict) -> list[tuple[str, Any]]:
+    """(dotted name, value) of the settings that applied to a run, in the stage's schema
+    order (engine.schema.describe): hidden fields, unset ones (None, empty) and those
+    another setting voids (NOT_APPLICABLE) are left out. A stage the registry does not
+    know, or a config its schema refuses, is listed as stored."""
+    from engine.runtime.stages import get
+    from engine.schema import ConfigError, describe, from_dict
+
+    try:
+        cls = get(stage).config_cls
+        cfg = from_dict(cls, dict(config or {}))
+    except (KeyError, ConfigError, TypeError, ImportError):
+        return [(k, v) for k, v in sorted((config or {}).items())
+                if k not in CARD_OWN_SECTIONS and v not in (None, "", [], {})]
+    void = set()
+    for name, test, voided in NOT_APPLICABLE:
+        if hasattr(cfg, name) and test(getattr(cfg, name)):
+            void.update(voided)
+    out = []
+    for info in describe(cls):
+        if info.meta.widget == "hidden" or info.name in CARD_OWN_SECTIONS \
+                or info.name in void:
+            continue
+        value = cfg
+        for part in info.name.split("."):
+            value = getattr(value, part)
+        if value is None or value == "" or value == [] or value == {}:
+            continue
+        out.append((info.name, value))
+    return out
+
+
+def card_metrics(metrics: dict[str, float]) -> list[tuple[str, str]]:
+    """The final metrics as card rows; the PPO ratio histogram's bins (ratio_hist_00 ..)
+    become one row of counts."""
+    hist = sorted(k for k in metrics if k.startswith("ratio_hist_"))
+    rows = [(k, _fmt(v)) for k, v in sorted(metrics.items()) if k not in hist]
+    if hist:
+        rows.append((f"ratio histogram ({len(hist)} bins, 0.5–1.5)",
+                     " ".join(_fmt(metrics[k]) for k in hist)))
+    return rows
+
+
+def _cell(value: Any) -> str:
+    text = _fmt(value) if not isinstance(value, (list, dict, bool)) else \
+        json.dumps(value, ensure_ascii=False)
+    return text.replace("|", "\\|")
+
+
 def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, float],
                charts: list[str], dataset: dict | None, local_base: str | None,
                merged: bool = False) -> str:
@@ -219,12 +282,13 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
         lines.append("No dataset recorded for this run.")
     if run.get("parents"):
         lines.append(f"Parent runs: {', '.join('#' + str(p) for p in run['parents'])}.")
-    lines += ["", "## Configuration", "", "```json",
-              json.dumps(cfg, indent=2, ensure_ascii=False, default=str), "```", "",
-              "## Final metrics", ""]
+    lines += ["", "## Configuration", "", "The settings that applied to this run:", "",
+              "| setting | value |", "|---|---|"]
+    lines += [f"| {k} | {_cell(v)} |" for k, v in applied_settings(stage, cfg)]
+    lines += ["", "## Final metrics", ""]
     if metrics:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(metrics.items())]
+        lines += [f"| {k} | {v} |" for k, v in card_metrics(metrics)]
     else:
         lines.append("No metrics recorded.")
     if charts:
@@ -255,37 +319,50 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
     return "\n".join(lines) + "\n"
 
 
-def merge_adapter(base_spec: str, adapter: Path, out: Path) -> list[str]:
-    """merge_and_unload the adapter into its base (loaded in fp32 on the CPU, as
-    engine.inference.models.load_base does it); save safetensors + tokenizer to `out`, in the dtype
-    the base model declares."""
+def load_merged(base_spec: str, adapter: Path):
+    """(model, tokenizer): the adapter merge_and_unload-ed into its base, loaded in fp32 on
+    the CPU as engine.inference.models.load_base does it."""
     import torch
     from peft import PeftModel
-    from transformers import AutoConfig
 
-    from engine.inference.models import load_base, resolve
+    from engine.inference.models import load_base
 
     loaded = load_base(base_spec, device="cpu", dtype=torch.float32)
     model = PeftModel.from_pretrained(loaded.model, str(adapter)).merge_and_unload()
+    return model, loaded.tokenizer
+
+
+def merge_adapter(base_spec: str, adapter: Path, out: Path, merged=None) -> list[str]:
+    """merge_and_unload the adapter into its base (`load_merged`, or `merged` already
+    loaded); save safetensors + tokenizer to `out`, in the dtype the base model declares."""
+    import torch
+    from transformers import AutoConfig
+
+    from engine.inference.models import resolve
+
+    model, tokenizer = merged or load_merged(base_spec, adapter)
     path, kwargs = resolve(base_spec)
     declared = getattr(AutoConfig.from_pretrained(path, **kwargs), "dtype", None)
     if declared in (torch.bfloat16, torch.float16, "bfloat16", "float16"):
         model = model.to(getattr(torch, str(declared).replace("torch.", "")))
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(out)
-    del model, loaded
+    tokenizer.save_pretrained(out)
+    del model
     return sorted(p.name for p in out.iterdir())
 
 
 # -- the export --------------------------------------------------------------------------
 def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
                merged: bool = False, extra_roots: Iterable[str | os.PathLike] | None = None,
-               progress: Callable[[int, int, str], None] | None = None) -> dict:
-    """Write a run's adapter (and optionally a merged model) with a model card.
+               progress: Callable[[int, int, str], None] | None = None,
+               gguf: Iterable[str] | str | None = None) -> dict:
+    """Write a run's adapter (and optionally a merged model, GGUF files) with a model card.
 
-    Returns what was written: {"out_dir", "adapter_dir", "merged_dir", "files", ...}.
+    Returns what was written: {"out_dir", "adapter_dir", "merged_dir", "gguf_files", ...}.
     """
+    from engine.gguf_export import GGUFExportError, parse_quants
+
     from engine.runtime.jobs import sha256_of
     from engine.inference.models import EMBEDDED, resolve
 
@@ -295,12 +372,16 @@ def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
                          f"{', '.join(EXPORTABLE_STAGES)} runs have an adapter to export")
     if run["status"] != "succeeded":
         raise ValueError(f"run {run_id} is {run['status']}; only finished runs are exported")
+    quants = parse_quants(gguf)
+    if quants and run["stage"] == "reward":
+        raise GGUFExportError(f"run {run_id} is a reward model (it scores answers through "
+                              f"its head); GGUF export is for models that generate")
     adapter = find_adapter_folder(run["id"])
     out = resolve_export_dir(out_dir, default_name=default_export_name(run),
                              extra_roots=extra_roots)
     if adapter.resolve().is_relative_to(out) or out.is_relative_to(adapter.resolve().parent):
         raise UnsafePathError(f"export folder {out} overlaps the run's own folder")
-    steps = 4 if merged else 3
+    steps = 3 + (1 if merged else 0) + len(quants)
     say = progress or (lambda *a: None)
     _prepare_out(out)
     base_spec = (run.get("config") or {}).get("model") or run.get("model") or EMBEDDED
@@ -329,10 +410,11 @@ def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
 
     merged_out = None
     merged_files: list[str] = []
+    loaded = load_merged(base_spec, adapter) if merged or quants else None
     if merged:
         say(3, steps, "merged model")
         merged_out = out / "merged"
-        merged_files = merge_adapter(base_spec, adapter, merged_out)
+        merged_files = merge_adapter(base_spec, adapter, merged_out, merged=loaded)
         for extra in sorted(adapter.iterdir()):  # e.g. the reward model's scalar head
             if extra.is_file() and extra.suffix == ".safetensors" \
                     and extra.name not in ADAPTER_FILES:
@@ -345,6 +427,18 @@ def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
             shutil.copytree(adapter_out / "charts", merged_out / "charts", dirs_exist_ok=True)
         merged_files = sorted(set(merged_files) | {"README.md"})
 
+    gguf_summary: dict = {}
+    if quants:
+        from engine.gguf_export import export_gguf
+        from engine.inference.models import EMBEDDED_GGUF, embedded_gguf_folder
+
+        done = 3 + (1 if merged else 0)
+        source = embedded_gguf_folder() / EMBEDDED_GGUF if base_spec == EMBEDDED else None
+        gguf_summary = export_gguf(
+            loaded[0], loaded[1], out / "gguf", quants, run["name"], source_gguf=source,
+            progress=lambda q: say(done + quants.index(q), steps, f"GGUF {q.upper()}"))
+    del loaded
+
     say(steps, steps, "model card")
     summary = {
         "run_id": run["id"], "stage": run["stage"], "run_name": run["name"],
@@ -353,6 +447,7 @@ def export_run(store, run_id: int, out_dir: str | os.PathLike | None = None,
         "base_model": base_name, "base_spec": base_spec,
         "adapter_files": sorted(set(files) | {"README.md"}),
         "merged_files": merged_files, "charts": charts, "metrics": metrics,
+        "gguf_dir": gguf_summary.get("gguf_dir"), "gguf_files": gguf_summary.get("gguf_files", []),
         "adapter_sha256": sha256_of(adapter_out / "adapter_model.safetensors")
         if (adapter_out / "adapter_model.safetensors").exists() else None,
         "created": time.time(),
@@ -365,7 +460,7 @@ def run_export(cfg: ExportConfig, ctx) -> dict:
     """The background export job (a light stage)."""
     ctx.check_cancel()
     summary = export_run(ctx.store, cfg.run_id, cfg.out_dir, merged=cfg.merged,
-                         progress=lambda s, n, m: ctx.progress(s, n, m))
+                         progress=lambda s, n, m: ctx.progress(s, n, m), gguf=cfg.gguf)
     ctx.log(f"exported run {cfg.run_id} to {summary['out_dir']}")
     ctx.store.add_artifact(ctx.run_id, "export", summary["out_dir"])
     return summary
@@ -403,7 +498,8 @@ def cmd_export(args) -> int:
     store = store_of(args)
     extra = [Path(args.out).expanduser().absolute()] if args.out else None
     summary = export_run(store, args.run_id, Path(args.out).expanduser().absolute()
-                         if args.out else None, merged=args.merged, extra_roots=extra)
+                         if args.out else None, merged=args.merged, extra_roots=extra,
+                         gguf=args.gguf)
     print_json(summary)
     return 0
 
@@ -425,4 +521,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--out", help="folder to write (default: <data folder>/exports/<run name>)")
     p.add_argument("--merged", action="store_true",
                    help="also write the adapter merged into its base as a full model")
+    p.add_argument("--gguf", metavar="TYPES",
+                   help="also write GGUF files for llama.cpp/Ollama: f16, q8_0, q4_0, or "
+                        "several comma-separated (f16,q8_0)")
     p.set_defaults(func=cmd_export)

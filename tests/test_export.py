@@ -96,7 +96,8 @@ def test_exported_adapter_and_merged_model_reproduce_the_app(store, tiny_model_d
     assert sorted(summary["charts"]) == ["grad_norm.png", "loss.png"]
     assert (adapter / "charts" / "loss.png").read_bytes()[:4] == b"\x89PNG"
     card = (adapter / "README.md").read_text()
-    assert "| loss | 1 |" in card and "Dataset `demo`, 4 rows" in card and '"model"' in card
+    assert "| loss | 1 |" in card and "Dataset `demo`, 4 rows" in card
+    assert "| learning_rate | 0.0003 |" in card and "| lora.r | 16 |" in card
     assert (out_dir / "merged" / "model.safetensors").exists()
 
     # a fresh Python process with plain peft / transformers, no lab code
@@ -210,3 +211,40 @@ def test_reward_run_export_keeps_its_head(store, tiny_model_dir):
     assert "reward_head.safetensors" in summary["merged_files"]
     card = open(os.path.join(summary["adapter_dir"], "README.md")).read()
     assert "reward_head.safetensors" in card and "Dataset `prefs`, 12 rows" in card
+
+
+def test_model_card_lists_only_the_settings_that_applied(tiny_model_dir):
+    from engine.export import model_card
+
+    config = {"model": "embedded", "dataset": "prompts", "reward_run": 3, "sft_run": None,
+              "builtin_reward": "ends_with_period", "reward_params": {"x": 1},
+              "adaptive_kl": False, "target_kl": 6.0, "beta": 0.1, "max_steps": 4}
+    run = {"id": 7, "name": "ppo-7", "stage": "ppo", "status": "succeeded",
+           "config": config, "parents": [3]}
+    metrics = {"kl": 0.25, **{f"ratio_hist_{k:02d}": float(k % 3) for k in range(20)}}
+    card = model_card(run, EMBEDDED_HUB_ID, "embedded", metrics, [], None, None)
+    settings = card.split("## Configuration")[1].split("## Final metrics")[0]
+    assert "| reward_run | 3 |" in settings and "| beta | 0.1 |" in settings
+    assert "| max_steps | 4 |" in settings and "| lora.dropout | 0 |" in settings
+    # a trained reward model was used: the rule and its parameters did not apply
+    assert "builtin_reward" not in settings and "reward_params" not in settings
+    assert "ends_with_period" not in card
+    # fixed β: the adaptive controller's settings did not apply; unset sft_run not listed
+    assert "target_kl" not in settings and "horizon" not in settings
+    assert "sft_run" not in settings
+    assert "| model |" not in settings and "| dataset |" not in settings  # own sections
+    # the ratio histogram is one row, not twenty
+    assert "ratio_hist_" not in card
+    assert "| ratio histogram (20 bins, 0.5–1.5) | 0 1 2 0 1 2" in card
+    assert "| kl | 0.25 |" in card
+    # with the rule reward, the rule is listed (and the settings of a reward run that
+    # did not normalise leave out the normalisation ones)
+    rule = dict(config, reward_run=None)
+    card = model_card(dict(run, config=rule), EMBEDDED_HUB_ID, "embedded", {}, [], None, None)
+    assert "| builtin_reward | ends_with_period |" in card
+    reward = {"model": "embedded", "dataset": "prefs", "normalize": False,
+              "normalize_samples": 99, "eval_split": "eval"}
+    card = model_card(dict(run, stage="reward", config=reward), EMBEDDED_HUB_ID, "embedded",
+                      {}, [], None, None)
+    assert "| normalize | false |" in card and "normalize_samples" not in card
+    assert "eval_split" not in card  # hidden
