@@ -8,8 +8,10 @@ import streamlit as st
 
 from engine.data import collect
 from engine import data as D
+from engine.data.records import conversation_from_text, conversation_text
 from engine.inference.chat import prompt_text as short_prompt
 from engine.inference.models import display_name
+from storage import NotFound
 from storage.db import ACTIVE_STATES
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)
@@ -18,6 +20,7 @@ from ui.i18n import t
 PAGE_ROWS = 200
 PROMPT_OPTIONS = 1000  # prompts offered for a vote (a select box of 30k entries is unusable)
 CHOICE_KEYS = {"a": "A", "b": "B", "tie": "T", "both_bad": "X"}
+TABLE_TURNS = " / "  # between a chat prompt's turns in a table cell (one line)
 
 store = get_store()
 D.cleanup_staged(store)
@@ -52,6 +55,23 @@ def _prompts_cached(db: str, key: tuple) -> list:
 
 def kind_label(kind: str) -> str:
     return t("data.kind_" + kind)
+
+
+def roles() -> dict[str, str]:
+    """Chat roles as the page's language names them (for prompts shown as turns)."""
+    return {role: t("data.role_" + role) for role in ("system", "user", "assistant")}
+
+
+def prompt_cell(prompt) -> str:
+    """A prompt in a table cell: its text, or a chat as its turns (never as JSON)."""
+    return conversation_text(prompt, roles(), TABLE_TURNS)
+
+
+def cell_to_prompt(text, was_chat: bool = True):
+    """The prompt of an edited cell: turns written like `prompt_cell` become a chat again
+    (for a chat prompt, or a new row); anything else stays as it is (JSON is read later)."""
+    messages = conversation_from_text(text, roles(), TABLE_TURNS) if was_chat else None
+    return messages if messages else text
 
 
 def clip(text: str, n: int = 90) -> str:
@@ -150,7 +170,7 @@ def rows_section(ds: dict, stats: dict) -> None:
     pages = max(1, -(-total // PAGE_ROWS))
     page = cols[1].number_input(t("data.page", pages=pages), 1, pages, 1, key="rows_page")
     rows = store.list_rows(ds["id"], split=split, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
-    frame = pd.DataFrame([{"id": r["id"], "split": r["split"], "prompt": D.prompt_cell(r["prompt"]),
+    frame = pd.DataFrame([{"id": r["id"], "split": r["split"], "prompt": prompt_cell(r["prompt"]),
                            **{f: r[f] for f in answer_fields}} for r in rows],
                          columns=["id", "split", "prompt", *answer_fields])
     version = st.session_state.setdefault("editor_version", 0)
@@ -158,8 +178,10 @@ def rows_section(ds: dict, stats: dict) -> None:
     config = {"id": st.column_config.NumberColumn(t("data.col_id"), disabled=True),
               "split": st.column_config.SelectboxColumn(t("data.col_split"),
                                                         options=["train", "eval"]),
-              "prompt": st.column_config.TextColumn(t("data.field_prompt"), width="large",
-                                                    help=t("data.prompt_cell_help"))}
+              "prompt": st.column_config.TextColumn(
+                  t("data.field_prompt"), width="large",
+                  help=t("data.prompt_cell_help", turns=TABLE_TURNS.join(
+                      f"{roles()[r]}: …" for r in ("user", "assistant"))))}
     for f in answer_fields:
         config[f] = st.column_config.TextColumn(t("data.field_" + f), width="large")
     st.data_editor(frame, key=key, num_rows="dynamic", hide_index=True, column_config=config,
@@ -167,11 +189,16 @@ def rows_section(ds: dict, stats: dict) -> None:
     if st.button(t("data.save_edits"), key="save_edits", icon=":material/save:"):
         state = st.session_state.get(key) or {}
         ids = frame["id"].tolist()
-        updated = {int(ids[int(i)]): change for i, change in state.get("edited_rows", {}).items()
-                   if int(i) < len(ids)}
+        chats = {r["id"] for r in rows if isinstance(r["prompt"], list)}
+        updated = {int(ids[int(i)]): dict(change)
+                   for i, change in state.get("edited_rows", {}).items() if int(i) < len(ids)}
+        for row_id, change in updated.items():
+            if "prompt" in change:
+                change["prompt"] = cell_to_prompt(change["prompt"], row_id in chats)
+        added = [{**row, **({"prompt": cell_to_prompt(row["prompt"])} if row.get("prompt")
+                            else {})} for row in state.get("added_rows", [])]
         deleted = [int(ids[int(i)]) for i in state.get("deleted_rows", []) if int(i) < len(ids)]
-        errors = D.save_edits(store, ds["id"], updated=updated,
-                              added=state.get("added_rows", []), deleted=deleted)
+        errors = D.save_edits(store, ds["id"], updated=updated, added=added, deleted=deleted)
         st.session_state["editor_version"] = version + 1
         _changed()
         st.session_state["edit_errors"] = errors
@@ -307,7 +334,7 @@ def _submit_pair() -> None:
     d = collect.PairSampleConfig()
     cfg = collect.PairSampleConfig(
         model=model_spec(), source=st.session_state.get("collect_source", d.source),
-        prompt=prompt,
+        prompt=prompt, prompt_dataset=_prompt_dataset(),
         temperature=float(st.session_state.get("collect_temperature", d.temperature)),
         top_p=float(st.session_state.get("collect_top_p", d.top_p)),
         max_new_tokens=int(st.session_state.get("collect_max_new_tokens", d.max_new_tokens)),
@@ -323,6 +350,27 @@ def _prompts(dataset: str) -> list:
         return []
 
 
+def _prompt_dataset() -> str:
+    """The dataset the prompts come from ("" when the person types the prompt)."""
+    if st.session_state.get("collect_origin", "dataset") == "typed":
+        return ""
+    return st.session_state.get("collect_prompt_ds") or ""
+
+
+def _index_key(dataset: str) -> str:
+    """The prompt select box's key: one widget per dataset. With one key for all, the
+    browser keeps the label it showed for the last dataset and sends it back after a
+    switch; that label is no option of the new list, so the widget's value came back as
+    that text instead of an index (and `0 <= i` raised a TypeError)."""
+    return f"collect_prompt_idx-{dataset}"
+
+
+def _prompt_index(dataset: str, n: int) -> int:
+    """The chosen prompt's index in `dataset` (0 when none, or not a valid index)."""
+    i = st.session_state.get(_index_key(dataset))
+    return i if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n else 0
+
+
 def _current_prompt():
     if st.session_state.get("collect_origin", "dataset") == "typed":
         return st.session_state.get("collect_prompt_text", "")
@@ -330,8 +378,24 @@ def _current_prompt():
     if not dataset:
         return None
     prompts = _prompts(dataset)
-    i = st.session_state.get("collect_prompt_idx", 0) or 0
-    return prompts[i] if 0 <= i < len(prompts) else None
+    return prompts[_prompt_index(dataset, len(prompts))] if prompts else None
+
+
+def _offer_pending() -> None:
+    """Unless this session is sampling or showing its own pair, offer the newest pair
+    sampled earlier (in this session or a closed one) for this source and these prompts
+    that still has no vote, before sampling anew; an offered pair that no longer fits the
+    source or prompts chosen since is put back (it stays pending)."""
+    current = st.session_state.get("collect_run")
+    offered = st.session_state.get("collect_offered")
+    if current and current != offered:
+        return
+    run_id = collect.pending_pair(store, st.session_state.get("collect_source") or "base",
+                                  model_spec(), _prompt_dataset(), prefer=current)
+    if run_id:
+        st.session_state["collect_run"] = st.session_state["collect_offered"] = run_id
+    elif current:
+        st.session_state.pop("collect_run", None)
 
 
 def _vote(run_id: int, choice: str) -> None:
@@ -340,16 +404,21 @@ def _vote(run_id: int, choice: str) -> None:
         result = collect.record_vote(store, run_id, choice, target)
     except ValueError as exc:
         st.session_state["collect_error"] = str(exc)
+        if collect.get_pair(store, run_id)["vote"]:  # voted meanwhile (another tab)
+            st.session_state.pop("collect_run", None)
         return
     st.session_state["collect_last"] = result
     st.session_state.pop("collect_run", None)
     st.session_state.pop("collect_error", None)
     if st.session_state.get("collect_auto") and \
             st.session_state.get("collect_origin", "dataset") == "dataset":
-        n = len(_prompts(st.session_state.get("collect_prompt_ds") or ""))
+        _offer_pending()
+        if st.session_state.get("collect_run"):  # an earlier pair waits for its vote
+            return
+        dataset = st.session_state.get("collect_prompt_ds") or ""
+        n = len(_prompts(dataset))
         if n:
-            st.session_state["collect_prompt_idx"] = (st.session_state.get("collect_prompt_idx", 0)
-                                                      + 1) % n
+            st.session_state[_index_key(dataset)] = (_prompt_index(dataset, n) + 1) % n
             _submit_pair()
 
 
@@ -368,11 +437,18 @@ def collect_settings() -> None:
         else:
             ds = st.selectbox(t("data.collect_prompt_ds"), names, key="collect_prompt_ds")
             prompts = _prompts(ds)
-            if st.session_state.get("collect_prompt_idx", 0) >= len(prompts):
-                st.session_state["collect_prompt_idx"] = 0
-            st.selectbox(t("data.collect_prompt"), list(range(len(prompts))),
-                         key="collect_prompt_idx",
-                         format_func=lambda i: f"{i + 1}. {clip(short_prompt(prompts[i]))}")
+            key = _index_key(ds)
+            positions = st.session_state.setdefault("collect_positions", {})  # per dataset
+            if key not in st.session_state and ds in positions:  # back to a dataset
+                st.session_state[key] = positions[ds]
+            if prompts and key in st.session_state and \
+                    st.session_state[key] != _prompt_index(ds, len(prompts)):
+                st.session_state[key] = 0  # rows deleted meanwhile, or a stale label
+            choice = st.selectbox(
+                t("data.collect_prompt"), list(range(len(prompts))), key=key,
+                format_func=lambda i: f"{i + 1}. {clip(short_prompt(prompts[i]))}")
+            if isinstance(choice, int):
+                positions[ds] = choice
     else:
         st.text_area(t("data.collect_prompt_text"), key="collect_prompt_text", height=100)
     st.session_state.setdefault("collect_target", "human-preferences")
@@ -387,6 +463,7 @@ def collect_settings() -> None:
         st.number_input(t("data.seed_optional"), 0, 2**31 - 1, None, key="collect_seed")
     st.session_state.setdefault("collect_auto", True)
     st.checkbox(t("data.collect_auto"), key="collect_auto")
+    _offer_pending()
     pending = st.session_state.get("collect_run")
     st.button(t("data.collect_sample"), key="collect_sample", type="primary",
               icon=":material/casino:", on_click=_submit_pair, disabled=bool(pending))
@@ -411,8 +488,10 @@ def pair_panel(run_id: int) -> None:
         return
     pair = collect.get_pair(store, run_id)
     prompt = pair["prompt"]
+    if st.session_state.get("collect_offered") == run_id:
+        st.caption(t("data.collect_offered"))
     st.markdown(t("data.collect_prompt_shown"))
-    st.text(D.prompt_text(prompt) if isinstance(prompt, list) else prompt)
+    st.text(conversation_text(prompt, roles()))
     if run["summary"].get("identical"):
         st.warning(t("data.collect_identical"))
     cols = st.columns(2)
@@ -442,6 +521,12 @@ def collect_tab() -> None:
             key = "data.collect_stored" if last["stored"] else "data.collect_skipped"
             st.success(t(key, name=last["dataset"], choice=t("data.vote_" + last["choice"])))
         run_id = st.session_state.get("collect_run")
+        if run_id:
+            try:
+                store.get_run(run_id)
+            except NotFound:  # deleted on the Runs page meanwhile
+                st.session_state.pop("collect_run", None)
+                run_id = None
         if run_id:
             pair_panel(run_id)
         else:

@@ -29,6 +29,7 @@ class PairSampleConfig(StageConfig, SamplingSettings):
     max_new_tokens: int = like("max_new_tokens", 64)
     source: str = "base"         # "base" or the id of a finished SFT/PPO run
     prompt: Any = ""             # a string or a list of chat messages
+    prompt_dataset: str = ""     # the dataset the prompt was taken from ("": typed)
     seed: int | None = None      # None: a fresh random seed (stored in the summary)
 
 
@@ -90,6 +91,35 @@ def get_pair(store: Store, run_id: int) -> dict:
     by_label = {s["extra"].get("label"): s["response"] for s in samples}
     return {"run": run, "prompt": run["config"].get("prompt"), "a": by_label.get("A"),
             "b": by_label.get("B"), "vote": (run["summary"] or {}).get("vote")}
+
+
+def pending_pair(store: Store, source: str = "base", model: str | None = None,
+                 dataset: str | None = None, prefer: int | None = None) -> int | None:
+    """The newest finished pair_sample run still waiting for a vote (its two answers
+    stored, no vote recorded on it): sampled for `source` (and, for "base", the base
+    `model`), with a prompt from `dataset` ("": typed) when given; a run that predates
+    the prompt's dataset being kept matches any. `prefer`: that run if it is one of them
+    (the pair on screen stays). None when every such pair got its vote.
+
+    A pair whose page was closed while it sampled is found here, and offered again."""
+    found = None
+    for run in store.list_runs(stage="pair_sample", status="succeeded"):
+        cfg, summary = run["config"] or {}, run["summary"] or {}
+        if summary.get("vote"):
+            continue
+        if str(cfg.get("source") or "base") != str(source or "base"):
+            continue
+        if str(source or "base") == "base" and model is not None and cfg.get("model") != model:
+            continue
+        if dataset is not None and cfg.get("prompt_dataset") not in (None, dataset):
+            continue
+        pair = get_pair(store, run["id"])
+        if pair["a"] is None or pair["b"] is None:
+            continue
+        if prefer is None or run["id"] == prefer:
+            return run["id"]
+        found = found or run["id"]
+    return found
 
 
 def record_vote(store: Store, run_id: int, choice: str, dataset: str,

@@ -77,6 +77,50 @@ def prompt_text(prompt: Any) -> str:
     return prompt
 
 
+ROLE_LABELS = {"system": "System", "user": "User", "assistant": "Assistant"}
+TURN_SEPARATOR = "\n"
+
+
+def conversation_text(prompt: Any, roles: dict[str, str] | None = None,
+                      sep: str = TURN_SEPARATOR) -> str:
+    """A prompt as a person reads it: a string as it is; a chat as its turns, one
+    "Role: content" per turn joined by `sep` (role names from `roles`, e.g. translated;
+    English by default), never as JSON. The inverse is `conversation_from_text`."""
+    if not isinstance(prompt, list):
+        return "" if prompt is None else str(prompt)
+    labels = {**ROLE_LABELS, **(roles or {})}
+    return sep.join(f"{labels.get(str(m.get('role')), str(m.get('role')).capitalize())}: "
+                    f"{m.get('content', '')}" for m in prompt if isinstance(m, dict))
+
+
+def conversation_from_text(text: Any, roles: dict[str, str] | None = None,
+                           sep: str = TURN_SEPARATOR) -> list[dict] | None:
+    """The chat messages of a text written by `conversation_text` (same `roles` and `sep`;
+    role names also read in English, any case), or None when the text does not start with
+    a role name (plain text). A turn runs until `sep` followed by the next role name."""
+    import re
+
+    if not isinstance(text, str):
+        return None
+    by_label: dict[str, str] = {}
+    for table in (ROLE_LABELS, roles or {}):
+        for role, label in table.items():
+            by_label[label.casefold()] = role
+    names = "|".join(sorted((re.escape(label) for label in by_label), key=len, reverse=True))
+    head = re.compile(rf"({names}):[ \t]?", re.IGNORECASE)
+    if not head.match(text.lstrip()):
+        return None
+    parts = re.split(rf"{re.escape(sep)}(?=(?:{names}):)", text.strip(), flags=re.IGNORECASE)
+    out = []
+    for part in parts:
+        m = head.match(part)
+        if m is None:  # cannot happen after the split; kept as text of the previous turn
+            out[-1]["content"] += sep + part
+            continue
+        out.append({"role": by_label[m.group(1).casefold()], "content": part[m.end():].strip()})
+    return out
+
+
 def _is_blank(prompt: Any) -> bool:
     if isinstance(prompt, list):
         return not any(m["content"].strip() for m in prompt)
