@@ -230,8 +230,14 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
             "models": [labels[s] for s in sources], "per_model": summary}
 
 
+def method_of(label: str) -> str:
+    """The training method of a source label ("ppo#12" -> "ppo"; "base" -> "base")."""
+    return label.split("#", 1)[0] if "#" in label else "base"
+
+
 def model_summary(outputs: list[dict]) -> list[dict]:
-    """Per model over the prompt set: mean reward, distinct-1/2, mean length, mean KL."""
+    """Per model over the prompt set: its method (the stage that trained it: "base", "sft",
+    "ppo", "dpo", "grpo"), mean reward, distinct-1/2, mean length, mean KL."""
     by_model: dict[str, list[dict]] = {}
     for row in outputs:
         by_model.setdefault(row["model"], []).append(row)
@@ -241,7 +247,7 @@ def model_summary(outputs: list[dict]) -> list[dict]:
         rewards = [r["reward"] for r in rows if r.get("reward") is not None]
         lengths = [r["length"] for r in rows if r.get("length") is not None]
         out.append({
-            "model": model, "answers": len(rows),
+            "model": model, "method": method_of(model), "answers": len(rows),
             "mean_reward": mean(rewards), "distinct_1": distinct_1(texts),
             "distinct_2": distinct_2(texts), "mean_length": mean(lengths),
             "mean_kl": mean(r.get("kl") for r in rows),

@@ -128,7 +128,10 @@ with tab_results:
         summary = model_summary(outputs)
         # a missing number (no reward model, KL off, an undefined correlation) shows "—"
         table = pd.DataFrame([{
-            t("compare.col_model"): s["model"], t("compare.col_answers"): s["answers"],
+            t("compare.col_model"): s["model"],
+            t("compare.col_method"): t("compare.method_base") if s["method"] == "base"
+            else s["method"].upper(),
+            t("compare.col_answers"): s["answers"],
             t("compare.col_reward"): _fmt(s["mean_reward"]), "distinct-1": s["distinct_1"],
             "distinct-2": s["distinct_2"], t("compare.col_length"): s["mean_length"],
             t("compare.col_kl"): _fmt(s["mean_kl"]),

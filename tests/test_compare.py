@@ -7,7 +7,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from engine.compare import (blind_items, distinct_1, distinct_2, distinct_n, hidden_order_swapped,
-                            kl_to_reference, model_summary, pending_items, record_vote,
+                            kl_to_reference, method_of, model_summary, pending_items, record_vote,
                             reward_preference, wilson_interval, win_rate)
 from engine.inference.generate import SamplingConfig, generate_with_lengths
 from engine.runtime.jobs import JobManager
@@ -112,6 +112,9 @@ def test_model_summary_per_model():
     # "base says 0".."base says 3": 12 words, unique: base, says, 0, 1, 2, 3
     assert summary["base"]["distinct_1"] == pytest.approx(6 / 12)
     assert summary["base"]["mean_length"] == 3
+    # the method column: the stage that trained each source
+    assert summary["base"]["method"] == "base" and summary["sft#1"]["method"] == "sft"
+    assert [method_of(x) for x in ("dpo#4", "grpo#7", "ppo#2")] == ["dpo", "grpo", "ppo"]
 
 
 # -- a real comparison job -------------------------------------------------------------------
