@@ -134,7 +134,7 @@ def test_cancel_then_resume_replays_the_same_losses(store, tiny_model_dir):
     from engine.runtime.jobs import JobManager, run_sync
 
     _prefs(store)
-    cfg = _quick(tiny_model_dir, max_steps=8, save_every=3, eval_every=4, batch_size=2)
+    cfg = _quick(tiny_model_dir, max_steps=6, save_every=3, eval_every=3, batch_size=2)
     straight = run_sync(store, "dpo", cfg)
     assert straight["status"] == "succeeded", straight["error"]
 
@@ -145,13 +145,13 @@ def test_cancel_then_resume_replays_the_same_losses(store, tiny_model_dir):
     jobs.cancel(rid)
     assert jobs.wait(rid, 120) == "cancelled"
     stopped = store.get_run(rid)["step"]
-    assert stopped < 8, "the run finished before the cancel landed"
+    assert stopped < 6, "the run finished before the cancel landed"
     assert tu.latest_checkpoint(run_dir(rid)).name == f"step-{stopped}"
     jobs.resume(rid)
     assert jobs.wait(rid, 120) == "succeeded", store.get_run(rid)["error"]
     run = store.get_run(rid)
     assert run["summary"]["resumed_from"] == stopped
-    assert [m["step"] for m in store.get_metrics(rid, ["loss"])] == list(range(1, 9))
+    assert [m["step"] for m in store.get_metrics(rid, ["loss"])] == list(range(1, 7))
     assert _losses(store, rid) == pytest.approx(_losses(store, straight["id"]), rel=1e-4)
     assert run["summary"]["eval_accuracy_after"] == straight["summary"]["eval_accuracy_after"]
 
@@ -179,12 +179,12 @@ def test_cli_trains_dpo_on_an_empty_data_folder(tmp_path, tiny_model_dir):
     env = dict(os.environ, RLHF_LAB_HOME=str(tmp_path / "fresh"), PYTHONPATH=str(ROOT))
     out = subprocess.run(
         [sys.executable, "-m", "engine", "train", "dpo", "--set", f"model={tiny_model_dir}",
-         "--set", "max_steps=2", "--set", "batch_size=2", "--set", "max_eval_pairs=2",
-         "--set", "samples_per_eval=1", "--set", "max_new_tokens=4", "--set", "max_length=96"],
+         "--set", "max_steps=1", "--set", "batch_size=2", "--set", "max_eval_pairs=1",
+         "--set", "samples_per_eval=0", "--set", "max_length=96"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     summary = json.loads(out.stdout[out.stdout.index("{"):])
-    assert summary["status"] == "succeeded" and summary["steps"] == 2
+    assert summary["status"] == "succeeded" and summary["steps"] == 1
     assert os.path.exists(os.path.join(summary["adapter"], "adapter_config.json"))
 
 

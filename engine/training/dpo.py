@@ -33,7 +33,7 @@ from engine.compare import response_logprobs
 from engine.errors import JobCancelled, NonFiniteError
 from engine.inference.chat import Encoded, collate_completions, prompt_text
 from engine.inference.generate import SamplingConfig, generate
-from engine.inference.models import adapter_dir, load_base
+from engine.inference.models import load_base
 from engine.objectives import (dpo_implicit_reward, dpo_loss, ipo_loss, kl_k1, kl_k3,
                                pairwise_accuracy, sequence_logprobs)
 from engine.schema import (ADVANCED, ConfigError, LoraSettings, SupervisedConfig, like,
@@ -229,19 +229,7 @@ def train_dpo(cfg: DPOConfig, ctx) -> dict:
                                   tu.warmup_steps_for(total, cfg.warmup_ratio), total)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    # -- resume ------------------------------------------------------------------------
-    start, state = 0, {}
-    if ctx.resume:
-        ckpt = tu.latest_checkpoint(ctx.run_dir)
-        if ckpt is None:
-            ctx.log("no checkpoint found: starting from step 0")
-        else:
-            state = tu.load_checkpoint(ckpt, model, optimizer, scheduler)
-            start = int(state["step"])
-            ctx.log(f"resumed from checkpoint {ckpt.name} (step {start} of {total})")
-        ctx.progress(start, total, f"resumed at step {start}")
-    if main:
-        ctx.store.delete_after_step(ctx.run_id, start if start > 0 else -1)
+    start, state = tu.resume_state(ctx, model, optimizer, scheduler, total)
 
     ref_train = ref_eval = None
     if cfg.precompute_ref:
@@ -351,13 +339,7 @@ def train_dpo(cfg: DPOConfig, ctx) -> dict:
         raise
 
     # -- final adapter -----------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    out = adapter_dir(ctx.run_id)
-    if main:
-        tu.save_adapter(model, out, adapter_name=tu.POLICY)
-        ctx.artifact("adapter", out)
-        ctx.log(f"adapter saved to {out}")
-    accelerator.wait_for_everyone()
+    out = tu.save_final_adapter(ctx, accelerator, model, total, adapter_name=tu.POLICY)
     before, after = eval_before or {}, last_eval or {}
     return {"first_loss": first_loss, "last_loss": last_loss,
             "eval_accuracy_before": before.get("eval_reward_accuracy"),

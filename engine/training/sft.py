@@ -27,7 +27,7 @@ from engine.training import train_utils as tu
 from engine.inference.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
 from engine.errors import JobCancelled
 from engine.inference.generate import SamplingConfig, generate
-from engine.inference.models import add_lora, adapter_dir, load_base
+from engine.inference.models import add_lora, load_base
 from engine.objectives import response_nll, sft_loss
 from engine.schema import ADVANCED, SupervisedConfig, like, setting
 
@@ -175,20 +175,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
     scheduler = tu.make_scheduler(optimizer, cfg.schedule, warmup, total)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    # -- resume ------------------------------------------------------------------------
-    start, state = 0, {}
-    if ctx.resume:
-        ckpt = tu.latest_checkpoint(ctx.run_dir)
-        if ckpt is None:
-            ctx.log("no checkpoint found: starting from step 0")
-        else:
-            state = tu.load_checkpoint(ckpt, model, optimizer, scheduler)
-            start = int(state["step"])
-            ctx.log(f"resumed from checkpoint {ckpt.name} (step {start} of {total})")
-        ctx.progress(start, total, f"resumed at step {start}")
-    if main:
-        # steps after the checkpoint are redone; without one everything is redone
-        ctx.store.delete_after_step(ctx.run_id, start if start > 0 else -1)
+    start, state = tu.resume_state(ctx, model, optimizer, scheduler, total)
     timer = tu.TokenTimer(state.get("tokens", 0), state.get("train_seconds", 0.0))
     eval_before = state.get("eval_loss_before")
     first_loss = state.get("first_train_loss")
@@ -284,14 +271,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
         raise
 
     # -- final adapter -----------------------------------------------------------------
-    accelerator.wait_for_everyone()
-    out = adapter_dir(ctx.run_id)
-    if main:
-        ctx.progress(total, total, "saving the adapter")
-        tu.save_adapter(model, out)
-        ctx.artifact("adapter", out)
-        ctx.log(f"adapter saved to {out}")
-    accelerator.wait_for_everyone()
+    out = tu.save_final_adapter(ctx, accelerator, model, total)
     if hasattr(ctx, "debug_dump"):  # test aid for multi-process runs; a no-op by default
         ctx.debug_dump("final", model)
     return {"final_train_loss": last_loss, "first_train_loss": first_loss,

@@ -490,6 +490,43 @@ def load_checkpoint(folder: str | os.PathLike, model, optimizer=None, scheduler=
     return json.loads((folder / "state.json").read_text())
 
 
+def resume_state(ctx, model, optimizer, scheduler, total: int) -> tuple[int, dict]:
+    """(step to continue after, the checkpoint's state.json) for a run that fits a fixed
+    dataset: on a resume, the latest checkpoint is loaded into the model, optimizer and
+    scheduler (0, {} without one). The main process then forgets the metrics and samples of
+    the steps after it: they are redone (all of them when starting from 0)."""
+    start, state = 0, {}
+    if ctx.resume:
+        ckpt = latest_checkpoint(ctx.run_dir)
+        if ckpt is None:
+            ctx.log("no checkpoint found: starting from step 0")
+        else:
+            state = load_checkpoint(ckpt, model, optimizer, scheduler)
+            start = int(state["step"])
+            ctx.log(f"resumed from checkpoint {ckpt.name} (step {start} of {total})")
+        ctx.progress(start, total, f"resumed at step {start}")
+    if ctx.is_main_process:
+        ctx.store.delete_after_step(ctx.run_id, start if start > 0 else -1)
+    return start, state
+
+
+def save_final_adapter(ctx, accelerator, model, total: int,
+                       adapter_name: str | None = None) -> Path:
+    """The run's final adapter at adapter_dir(run_id) (standard PEFT), recorded as its
+    "adapter" artifact; the main process writes, every process waits for it."""
+    from engine.inference.models import adapter_dir
+
+    accelerator.wait_for_everyone()
+    out = adapter_dir(ctx.run_id)
+    if ctx.is_main_process:
+        ctx.progress(total, total, "saving the adapter")
+        save_adapter(model, out, adapter_name)
+        ctx.artifact("adapter", out)
+        ctx.log(f"adapter saved to {out}")
+    accelerator.wait_for_everyone()
+    return out
+
+
 def _unwrap_optimizer(optimizer):
     # accelerate's AcceleratedOptimizer keeps the real one in .optimizer
     return getattr(optimizer, "optimizer", optimizer)
