@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed-$(shell cat requirements.txt | cksum | cut -d' ' -f1)
 PORT   ?= 8501
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench verify-gguf clean
 
 $(STAMP): requirements.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ test: install
 
 bench: install .venv-trl/.installed
 	$(BIN)/python bench/run.py --stage all
+
+# llama.cpp reads the GGUF export (its own environment; builds llama.cpp from source, long)
+.venv-llama/.installed:
+	test -x .venv-llama/bin/python || $(PYTHON) -m venv .venv-llama
+	.venv-llama/bin/python -m pip install --quiet llama-cpp-python==0.3.36
+	touch .venv-llama/.installed
+
+verify-gguf: install .venv-llama/.installed
+	$(BIN)/python tests/verify_gguf.py --llama-python .venv-llama/bin/python
 
 clean:
 	rm -rf $(VENV) .pytest_cache

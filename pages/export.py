@@ -1,14 +1,35 @@
-"""Export: a run's adapter (PEFT), optionally merged into a full model, with a model card."""
+"""Export: a run's adapter (PEFT), optionally merged into a full model and written as GGUF
+for llama.cpp / Ollama, with a model card."""
 from pathlib import Path
 
 import streamlit as st
 
 from engine.export import (EXPORTABLE_STAGES, ExportConfig, UnsafePathError,
                            default_export_name, exports_root, resolve_export_dir, zip_folder)
+from engine.gguf_export import QUANTS, GGUFExportError, estimate, gguf_arch, human_bytes
 from ui.common import get_jobs, get_store, live_job_panel, run_label, translated_choice
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
+
+
+@st.cache_data(show_spinner=False)
+def gguf_estimates(spec: str) -> dict:
+    """{quant: estimate} for the base model `spec`, or {"error": why GGUF is not offered}."""
+    from transformers import AutoConfig
+
+    from engine.inference.models import resolve
+
+    try:
+        config = AutoConfig.from_pretrained(resolve(spec)[0])
+        gguf_arch(config)
+        return {q: estimate(config, q) for q in QUANTS}
+    except GGUFExportError as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - a base that cannot be read: say so, no GGUF
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 st.title(":material/inventory_2: " + t("export.title"))
 st.caption(t("export.intro"))
 
@@ -27,6 +48,19 @@ else:
                             placeholder=default_export_name(run),
                             help=t("export.out_dir_help", root=str(exports_root())))
     merged = st.checkbox(t("export.merged"), key="export_merged", help=t("export.merged_help"))
+    spec = (run.get("config") or {}).get("model") or "embedded"
+    sizes = gguf_estimates(spec) if run["stage"] != "reward" else \
+        {"error": t("export.gguf_reward")}
+    if "error" in sizes:
+        gguf = []
+        st.caption(t("export.gguf_unavailable", reason=sizes["error"]))
+    else:
+        gguf = translated_choice(
+            st.multiselect, t("export.gguf"), list(QUANTS), "export_gguf",
+            lambda q: t("export.gguf_option", type=q.upper(),
+                        size=human_bytes(sizes[q]["file_bytes"]),
+                        memory=human_bytes(sizes[q]["memory_bytes"])),
+            help=t("export.gguf_help", context=sizes["f16"]["context"]))
     target = None
     try:
         target = resolve_export_dir(out_dir, default_name=default_export_name(run))
@@ -36,7 +70,8 @@ else:
     if st.button(t("export.start"), type="primary", icon=":material/download:",
                  key="export_start", disabled=target is None):
         cfg = ExportConfig(model=(run.get("config") or {}).get("model") or "embedded",
-                           run_id=run_id, out_dir=out_dir.strip(), merged=merged)
+                           run_id=run_id, out_dir=out_dir.strip(), merged=merged,
+                           gguf=list(gguf))
         st.session_state["export_job"] = jobs.submit("export", cfg, parents=[run_id],
                                                       name=f"export-{run['name']}")
 
@@ -81,6 +116,28 @@ else:
                                    key=f"dl-merged-{pick}")
             else:
                 st.caption(t("export.no_merged"))
+        gguf_files = [f for f in summary.get("gguf_files") or [] if Path(f["path"]).exists()]
+        if gguf_files:
+            gguf_dir = Path(summary["gguf_dir"])
+            st.markdown(f"**{t('export.gguf_title')}** · `{gguf_dir}`")
+            cols = st.columns(len(gguf_files))
+            for col, f in zip(cols, gguf_files):
+                with col:
+                    st.metric(f["quant"].upper(), human_bytes(f["bytes"]),
+                              help=t("export.gguf_memory", memory=human_bytes(f["memory_bytes"]),
+                                     context=f["context"]))
+                    st.download_button(t("export.download_gguf", type=f["quant"].upper()),
+                                       data=lambda p=Path(f["path"]): p.read_bytes(),
+                                       file_name=f["file"], mime="application/octet-stream",
+                                       icon=":material/download:",
+                                       key=f"dl-gguf-{pick}-{f['quant']}")
+            howto = gguf_dir / "README.md"
+            if howto.exists():
+                with st.expander(t("export.gguf_howto"), icon=":material/terminal:"):
+                    st.markdown(howto.read_text(encoding="utf-8"))
+                    modelfile = gguf_dir / "Modelfile"
+                    if modelfile.exists():
+                        st.code(modelfile.read_text(encoding="utf-8"), language=None)
         charts = summary.get("charts") or []
         if charts:
             with st.expander(t("export.charts", n=len(charts)), icon=":material/show_chart:"):

@@ -185,6 +185,9 @@ def test_export_page_exports_and_offers_downloads(store, tiny_model_dir):
     assert any("refused" in e.value for e in at.error)
     assert at.button(key="export_start").disabled
     at.text_input(key="export_out").set_value("from-page").run()
+    gguf = at.multiselect(key=widget_key("export_gguf"))
+    assert gguf.options[1].startswith("Q8_0 · file ≈ ") and "memory ≈" in gguf.options[1]
+    gguf.select("q8_0").run()
     at.button(key="export_start").click().run()
     job = at.session_state["export_job"]
     assert get_manager(store).wait(job, 120) == "succeeded", store.get_run(job)["error"]
@@ -192,14 +195,15 @@ def test_export_page_exports_and_offers_downloads(store, tiny_model_dir):
     assert not at.exception, at.exception
     assert (exports_root() / "from-page" / "adapter" / "adapter_config.json").exists()
     downloads = at.get("download_button")
-    assert len(downloads) == 1  # the adapter zip (no merged model asked for)
+    assert len(downloads) == 2  # the adapter zip and the Q8_0 file (no merged model)
+    assert (exports_root() / "from-page" / "gguf" / "Modelfile").exists()
 
 
 def test_export_page_in_french_without_runs(store):
     at = _app("fr").run()
     assert not at.exception, at.exception
     assert at.title[0].value.endswith("Exporter")
-    assert "Aucun run" in at.info[0].value
+    assert "Aucune exécution" in at.info[0].value
 
 
 def test_reward_run_export_keeps_its_head(store, tiny_model_dir):

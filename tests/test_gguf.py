@@ -22,10 +22,13 @@ from tests.conftest import make_adapter_run
 
 PROMPT = "Name three colours."
 NEW_TOKENS = 12
-# Q8_0 (measured on the tiny model and on SmolLM2-135M + adapter): the greedy answer
-# matches the app's on its first tokens; logits stay within this of the float32 ones
+# Measured (greedy, 12 new tokens; largest |Δ| of the next-token logits against the app's
+# float32 ones), with lora_B ~ N(0, 0.5), a strong perturbation:
+#   tiny 2-layer Llama   F16 12/12 tokens, Δ 0.0005 · Q8_0 9/12, Δ 0.012 · Q4_0 0/12, Δ 0.20
+#   SmolLM2-135M         F16 12/12 tokens, Δ 0.076  · Q8_0 5/12, Δ 1.63  · Q4_0 0/12, Δ 19.9
+# Tolerances: F16 token for token; Q8_0 its first 4 tokens and Δ below (margin ~2-8×).
 Q8_SAME_FIRST = 4
-Q8_MAX_LOGIT_GAP = 0.5
+TOLERANCE = {"tiny": {"f16": 0.01, "q8_0": 0.1}, "embedded": {"f16": 0.2, "q8_0": 3.0}}
 
 GGUF_READER = r"""
 import json, sys
@@ -82,14 +85,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
-def check_against_app(got: dict, app, f16: str, q8: str) -> None:
+def check_against_app(got: dict, app, f16: str, q8: str, model: str) -> None:
     prompt_ids, answer, logits = app
+    tol = TOLERANCE[model]
     assert got[f16]["prompt"] == prompt_ids  # the tokenizer and chat template travelled
     assert got[f16]["answer"] == answer      # token for token
-    assert np.abs(np.array(got[f16]["logits"]) - logits.numpy()).max() < 0.05
+    assert np.abs(np.array(got[f16]["logits"]) - logits.numpy()).max() < tol["f16"]
     assert got[q8]["prompt"] == prompt_ids
     assert common_prefix(got[q8]["answer"], answer) >= min(Q8_SAME_FIRST, len(answer))
-    assert np.abs(np.array(got[q8]["logits"]) - logits.numpy()).max() < Q8_MAX_LOGIT_GAP
+    assert np.abs(np.array(got[q8]["logits"]) - logits.numpy()).max() < tol["q8_0"]
 
 
 def test_gguf_of_a_folder_base_reads_back_as_the_app(store, tiny_model_dir, capsys,
@@ -114,7 +118,7 @@ def test_gguf_of_a_folder_base_reads_back_as_the_app(store, tiny_model_dir, caps
     assert "ollama create" in (gguf_dir / "README.md").read_text()
 
     got = read_back(gguf_dir, [files[q]["file"] for q in ("f16", "q8_0")])
-    check_against_app(got, app, files["f16"]["file"], files["q8_0"]["file"])
+    check_against_app(got, app, files["f16"]["file"], files["q8_0"]["file"], "tiny")
 
     # the file itself: llama.cpp's names, the tokenizer and the file type
     from gguf import GGUFReader
@@ -143,7 +147,7 @@ def test_gguf_of_the_embedded_model_carries_its_metadata(store, embedded_dir, mo
     summary = export_run(store, rid, "embedded-gguf", gguf=["f16", "q8_0"])
     files = {f["quant"]: f for f in summary["gguf_files"]}
     got = read_back(summary["gguf_dir"], [files["f16"]["file"], files["q8_0"]["file"]])
-    check_against_app(got, app, files["f16"]["file"], files["q8_0"]["file"])
+    check_against_app(got, app, files["f16"]["file"], files["q8_0"]["file"], "embedded")
 
     from gguf import GGUFReader
     from engine.inference.models import EMBEDDED_GGUF, embedded_gguf_folder
