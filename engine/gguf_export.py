@@ -4,7 +4,7 @@ library (GGUFWriter, gguf.quants) for llama.cpp and Ollama.
 Layout, inside an export folder:
 
     <out>/gguf/<name>-f16.gguf, <name>-q8_0.gguf, <name>-q4_0.gguf   (those asked for)
-    <out>/gguf/Modelfile     Ollama: FROM the smallest file, TEMPLATE, stop tokens
+    <out>/gguf/Modelfile     Ollama: FROM the Q8_0 file (else the first), TEMPLATE, stops
     <out>/gguf/README.md     the `llama-cli` and `ollama create` commands
 
 Metadata: when the base is the embedded model (itself a GGUF), every key of that file is
@@ -406,8 +406,7 @@ def readme(run_name: str, files: list[dict], model_file: str, fmt: ChatFormat) -
               f"≈ {human_bytes(f['memory_bytes'])} at {f['context']} tokens |" for f in files]
     lines += ["", "Memory: weights + f16 KV cache of the context + ~15% for buffers.", "",
               "## llama.cpp", "", "```bash",
-              f"llama-cli -m {first} -cnv" + (" --chat-template chatml"
-                                               if fmt.template == CHATML_TEMPLATE else ""),
+              f"llama-cli -m {first} -cnv   # chat, with the file's own chat template",
               f"llama-cli -m {first} -p \"Name three colours.\" -n 64 --temp 0",
               "```", "", "## Ollama", "", "```bash",
               f"ollama create {_ollama_name(run_name)} -f Modelfile",
@@ -480,9 +479,10 @@ def export_gguf(model, tokenizer, out: Path, quants: list[str], name: str,
                       "context": est["context"]})
     fmt = chat_format(getattr(tokenizer, "chat_template", None),
                       getattr(tokenizer, "eos_token", None))
-    smallest = min(files, key=lambda f: f["bytes"])["file"]
-    (out / "Modelfile").write_text(modelfile(smallest, fmt), encoding="utf-8")
-    (out / "README.md").write_text(readme(name, files, smallest, fmt), encoding="utf-8")
+    # Q8_0: near F16's answers at half the size (Q4_0 drifts sooner; see tests/test_gguf.py)
+    chosen = next((f for f in files if f["quant"] == "q8_0"), files[0])["file"]
+    (out / "Modelfile").write_text(modelfile(chosen, fmt), encoding="utf-8")
+    (out / "README.md").write_text(readme(name, files, chosen, fmt), encoding="utf-8")
     return {"gguf_dir": str(out), "gguf_files": files, "architecture": arch,
             "metadata_from": "base GGUF" if source_gguf else "config and tokenizer",
             "modelfile": str(out / "Modelfile"), "stops": fmt.stops}

@@ -112,7 +112,7 @@ def test_gguf_of_a_folder_base_reads_back_as_the_app(store, tiny_model_dir, caps
     assert files["f16"]["bytes"] > files["q8_0"]["bytes"] > files["q4_0"]["bytes"]
     gguf_dir = out_dir / "gguf"
     modelfile = (gguf_dir / "Modelfile").read_text()
-    assert modelfile.startswith(f"FROM ./{files['q4_0']['file']}")
+    assert modelfile.startswith(f"FROM ./{files['q8_0']['file']}")
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "<|im_start|>" in modelfile
     assert "llama-cli -m" in (gguf_dir / "README.md").read_text()
     assert "ollama create" in (gguf_dir / "README.md").read_text()

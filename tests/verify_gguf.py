@@ -46,6 +46,10 @@ def main(argv=None) -> int:
     ap.add_argument("--llama-python", default=str(ROOT / ".venv-llama" / "bin" / "python"))
     ap.add_argument("--embedded", action="store_true", help="SmolLM2-135M instead of the tiny model")
     args = ap.parse_args(argv)
+    if not Path(args.llama_python).exists():
+        print(f"no llama-cpp-python environment at {args.llama_python}: `make verify-gguf` "
+              f"builds it (.venv-llama)", file=sys.stderr)
+        return 2
 
     home = Path(tempfile.mkdtemp(prefix="verify-gguf-"))
     os.environ.update(RLHF_LAB_HOME=str(home), RLHF_LAB_DEVICE="cpu")
