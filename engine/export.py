@@ -35,7 +35,7 @@ from engine.schema import StageConfig
 from storage import data_home
 
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
-EXPORTABLE_STAGES = ("sft", "reward", "ppo", "dpo")
+EXPORTABLE_STAGES = ("sft", "reward", "ppo", "dpo", "grpo")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 MARKER = "export.json"
 MAX_CHARTS = 16
@@ -259,7 +259,8 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
     cfg = run.get("config") or {}
     what = {"sft": "supervised fine-tuning (LoRA)", "reward": "reward model (LoRA, "
             "pairwise Bradley–Terry loss)", "ppo": "PPO with a KL penalty (LoRA policy)",
-            "dpo": "DPO on preference pairs (LoRA policy)"}
+            "dpo": "DPO on preference pairs (LoRA policy)",
+            "grpo": "GRPO / RLOO with group baselines (LoRA policy)"}
     lines = ["---", f"base_model: {base_name}" if not os.path.isabs(base_name) else
              "base_model: null", "library_name: " + ("transformers" if merged else "peft"),
              "tags:", "- rlhf-lab", f"- {stage}", "- lora", "---", "",

@@ -83,6 +83,8 @@ def test_grpo_raises_the_reward_and_logs_every_quantity(store, bigram_dir):
     assert read_adapter_base(folder) == str(bigram_dir)
     assert {a["kind"] for a in store.list_artifacts(rid)} == {"adapter"}
     assert str(rid) in model_sources(store)
+    exported = run_sync(store, "export", {"run_id": rid})
+    assert exported["status"] == "succeeded", exported["error"]
     assert run["summary"]["last_reward"] == rewards[-1]
 
 
@@ -229,4 +231,11 @@ def test_page_renders_and_starts_a_run(store, bigram_dir):
     assert cfg["reward_weights"] == [1.0, 0.5]
     assert cfg["model"] == str(bigram_dir) and cfg["dataset"] == "prompts"
     get_manager(store).cancel(runs[0]["id"])
+    # in French too
+    french = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+    french.session_state["lang"] = "fr"
+    french.session_state["grpo_view"] = done["id"]
+    french.run()
+    assert not french.exception, french.exception
+    assert any("Les groupes côte à côte" in h.value for h in french.subheader)
     st.cache_resource.clear()

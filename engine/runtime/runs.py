@@ -22,6 +22,7 @@ KEY_METRICS: dict[str, tuple[tuple[str, ...], ...]] = {
     "sft": (("eval", "loss"), ("loss",)),
     "reward": (("eval", "acc"), ("acc",), ("eval", "loss"), ("loss",)),
     "ppo": (("score", "mean"), ("score",), ("reward", "mean"), ("reward",), ("kl",)),
+    "grpo": (("reward", "mean"), ("kl",)),
     "dpo": (("eval", "reward", "acc"), ("reward", "acc"), ("eval", "loss"), ("loss",)),
     "compare": (("win",), ("reward",)),
     "pair_sample": (("seconds",),),  # how long the two answers took
