@@ -239,3 +239,24 @@ def test_page_renders_and_starts_a_run(store, bigram_dir):
     assert not french.exception, french.exception
     assert any("Les groupes côte à côte" in h.value for h in french.subheader)
     st.cache_resource.clear()
+
+
+def test_from_an_sft_run_the_reference_is_that_adapter_frozen(store, bigram_dir):
+    from tests.test_ppo import _fake_sft_run
+
+    _dataset(store)
+    sft_id = _fake_sft_run(store, bigram_dir)
+    trainer = GRPOTrainer(_config(bigram_dir, sft_run=sft_id, learning_rate=1e-2), store)
+    trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
+    assert trainable and all(".policy." in n for n in trainable)
+    ro = trainer.generate(PROMPTS[:2])
+    assert ro.response.shape[0] == 2 * 4 and ro.prompts[:4] == [PROMPTS[0]] * 4
+    batch = (ro.query, ro.query_mask, ro.response, ro.mask)
+    m = ro.mask.bool()
+    ref_before = trainer.ref_logprobs(*batch)
+    assert torch.allclose(ref_before[m], trainer.policy_logprobs(*batch)[m], atol=1e-5)
+    assert torch.allclose(ro.logp[m], ref_before[m], atol=1e-4)  # the sampling pass's own
+    for step in (1, 2):
+        trainer.step(step)
+    assert torch.equal(trainer.ref_logprobs(*batch), ref_before)
+    assert (trainer.policy_logprobs(*batch) - ref_before)[m].abs().max() > 1e-3
