@@ -462,8 +462,9 @@ def group_reward_std(rewards: torch.Tensor) -> torch.Tensor:
 
 @equation(r"\frac{1}{B}\sum_{b=1}^{B}\mathbb{1}\big[R_{b,1} = \dots = R_{b,G}\big]")
 def zero_signal_fraction(rewards: torch.Tensor, tol: float = 1e-6) -> torch.Tensor:
-    """The share of groups whose G rewards are all equal (within `tol`): every advantage of
-    such a group is 0, so it teaches nothing but the KL term ([B, G] → scalar)."""
+    """z = (1/B)·Σ_b 1[R_b1 = … = R_bG]: the share of groups whose G rewards are all equal
+    (within `tol`); every advantage of such a group is 0, so it teaches nothing but the KL
+    term ([B, G] → scalar)."""
     spread = rewards.max(-1).values - rewards.min(-1).values
     return (spread <= tol).float().mean()
 

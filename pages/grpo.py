@@ -18,8 +18,8 @@ from ui.stage_page import PageFields, StagePage
 store = get_store()
 defaults = GRPOConfig()
 ZERO_SIGNAL_WARN = 0.5   # share of groups with equal rewards above which the page warns
-ADVANTAGE_LATEX = {"grpo": "grpo_advantages", "dr_grpo": "dr_grpo_advantages",
-                   "rloo": "rloo_advantages"}
+ADVANTAGE_LATEX = {"grpo": LATEX["grpo_advantages"], "dr_grpo": LATEX["dr_grpo_advantages"],
+                   "rloo": LATEX["rloo_advantages"]}
 
 
 # -- a new run -----------------------------------------------------------------------------
@@ -122,7 +122,7 @@ def _chart(names: list[str], title: str, formulas: list[str], run_id: int,
         line_chart(metrics_frame(run_id, names), title, rule=rule)
     with eq:
         for formula in formulas:
-            st.latex(LATEX[formula])
+            st.latex(formula)
         if caption:
             st.caption(caption)
 
@@ -195,23 +195,23 @@ def run_view(run_id: int) -> dict:
         [t("grpo.tab_reward"), t("grpo.tab_policy"), t("grpo.tab_more")])
     with tab_reward:
         _chart(["reward_mean", "reward_std_within_group"], t("grpo.chart_reward"),
-               ["weighted_reward", "group_reward_std"], run_id, t("grpo.reward_caption"))
-        _chart(["zero_signal_fraction"], t("grpo.chart_zero"), ["zero_signal_fraction"], run_id,
+               [LATEX["weighted_reward"], LATEX["group_reward_std"]], run_id, t("grpo.reward_caption"))
+        _chart(["zero_signal_fraction"], t("grpo.chart_zero"), [LATEX["zero_signal_fraction"]], run_id,
                t("grpo.zero_caption"), rule=ZERO_SIGNAL_WARN)
-        _chart(components, t("grpo.chart_components"), ["weighted_reward"], run_id,
+        _chart(components, t("grpo.chart_components"), [LATEX["weighted_reward"]], run_id,
                t("grpo.components_caption"))
     with tab_policy:
         _chart(["policy_loss", "loss"], t("grpo.chart_loss"),
-               [ADVANTAGE_LATEX[advantage], "grpo_loss"], run_id)
-        _chart(["clipfrac"], t("ppo.chart_clipfrac"), ["clip_fraction"], run_id,
+               [ADVANTAGE_LATEX[advantage], LATEX["grpo_loss"]], run_id)
+        _chart(["clipfrac"], t("ppo.chart_clipfrac"), [LATEX["clip_fraction"]], run_id,
                t("ppo.clipfrac_caption"), rule=CLIPFRAC_WARN)
-        _chart(["kl"], t("grpo.chart_kl"), ["kl_k3"], run_id, t("grpo.kl_caption"))
-        _chart(["entropy"], t("ppo.chart_entropy"), ["entropy_from_logits"], run_id,
+        _chart(["kl"], t("grpo.chart_kl"), [LATEX["kl_k3"]], run_id, t("grpo.kl_caption"))
+        _chart(["entropy"], t("ppo.chart_entropy"), [LATEX["entropy_from_logits"]], run_id,
                t("ppo.entropy_caption"))
     with tab_more:
-        _chart(["response_length"], t("ppo.chart_length"), ["response_length"], run_id,
+        _chart(["response_length"], t("ppo.chart_length"), [LATEX["response_length"]], run_id,
                t("ppo.length_caption"))
-        _chart(["eos_fraction"], t("ppo.chart_eos"), ["eos_fraction"], run_id)
+        _chart(["eos_fraction"], t("ppo.chart_eos"), [LATEX["eos_fraction"]], run_id)
         line_chart(metrics_frame(run_id, ["time_generate", "time_score", "time_train"]),
                    t("ppo.chart_time"), y_title=t("ppo.seconds_axis"))
     groups_table(run_id)
