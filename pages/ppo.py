@@ -3,7 +3,6 @@ every quantity of the equations as it trains (reward, KL, β, ratios and their c
 advantages, value fit, entropy, length) beside the formula that defines it."""
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -127,25 +126,32 @@ def ratio_histogram(run_id: int, eps: float) -> None:
     last = df[df["step"] == last_step]
     total = max(1.0, float(last["value"].sum()))
     last = last.assign(share=last["value"] / total)
-    bars = alt.Chart(last).mark_bar().encode(
-        x=alt.X("lo:Q", bin="binned", title="r_t(θ)",
-                scale=alt.Scale(domain=[RATIO_HIST_EDGES[0], RATIO_HIST_EDGES[-1]])),
-        x2="hi:Q", y=alt.Y("share:Q", title=t("ppo.share_axis")),
-        tooltip=[alt.Tooltip("lo:Q", title="≥"), alt.Tooltip("hi:Q", title="<"),
-                 alt.Tooltip("value:Q", title=t("ppo.tokens_axis"))])
-    band = alt.Chart(pd.DataFrame({"x": [1 - eps, 1 + eps]})).mark_rule(
-        color="#d62728", strokeDash=[5, 3], size=2).encode(x="x:Q")
-    st.altair_chart(alt.layer(bars, band).properties(
-        title=t("ppo.chart_ratio_hist", step=last_step), height=220), width="stretch")
-    heat = alt.Chart(df.assign(mid=(df["lo"] + df["hi"]) / 2)).mark_rect().encode(
-        x=alt.X("step:O", title=t("common.step")),
-        y=alt.Y("lo:O", title="r_t(θ)", sort="descending",
-                axis=alt.Axis(format=".2f", labelOverlap=True)),
-        color=alt.Color("value:Q", title=t("ppo.tokens_axis"),
-                        scale=alt.Scale(scheme="blues")),
-        tooltip=["step", alt.Tooltip("lo:Q", format=".2f"), "value"])
-    st.altair_chart(heat.properties(title=t("ppo.chart_ratio_heat"), height=200),
-                    width="stretch")
+    # plain Vega-Lite specs: Altair's schema validation made this pair the page's slowest
+    q = {"type": "quantitative"}
+    bars = {"data": {"name": "last"}, "mark": "bar", "encoding": {
+        "x": {"field": "lo", **q, "bin": "binned", "title": "r_t(θ)",
+              "scale": {"domain": [RATIO_HIST_EDGES[0], RATIO_HIST_EDGES[-1]]}},
+        "x2": {"field": "hi"}, "y": {"field": "share", **q, "title": t("ppo.share_axis")},
+        "tooltip": [{"field": "lo", **q, "title": "≥"}, {"field": "hi", **q, "title": "<"},
+                    {"field": "value", **q, "title": t("ppo.tokens_axis")}]}}
+    band = {"data": {"values": [{"x": 1 - eps}, {"x": 1 + eps}]},
+            "mark": {"type": "rule", "color": "#d62728", "strokeDash": [5, 3], "size": 2},
+            "encoding": {"x": {"field": "x", **q}}}
+    st.vega_lite_chart(spec={"title": t("ppo.chart_ratio_hist", step=last_step), "height": 220,
+                             "datasets": {"last": last[["lo", "hi", "share", "value"]]},
+                             "layer": [bars, band]}, width="stretch")
+    heat = df.assign(mid=(df["lo"] + df["hi"]) / 2)[["step", "lo", "value"]]
+    st.vega_lite_chart(spec={
+        "title": t("ppo.chart_ratio_heat"), "height": 200, "datasets": {"heat": heat},
+        "data": {"name": "heat"}, "mark": "rect", "encoding": {
+            "x": {"field": "step", "type": "ordinal", "title": t("common.step")},
+            "y": {"field": "lo", "type": "ordinal", "title": "r_t(θ)", "sort": "descending",
+                  "axis": {"format": ".2f", "labelOverlap": True}},
+            "color": {"field": "value", **q, "title": t("ppo.tokens_axis"),
+                      "scale": {"scheme": "blues"}},
+            "tooltip": [{"field": "step", "type": "ordinal"},
+                        {"field": "lo", **q, "format": ".2f"}, {"field": "value", **q}]}},
+        width="stretch")
 
 
 def warnings(run: dict, last: dict) -> None:
@@ -183,14 +189,17 @@ def samples_table(run_id: int) -> None:
     scatter = pd.DataFrame([{"length": (s.get("extra") or {}).get("length"),
                              "reward": s["reward"], "step": s["step"]} for s in samples])
     if scatter["length"].notna().any():
-        chart = alt.Chart(scatter).mark_circle(size=40, opacity=0.7).encode(
-            x=alt.X("length:Q", title=t("ppo.length_axis")),
-            y=alt.Y("reward:Q", title=t("ppo.reward_axis")),
-            color=alt.Color("step:Q", scale=alt.Scale(scheme="viridis"),
-                            title=t("common.step")),
-            tooltip=["step", "length", alt.Tooltip("reward:Q", format=".3f")])
-        st.altair_chart(chart.properties(title=t("ppo.chart_length_bias"), height=220),
-                        width="stretch")
+        q = {"type": "quantitative"}
+        st.vega_lite_chart(spec={
+            "title": t("ppo.chart_length_bias"), "height": 220,
+            "datasets": {"samples": scatter}, "data": {"name": "samples"},
+            "mark": {"type": "circle", "size": 40, "opacity": 0.7}, "encoding": {
+                "x": {"field": "length", **q, "title": t("ppo.length_axis")},
+                "y": {"field": "reward", **q, "title": t("ppo.reward_axis")},
+                "color": {"field": "step", **q, "scale": {"scheme": "viridis"},
+                          "title": t("common.step")},
+                "tooltip": [{"field": "step", **q}, {"field": "length", **q},
+                            {"field": "reward", **q, "format": ".3f"}]}}, width="stretch")
 
 
 def run_view(run_id: int) -> dict:

@@ -322,7 +322,8 @@ with tab_overlay:
         default = overlay_defaults(candidates)
         picked = c2.multiselect(t("runs.overlay_runs"), [r["id"] for r in candidates],
                                 default=default, key=f"runs_overlay_ids_{stage}",
-                                format_func=lambda i: f"#{i} {by_id[i]['name']}")
+                                format_func=lambda i: f"#{i} {by_id[i]['name']}",
+                                placeholder=t("runs.overlay_placeholder"))
         names = R.common_metric_names(store, picked)
         if len(picked) < 2:
             st.caption(t("runs.overlay_pick"))

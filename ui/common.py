@@ -280,6 +280,26 @@ def downsample(df: pd.DataFrame, max_points: int = 600) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
+def _chart_frame(df: pd.DataFrame, smoothing: float) -> pd.DataFrame:
+    """One row per drawn point: run, step, name, value, smooth (the EMA where `smoothed`,
+    else the value), smoothed, series (the legend's name). Smoothed on every point, then
+    downsampled; a series at a time (a chart holds a few)."""
+    parts = []
+    many_runs = df["run"].nunique() > 1
+    for (run, name), g in df.groupby(["run", "name"], sort=True):
+        g = g.sort_values("step", kind="stable")
+        values = g["value"].astype(float)
+        smooth = smoothed(name, len(g), smoothing)
+        part = pd.DataFrame({"run": run, "step": g["step"].to_numpy(), "name": name,
+                             "value": values.to_numpy(),
+                             "smooth": (ema(values, smoothing) if smooth else values).to_numpy(),
+                             "smoothed": smooth,
+                             "series": f"{run} {metric_label(name)}" if many_runs
+                             else metric_label(name)})
+        parts.append(downsample(part))
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
                height: int = 220, rule: float | None = None):
     """A metric line chart: series named by `metric_label` (legend and tooltip), smoothed by
@@ -292,22 +312,7 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
     if df.empty:
         st.caption(t("common.no_data"))
         return
-    df = df[["run", "step", "name", "value"]].sort_values(["run", "name", "step"],
-                                                          kind="stable")
-    keys = [df["run"], df["name"]]
-    points = df.groupby(keys, sort=False)["step"].transform("size")
-    smooth_mask = [smoothed(n, p, smoothing) for n, p in zip(df["name"], points)]
-    df = df.assign(smoothed=smooth_mask)
-    if smoothing > 0 and df["smoothed"].any():
-        df = df.assign(smooth=df["value"].where(
-            ~df["smoothed"], df.groupby(keys, sort=False)["value"].transform(
-                lambda s: ema(s, smoothing))))
-    else:
-        df = df.assign(smooth=df["value"])
-    df = downsample(df)
-    labels = {n: metric_label(n) for n in df["name"].unique()}
-    label = df["name"].map(labels)
-    df = df.assign(series=df["run"] + " " + label if df["run"].nunique() > 1 else label)
+    df = _chart_frame(df, smoothing)
     num = {"type": "quantitative"}
     x = {"field": "step", **num, "title": t("common.step"),
          "axis": {"format": "d", "tickMinStep": 1}}
