@@ -1,7 +1,6 @@
 """Reward model: train r_φ on preference pairs, watch it learn, see how it ranks, test it."""
 from __future__ import annotations
 
-import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -87,6 +86,8 @@ def norm_formula(mean: float, std: float) -> str:
 
 
 def results(run: dict) -> None:
+    import altair as alt  # (imported here: the page's other views never pay its 0.4 s)
+
     df = eval_frame(run["id"])
     summary = run.get("summary") or {}
     if df.empty:
