@@ -193,11 +193,14 @@ def browser(home: Path, rounds: int) -> dict:
             for _ in range(rounds):
                 for name in PAGES[1:] + PAGES[:1]:
                     t1 = time.perf_counter()
-                    nav.get_by_role("link", name=t(TITLES[name], lang="en")).click()
-                    page.wait_for_function(  # (a client-side navigation: no load event)
-                        f"() => ['/{name}', '/'].includes(location.pathname)"
-                        if name == "home" else f"() => location.pathname === '/{name}'",
-                        timeout=30_000, polling=20)
+                    nav.get_by_role("link", name=t(TITLES[name], lang="en"), exact=True).click()
+                    try:
+                        page.wait_for_function(  # (a client-side navigation: no load event)
+                            f"() => ['/{name}', '/'].includes(location.pathname)"
+                            if name == "home" else f"() => location.pathname === '/{name}'",
+                            timeout=30_000, polling=20)
+                    except Exception as exc:
+                        raise RuntimeError(f"no switch to {name}: at {page.url}") from exc
                     page.wait_for_timeout(50)
                     _script_done(page)
                     script[name].append(time.perf_counter() - t1)
