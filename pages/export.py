@@ -16,12 +16,10 @@ store, jobs = get_store(), get_jobs()
 @st.cache_data(show_spinner=False)
 def gguf_estimates(spec: str) -> dict:
     """{quant: estimate} for the base model `spec`, or {"error": why GGUF is not offered}."""
-    from transformers import AutoConfig
-
-    from engine.inference.models import resolve
+    from engine.inference.models import load_config
 
     try:
-        config = AutoConfig.from_pretrained(resolve(spec)[0])
+        config = load_config(spec)
         gguf_arch(config)
         return {q: estimate(config, q) for q in QUANTS}
     except GGUFExportError as exc:

@@ -90,6 +90,20 @@ def display_name(spec: str) -> str:
     return Path(spec).name if os.path.isdir(spec) else spec
 
 
+def load_config(spec: str | None):
+    """The transformers config of a model spec without loading (or converting) weights: for
+    the embedded model the converted copy's config, or, before the first conversion, the
+    one read from the GGUF's metadata (a page must not wait ~20 s for a conversion)."""
+    from transformers import AutoConfig
+
+    if (spec or EMBEDDED).strip() == EMBEDDED:
+        target = embedded_cache_dir()
+        if (target / "config.json").exists():
+            return AutoConfig.from_pretrained(target)
+        return AutoConfig.from_pretrained(embedded_gguf_folder(), gguf_file=EMBEDDED_GGUF)
+    return AutoConfig.from_pretrained(resolve(spec)[0])
+
+
 def ensure_embedded_cache() -> Path:
     """Convert the embedded GGUF to a safetensors folder once; return that folder."""
     target = embedded_cache_dir()
