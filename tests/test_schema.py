@@ -10,8 +10,8 @@ import pytest
 
 from engine import schema
 from engine.runtime import stages
-from engine.training.grpo import GRPOConfig
 from engine.training.dpo import DPOConfig
+from engine.training.grpo import GRPOConfig
 from engine.training.ppo import PPOConfig
 from engine.training.reward import RewardConfig
 from engine.schema import ConfigError
