@@ -346,3 +346,68 @@ with tab_overlay:
                              hide_index=True, width="stretch")
             else:
                 st.caption(t("runs.config_same"))
+
+
+# -- reward against KL, across the RL stages (PPO, DPO, GRPO) ------------------------------------
+def reward_kl_defaults(candidates: list[dict]) -> list[int]:
+    """The newest succeeded run of each stage that logged its (KL, reward) pair."""
+    picked, stages_done = [], set()
+    for r in candidates:
+        if r["stage"] not in stages_done and r["status"] == "succeeded" \
+                and R.reward_kl_pair(store, r) is not None:
+            picked.append(r["id"])
+            stages_done.add(r["stage"])
+    return picked
+
+
+def reward_kl_view() -> None:
+    candidates = [r for r in rows if r["stage"] in R.REWARD_KL_METRICS]
+    if not candidates:
+        return
+    st.divider()
+    st.subheader(t("runs.rkl_title"))
+    st.caption(t("runs.rkl_intro"))
+    ids = [r["id"] for r in candidates]
+    if any(i not in ids for i in st.session_state.get("runs_rkl_ids") or []):
+        st.session_state.pop("runs_rkl_ids")  # a run deleted or filtered out meanwhile
+    picked = st.multiselect(t("runs.rkl_runs"), ids, default=reward_kl_defaults(candidates),
+                            key="runs_rkl_ids", placeholder=t("runs.overlay_placeholder"),
+                            format_func=lambda i: f"#{i} {by_id[i]['name']} · "
+                                                  f"{stage_label(by_id[i]['stage'])}")
+    points = pd.DataFrame(R.reward_vs_kl(store, picked))
+    if points.empty:
+        st.caption(t("runs.rkl_none"))
+        return
+    points["series"] = [f"#{i} {by_id[i]['name']} · {stage_label(by_id[i]['stage'])}"
+                        for i in points["run"]]
+    points["kl_name"] = [metric_label(n) for n in points["kl_metric"]]
+    points["reward_name"] = [metric_label(n) for n in points["reward_metric"]]
+    points = points.drop(columns=["kl_metric", "reward_metric", "stage"])
+    encoding = {
+        "x": {"field": "kl", "type": "quantitative", "title": t("runs.rkl_x"),
+              "scale": {"zero": False}},
+        "y": {"field": "reward", "type": "quantitative", "title": t("runs.rkl_y"),
+              "scale": {"zero": False}},
+        "color": {"field": "series", "type": "nominal", "title": t("runs.rkl_legend"),
+                  "legend": {"orient": "bottom", "columns": 1, "labelLimit": 600}},
+        "order": {"field": "step", "type": "quantitative"},
+        "tooltip": [{"field": "series", "title": t("runs.rkl_legend")},
+                    {"field": "step", "title": t("common.step")},
+                    {"field": "kl_name", "title": t("runs.rkl_kl_metric")},
+                    {"field": "kl", "title": t("runs.rkl_x"), "format": ".4g"},
+                    {"field": "reward_name", "title": t("runs.rkl_reward_metric")},
+                    {"field": "reward", "title": t("runs.rkl_y"), "format": ".4g"}],
+    }
+    st.vega_lite_chart(spec={
+        "height": 320, "datasets": {"points": points}, "data": {"name": "points"},
+        "encoding": encoding,
+        "layer": [{"mark": {"type": "line", "opacity": 0.5}},
+                  {"mark": {"type": "point", "filled": True, "size": 60}}]}, width="stretch")
+    pairs = points.drop_duplicates("series")
+    st.caption(t("runs.rkl_pairs", pairs="; ".join(
+        t("runs.rkl_pair", run=s, reward=y, kl=x)
+        for s, x, y in zip(pairs["series"], pairs["kl_name"], pairs["reward_name"]))))
+
+
+with tab_overlay:
+    reward_kl_view()

@@ -351,3 +351,81 @@ def test_page_hides_pair_sampling_runs_until_the_toggle(store):
     assert not at.exception
     assert list(at.dataframe[0].value["id"]) == pairs[::-1] + [sft]
     assert at.caption[1].value.startswith("3 of 3 runs")
+
+
+# -- reward against KL (PPO, DPO, GRPO on shared axes) ---------------------------------------
+def _three_rl_runs(store) -> tuple[int, int, int]:
+    ppo = finished_run(store, "ppo", {}, name="ppo-a", metrics={
+        s: {"kl": 0.01 * s, "score_mean": 0.1 * s, "policy_loss": 0.5} for s in range(1, 6)})
+    # DPO: the KL of its greedy answers and the eval margin at each evaluation only
+    dpo = finished_run(store, "dpo", {}, name="dpo-a", metrics={
+        **{s: {"loss": 0.69 - 0.01 * s} for s in range(1, 5)},
+        0: {"kl_to_ref": 0.0, "eval_reward_margin": 0.0, "eval_reward_accuracy": 0.5},
+        5: {"loss": 0.6, "kl_to_ref": 0.2, "eval_reward_margin": 0.4,
+            "eval_reward_accuracy": 0.75}})
+    grpo = finished_run(store, "grpo", {}, name="grpo-a", metrics={
+        s: {"kl": 0.02 * s, "reward_mean": -1 + 0.2 * s, "reward_std": 0.3} for s in (1, 2, 3)})
+    return ppo, dpo, grpo
+
+
+def test_reward_vs_kl_pairs_each_stage_with_its_metrics(store):
+    ppo, dpo, grpo = _three_rl_runs(store)
+    sft = finished_run(store, "sft", {}, metrics={1: {"train_loss": 1.0}})
+    points = R.reward_vs_kl(store, [ppo, dpo, grpo, sft])
+    by_run = {}
+    for p in points:
+        by_run.setdefault(p["run"], []).append(p)
+    assert set(by_run) == {ppo, dpo, grpo}  # SFT has no such pair
+    assert [(p["step"], p["kl"], p["reward"]) for p in by_run[dpo]] == [(0, 0.0, 0.0),
+                                                                         (5, 0.2, 0.4)]
+    assert {(p["kl_metric"], p["reward_metric"]) for p in points} == {
+        ("kl", "score_mean"), ("kl_to_ref", "eval_reward_margin"), ("kl", "reward_mean")}
+    assert len(by_run[ppo]) == 5 and by_run[ppo][-1]["reward"] == pytest.approx(0.5)
+    # a DPO run without eval margins falls back on its eval accuracy
+    only_acc = finished_run(store, "dpo", {}, metrics={
+        0: {"kl_to_ref": 0.0, "eval_reward_accuracy": 0.5}})
+    assert R.reward_kl_pair(store, store.get_run(only_acc)) == ("kl_to_ref",
+                                                                 "eval_reward_accuracy")
+    assert R.reward_kl_pair(store, store.get_run(sft)) is None
+
+
+@pytest.mark.parametrize("lang", ["en", "fr"])
+def test_overlay_draws_reward_against_kl_for_ppo_dpo_and_grpo(store, lang):
+    from ui.common import metric_label
+    from ui.i18n import t
+
+    ppo, dpo, grpo = _three_rl_runs(store)
+    at = app()
+    at.session_state["lang"] = lang
+    at.run()
+    assert not at.exception
+    picker = at.multiselect(key="runs_rkl_ids")
+    assert sorted(picker.value) == sorted([ppo, dpo, grpo])  # one of each stage by default
+    assert picker.label == t("runs.rkl_runs", lang=lang)
+    charts = [el for el in _walk(at.main) if getattr(el, "type", None) == "vega_lite_chart"
+              and '"kl_name"' in el.proto.spec]
+    assert len(charts) == 1
+    spec = json.loads(charts[0].proto.spec)
+    assert spec["encoding"]["x"]["title"] == t("runs.rkl_x", lang=lang)
+    assert spec["encoding"]["y"]["title"] == t("runs.rkl_y", lang=lang)
+    assert spec["encoding"]["color"]["title"] == t("runs.rkl_legend", lang=lang)
+    frame = [f for f in chart_frames(at) if "kl_name" in f.columns][0]
+    assert frame.groupby("run").size().to_dict() == {ppo: 5, dpo: 2, grpo: 3}
+    names = dict(zip(frame["run"], zip(frame["kl_name"], frame["reward_name"])))
+    assert names[ppo] == (metric_label("kl", lang), metric_label("score_mean", lang))
+    assert names[dpo] == (metric_label("kl_to_ref", lang),
+                          metric_label("eval_reward_margin", lang))
+    assert names[grpo] == (metric_label("kl", lang), metric_label("reward_mean", lang))
+    stage = t("runs.stage_grpo", lang=lang)
+    assert f"#{grpo} grpo-a · {stage}" in set(frame["series"])
+    # fewer runs: only theirs are drawn
+    picker.set_value([dpo]).run()
+    assert not at.exception
+    frame = [f for f in chart_frames(at) if "kl_name" in f.columns][0]
+    assert set(frame["run"]) == {dpo}
+
+
+def _walk(node):
+    for child in getattr(node, "children", {}).values():
+        yield child
+        yield from _walk(child)

@@ -125,6 +125,53 @@ def common_metric_names(store: Store, run_ids: Iterable[int]) -> list[str]:
     return sorted(names or [])
 
 
+
+# -- reward against KL ---------------------------------------------------------------
+# The trade-off the RL stages make: how much reward a run bought with how far it moved from
+# its reference. Per stage, (x = KL to the reference, y = reward) metric pairs in order of
+# preference, both logged at the same steps: PPO and GRPO log theirs every step (PPO's
+# reward-model score, GRPO's weighted rewards); DPO has no sampled reward, so its
+# implicit-reward margin (then accuracy) on held-out pairs, beside the KL of its greedy
+# answers, both at each evaluation.
+REWARD_KL_METRICS: dict[str, tuple[tuple[str, str], ...]] = {
+    "ppo": (("kl", "score_mean"), ("kl", "rlhf_reward")),
+    "grpo": (("kl", "reward_mean"),),
+    "dpo": (("kl_to_ref", "eval_reward_margin"), ("kl_to_ref", "eval_reward_accuracy")),
+}
+
+
+def reward_kl_pair(store: Store, run: dict) -> tuple[str, str] | None:
+    """(kl metric, reward metric) of a run from REWARD_KL_METRICS: the first pair it logged
+    both of; None for a stage without one, or a run that logged neither pair."""
+    pairs = REWARD_KL_METRICS.get(run.get("stage"), ())
+    if not pairs:
+        return None
+    names = set(store.metric_names(run["id"]))
+    return next(((x, y) for x, y in pairs if x in names and y in names), None)
+
+
+def reward_vs_kl(store: Store, run_ids: Iterable[int]) -> list[dict]:
+    """The (KL, reward) points of runs, one per step that logged both of the run's pair:
+    [{"run", "stage", "step", "kl", "reward", "kl_metric", "reward_metric"}], by run then
+    step. Runs without a pair are left out."""
+    points = []
+    for rid in run_ids:
+        run = store.get_run(rid)
+        pair = reward_kl_pair(store, run)
+        if pair is None:
+            continue
+        x, y = pair
+        steps: dict[int, dict[str, float]] = {}
+        for m in store.get_metrics(rid, [x, y]):
+            steps.setdefault(m["step"], {})[m["name"]] = m["value"]
+        for step in sorted(steps):
+            values = steps[step]
+            if _is_number(values.get(x)) and _is_number(values.get(y)):
+                points.append({"run": int(rid), "stage": run["stage"], "step": step,
+                               "kl": float(values[x]), "reward": float(values[y]),
+                               "kl_metric": x, "reward_metric": y})
+    return points
+
 # -- cloning -------------------------------------------------------------------------
 def clone_config(store: Store, run_id: int) -> tuple[str, dict]:
     """(stage, config) of a run, completed with the stage's current defaults."""
