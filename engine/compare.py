@@ -29,7 +29,7 @@ from engine.objectives import logprobs_from_logits
 from engine.training.reward import pearson
 from engine.schema import SamplingSettings, StageConfig, like
 
-MAX_MODELS = 4
+MAX_MODELS = 5  # base, SFT, PPO, DPO and GRPO side by side
 CHOICES = ("a", "b", "tie")
 
 
