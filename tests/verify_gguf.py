@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,7 @@ NEW_TOKENS = 12
 
 LLAMA_SIDE = r"""
 import json, sys
+import llama_cpp
 from llama_cpp import Llama
 
 path, text, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -37,7 +39,7 @@ for tok in llm.generate(app_prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty
     if tok == llm.token_eos() or len(out) >= n:
         break
     out.append(tok)
-print(json.dumps({"prompt": ids, "answer": out}))
+print(json.dumps({"prompt": ids, "answer": out, "version": llama_cpp.__version__}))
 """
 
 
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--llama-python", default=str(ROOT / ".venv-llama" / "bin" / "python"))
     ap.add_argument("--embedded", action="store_true", help="SmolLM2-135M instead of the tiny model")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the data folder (exports, 0.5-1 GB) and print where it is")
     args = ap.parse_args(argv)
     if not Path(args.llama_python).exists():
         print(f"no llama-cpp-python environment at {args.llama_python}: `make verify-gguf` "
@@ -53,6 +57,16 @@ def main(argv=None) -> int:
 
     home = Path(tempfile.mkdtemp(prefix="verify-gguf-"))
     os.environ.update(RLHF_LAB_HOME=str(home), RLHF_LAB_DEVICE="cpu")
+    try:
+        return check(args, home)
+    finally:
+        if args.keep:
+            print(f"data folder kept: {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def check(args, home: Path) -> int:
     import torch
 
     from engine.export import export_run
@@ -90,6 +104,7 @@ def main(argv=None) -> int:
             print(proc.stderr[-3000:], file=sys.stderr)
             return 2
         got = json.loads(proc.stdout.strip().splitlines()[-1])
+        result["llama_cpp_python"] = got["version"]
         same = 0
         for a, b in zip(got["answer"], answer):
             if a != b:
