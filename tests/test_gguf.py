@@ -27,7 +27,10 @@ NEW_TOKENS = 12
 #   tiny 2-layer Llama   F16 12/12 tokens, Δ 0.0005 · Q8_0 9/12, Δ 0.012 · Q4_0 0/12, Δ 0.20
 #   SmolLM2-135M         F16 12/12 tokens, Δ 0.076  · Q8_0 5/12, Δ 1.63  · Q4_0 0/12, Δ 19.9
 # Tolerances: F16 token for token; Q8_0 its first 4 tokens and Δ below (margin ~2-8×).
-Q8_SAME_FIRST = 4
+# Q8_0 answers must start like the app's on the embedded model; the tiny model's random
+# weights give near-tied logits, where 8-bit rounding flips a greedy choice (seen: 2 to 9
+# of 12 tokens the same), so there only the logits bound below is checked
+Q8_SAME_FIRST = {"tiny": 0, "embedded": 4}
 TOLERANCE = {"tiny": {"f16": 0.01, "q8_0": 0.1}, "embedded": {"f16": 0.2, "q8_0": 3.0}}
 
 GGUF_READER = r"""
@@ -92,7 +95,7 @@ def check_against_app(got: dict, app, f16: str, q8: str, model: str) -> None:
     assert got[f16]["answer"] == answer      # token for token
     assert np.abs(np.array(got[f16]["logits"]) - logits.numpy()).max() < tol["f16"]
     assert got[q8]["prompt"] == prompt_ids
-    assert common_prefix(got[q8]["answer"], answer) >= min(Q8_SAME_FIRST, len(answer))
+    assert common_prefix(got[q8]["answer"], answer) >= min(Q8_SAME_FIRST[model], len(answer))
     assert np.abs(np.array(got[q8]["logits"]) - logits.numpy()).max() < tol["q8_0"]
 
 

@@ -89,6 +89,9 @@ def test_training_jobs_queue_while_light_jobs_run_at_once(store):
     jobs = JobManager(store)
     long = jobs.submit("count", {"steps": 100, "delay": 0.02})
     queued = jobs.submit("count", {"steps": 1})
+    deadline = time.time() + 20  # the worker claims the long run (slowly on a busy machine)
+    while store.get_run(long)["status"] != "running" and time.time() < deadline:
+        time.sleep(0.05)
     light = jobs.submit("count_light", {"steps": 2})
     assert jobs.wait(light, 10) == "succeeded"
     assert store.get_run(queued)["status"] == "queued"  # waits behind the long one
