@@ -389,6 +389,7 @@ def reward_kl_view() -> None:
         "y": {"field": "reward", "type": "quantitative", "title": t("runs.rkl_y"),
               "scale": {"zero": False}},
         "color": {"field": "series", "type": "nominal", "title": t("runs.rkl_legend"),
+                  "scale": {"scheme": "tableau10"},  # one distinct hue per run
                   "legend": {"orient": "bottom", "columns": 1, "labelLimit": 600}},
         "order": {"field": "step", "type": "quantitative"},
         "tooltip": [{"field": "series", "title": t("runs.rkl_legend")},
