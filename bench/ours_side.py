@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/ours_side.py WORKLOAD.json RESULT.json
 
+Stages: sft, reward, ppo (+ its unmeasured set-up), dpo (train_dpo: policy and frozen
+reference as two LoRA adapters on one base) and grpo (train_grpo, i.e. GRPOTrainer.step).
+
 `bench/run.py` starts it once per stage (and once, unmeasured, to make the SFT and
 reward runs that PPO starts from). The stage runs exactly as a job does:
 `engine.<stage>.train_<stage>(config, ctx)` on a real Store in the benchmark's own
@@ -69,6 +72,22 @@ def count_tokens(module, counts: list[int]) -> None:
     module.collate_completions = collate
 
 
+def count_policy_tokens(module, counts: list[int]) -> None:
+    """DPO: like count_tokens, but only the batches of the policy's training pass (the one
+    with gradients), not the reference's no-grad pass over the same pairs."""
+    import torch
+
+    original = module.collate_completions
+
+    def collate(batch, pad_token_id):
+        out = original(batch, pad_token_id)
+        if torch.is_grad_enabled():
+            counts.append(int(out["attention_mask"].sum()))
+        return out
+
+    module.collate_completions = collate
+
+
 def add_dataset(store, name: str, kind: str, rows: list[dict], split: str = "train") -> None:
     if name in {d["name"] for d in store.list_datasets()}:
         return
@@ -123,6 +142,31 @@ def reward_config(w: dict, steps: int):
                        max_length=w["max_length"], eval_every=0, save_every=0,
                        normalize=False, max_eval_pairs=8, warmup_ratio=0.0,
                        lora=lora_settings(w))
+
+
+def dpo_config(w: dict, steps: int):
+    from engine.training.dpo import DPOConfig
+
+    # no evaluation, samples or checkpoints: only the training steps (the reference's
+    # log-probs computed each step, as by default: precompute_ref=False)
+    return make_config(DPOConfig, model=w["model_spec"], dataset="bench-pairs", max_steps=steps,
+                       batch_size=w["batch_size"], grad_accum=1, max_length=w["max_length"],
+                       beta=w["beta"], loss_type="sigmoid", eval_every=0, save_every=0,
+                       sample_every=0, samples_per_eval=0, max_eval_pairs=0,
+                       precompute_ref=False, warmup_ratio=0.0, lora=lora_settings(w))
+
+
+def grpo_config(w: dict, steps: int):
+    from engine.training.grpo import GRPOConfig
+
+    # one optimizer step per generation batch (minibatches=1, ppo_epochs=1), as TRL's
+    # default GRPO set-up (steps_per_generation = 1, num_iterations = 1)
+    return make_config(GRPOConfig, model=w["model_spec"], dataset="bench-prompts",
+                       max_steps=steps, batch_size=w["batch_size"], group_size=w["group_size"],
+                       max_new_tokens=w["new_tokens"], temperature=w["temperature"],
+                       beta=w["beta"], advantage="grpo", minibatches=1, ppo_epochs=1,
+                       builtin_rewards=[w["reward_rule"]], save_every=0, sample_every=0,
+                       lora=lora_settings(w, dropout=0.0))
 
 
 def prepare_store(w: dict):
@@ -205,6 +249,28 @@ def main(argv: list[str]) -> int:
             result["response_length"] = [v.get("response_length") for v in ctx.step_values]
             result["phase_seconds"] = [
                 {k: v.get(k) for k in ("time_generate", "time_score", "time_train")}
+                for v in ctx.step_values]
+        elif w["stage"] == "dpo":
+            import engine.training.dpo as mod
+
+            count_policy_tokens(mod, counts)
+            ctx, summary = run_stage(store, "dpo", dpo_config(w, steps), device, mod.train_dpo)
+        elif w["stage"] == "grpo":
+            from engine.training.grpo import train_grpo
+
+            ctx, summary = run_stage(store, "grpo", grpo_config(w, steps), device, train_grpo)
+            answers = w["batch_size"] * w["group_size"]
+            result["response_length"] = [v.get("response_length") for v in ctx.step_values]
+            result["generated_tokens"] = [round(v["response_length"] * answers)
+                                          if v.get("response_length") is not None else None
+                                          for v in ctx.step_values]
+            # "tokens" of a GRPO step: the tokens generated (both sides count them alike)
+            counts.extend(t or 0 for t in result["generated_tokens"])
+            result["eos_fraction"] = [v.get("eos_fraction") for v in ctx.step_values]
+            result["reward_mean"] = [v.get("reward_mean") for v in ctx.step_values]
+            result["phase_seconds"] = [
+                {k: v.get(k) for k in ("time_generate", "time_score", "time_train",
+                                       "time_step")}
                 for v in ctx.step_values]
         else:
             raise SystemExit(f"unknown stage {w['stage']!r}")

@@ -1,6 +1,6 @@
 """Benchmark the engine against Hugging Face TRL on the same workload, model and machine.
 
-    python bench/run.py --stage sft|reward|ppo|all [--quick] [--json OUT] [--model SPEC]
+    python bench/run.py --stage sft|reward|ppo|dpo|grpo|all [--quick] [--json OUT] [--model SPEC]
 
 For each stage it runs our stage function (bench/ours_side.py, in this virtual
 environment) and TRL's trainer of that stage (bench/trl_side.py, in .venv-trl: see
@@ -35,15 +35,18 @@ sys.path.insert(0, str(ROOT))
 from bench.workload import Workload, build_data  # noqa: E402
 from engine.inference.models import build_tiny_model  # noqa: E402
 
-STAGES = ("sft", "reward", "ppo")
+STAGES = ("sft", "reward", "ppo", "dpo", "grpo")
 # extra TRL runs beside its defaults (each with its own ratio row)
-VARIANTS = {"trl_lora": "TRL with a LoRA policy", "trl_grouped": "TRL grouping by length too"}
+VARIANTS = {"trl_lora": "TRL with a LoRA policy", "trl_grouped": "TRL grouping by length too",
+            "trl_full": "TRL full fine-tuning, reference = a model copy"}
 DEFAULT_TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
 # Goals of the issue, reported (never asserted): metric, comparison, bound.
 GOALS = {
     "sft": ("tokens_per_s", ">=", 1.2),
     "reward": ("tokens_per_s", ">=", 1.2),
     "ppo": [("seconds_per_step", "<=", 0.5), ("peak_memory", "<=", 0.6)],
+    "dpo": [("tokens_per_s", ">=", 1.3), ("peak_memory", "<=", 0.6)],
+    "grpo": [("seconds_per_step", "<=", 0.5), ("peak_memory", "<=", 0.6)],
 }
 
 
@@ -147,7 +150,8 @@ def summarise(raw: dict, wl: Workload, tokens_per_step_fixed: float | None) -> d
     out["peak_memory_mb"] = out["gpu_max_allocated_mb"] if gpu is not None else out["peak_rss_mb"]
     out["peak_memory_kind"] = "gpu_max_allocated" if gpu is not None else "peak_rss"
     for k in ("response_length", "phase_seconds", "models_in_memory", "dataset_rows",
-              "process_wall_seconds", "versions"):
+              "process_wall_seconds", "versions", "generated_tokens", "eos_fraction",
+              "reward_mean", "reference", "training"):
         if raw.get(k) is not None:
             out[k] = raw[k]
     return out
@@ -222,10 +226,11 @@ def add_mfu(out: dict, stage: str, wl: Workload, flops: dict | None) -> None:
     reward, the fixed rollout size for PPO; attention's own FLOPs (≤ 128 positions) are
     left out."""
     if not out.get("ok") or not flops or not flops.get("peak_tflops") or \
-            out.get("device") != "cuda" or not out.get("tokens_per_s"):
-        return
+            out.get("device") != "cuda" or not out.get("tokens_per_s") or stage == "grpo":
+        return  # GRPO's "tokens" are the generated ones only: no MFU
     n_lm, n_body, peak = flops["n_lm"], flops["n_body"], flops["peak_tflops"] * 1e12
-    per_token = {"sft": 6 * n_lm, "reward": 6 * n_body}.get(
+    # DPO: reference forward 2·n_lm + policy forward and backward 6·n_lm per real token
+    per_token = {"sft": 6 * n_lm, "reward": 6 * n_body, "dpo": 8 * n_lm}.get(
         stage, 4 * n_lm + 2 * n_body + 6 * n_lm * max(1, wl.ppo_epochs))
     out["model_flops_per_token"] = per_token
     if out.get("tokens_per_step"):
@@ -267,7 +272,8 @@ def from_work(work: Path, previous: dict | None = None) -> dict:
         raw, wl, fixed = {}, None, None
         for side, tag in (("ours", f"{stage}-ours"), ("trl", f"{stage}-trl"),
                           ("trl_lora", f"{stage}-trl-lora"),
-                          ("trl_grouped", f"{stage}-trl-grouped")):
+                          ("trl_grouped", f"{stage}-trl-grouped"),
+                          ("trl_full", f"{stage}-trl-full")):
             rpath, wpath = work / f"{tag}.result.json", work / f"{tag}.workload.json"
             if not wpath.exists():
                 continue
@@ -348,10 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="embedded",
                    help="'embedded' (SmolLM2-135M), a local Hugging Face folder, or a hub id")
     p.add_argument("--warmup", type=int, default=None,
-                   help="steps not measured (≥ 1; default: SFT and reward one epoch, PPO 1)")
+                   help="steps not measured (≥ 1; default: SFT and reward one epoch, "
+                        "PPO, DPO and GRPO 1)")
     p.add_argument("--measured", type=int, default=None,
-                   help="steps measured (default: SFT and reward one epoch, PPO 3; "
-                        "1 + 2 with --quick)")
+                   help="steps measured (default: SFT and reward one epoch, PPO 3, "
+                        "DPO 8, GRPO 3; 1 + 2 with --quick)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="examples / pairs / prompts per step instead of the workload's 8 "
                         "(a larger-batch row: not the fixed workload)")
@@ -364,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="also run TRL's PPO with a LoRA policy (3 models instead of 4)")
     p.add_argument("--trl-grouped", action="store_true",
                    help="also run TRL's SFT and reward trainers with length-grouped batches")
+    p.add_argument("--trl-full", action="store_true",
+                   help="also run TRL's DPO and GRPO without LoRA (full fine-tuning, the "
+                        "reference a separate model copy)")
     p.add_argument("--trl-python", default=os.environ.get("RLHF_LAB_TRL_PYTHON",
                                                           str(DEFAULT_TRL_PYTHON)),
                    help="python of the TRL virtual environment")
@@ -438,22 +448,34 @@ def main(argv: list[str] | None = None) -> int:
                       pad_token=tokenizer.pad_token, temperature=0.7, threads=args.threads,
                       data_sft=data["sft"], data_pairs=data["pairs"],
                       data_pairs_eval=data["pairs_eval"], data_prompts=data["prompts"])
-        common["data"] = {"sft": data["sft"], "reward": data["pairs"],
-                          "ppo": data["prompts"]}[stage]
+        common["data"] = {"sft": data["sft"], "reward": data["pairs"], "dpo": data["pairs"],
+                          "ppo": data["prompts"], "grpo": data["prompts"]}[stage]
         fixed_tokens = None
         if stage == "ppo":
             # rollout tokens: the prompts plus the new tokens asked for, per step
             fixed_tokens = wl.batch_size * (data["tokens"]["prompts"] / wl.rows + wl.new_tokens)
         entry: dict = {"workload": {k: common[k] for k in (
             "rows", "batch_size", "max_length", "warmup", "measured", "new_tokens",
-            "minibatches", "ppo_epochs", "lora")}}
-        if stage != "ppo":
-            for k in ("new_tokens", "minibatches", "ppo_epochs"):
-                entry["workload"].pop(k)
+            "minibatches", "ppo_epochs", "lora", "beta", "group_size", "reward_rule",
+            "temperature")}}
+        drop = {"sft": ("beta", "group_size", "reward_rule", "temperature"),
+                "reward": ("beta", "group_size", "reward_rule", "temperature"),
+                "dpo": ("group_size", "reward_rule", "temperature"),
+                "ppo": ("beta", "group_size", "reward_rule"),
+                "grpo": ("minibatches", "ppo_epochs")}[stage]
+        if stage in ("sft", "reward", "dpo"):
+            drop += ("new_tokens", "minibatches", "ppo_epochs")
             # each side's default data order
             entry["workload"]["data_order"] = {"ours": "grouped by length",
                                                "trl": "random",
                                                "trl_grouped": "grouped by length"}
+        for k in drop:
+            entry["workload"].pop(k, None)
+        if stage == "grpo":
+            # TRL's default temperature and GRPO's: 1 (diverse answers within a group)
+            common["temperature"] = 1.0
+            entry["workload"].update(temperature=1.0, optimizer_steps_per_generation=1,
+                                     answers_per_step=wl.batch_size * wl.group_size)
         raw: dict = {}
         if "ours" in sides:
             if stage == "ppo":
@@ -468,7 +490,10 @@ def main(argv: list[str] | None = None) -> int:
             if stage == "ppo" and args.trl_ppo_lora:
                 raw["trl_lora"] = run_side("trl", dict(common, ppo_lora=True, variant="lora"),
                                            work, env, args)
-            if stage != "ppo" and args.trl_grouped:
+            if stage in ("dpo", "grpo") and args.trl_full:
+                raw["trl_full"] = run_side("trl", dict(common, full=True, variant="full"),
+                                           work, env, args)
+            if stage in ("sft", "reward") and args.trl_grouped:
                 raw["trl_grouped"] = run_side("trl", dict(common, group_by_length=True,
                                                           variant="grouped"), work, env, args)
         finish_entry(entry, stage, wl, raw, fixed_tokens, flops)
@@ -509,9 +534,11 @@ def steps_for(stage: str, wl: Workload, args) -> tuple[int, int]:
     """(warm-up, measured) steps. SFT and reward: one full epoch each by default, so that
     both sides measure the very same rows whatever order each batches them in (the
     engine groups rows by length, TRL draws them at random: any few steps of one side
-    hold other rows than the same steps of the other). PPO: 1 + 3."""
+    hold other rows than the same steps of the other). PPO and GRPO: 1 + 3. DPO: 1 + 8
+    (tokens/s over 8 steps of 8 pairs; the rows of those steps differ between the sides)."""
     epoch = max(1, wl.rows // wl.batch_size)
-    warmup, measured = (1, 2) if args.quick else ((1, 3) if stage == "ppo" else (epoch, epoch))
+    warmup, measured = (1, 2) if args.quick else {
+        "ppo": (1, 3), "grpo": (1, 3), "dpo": (1, 8)}.get(stage, (epoch, epoch))
     return max(1, args.warmup or warmup), args.measured or measured
 
 
@@ -537,12 +564,17 @@ def markdown_table(doc: dict) -> str:
                                           ("CPU s/step (median)", "cpu_seconds_per_step",
                                            "cpu_seconds_per_step", 2),
                                           ("tokens/s", "tokens_per_s", "tokens_per_s", 1),
+                                          ("tokens/step", "tokens_per_step", None, 0),
                                           ("peak memory MB", "peak_memory_mb", "peak_memory", 0),
                                           ("MFU %", "mfu_percent", "mfu_percent", 3),
                                           ("MFU % of generation alone", "mfu_generate_percent",
                                            None, 4)):
                 if key.startswith("mfu") and ours.get(key) is None and trl.get(key) is None:
                     continue  # CPU runs: no MFU rows
+                if key == "tokens_per_step" and stage not in ("dpo", "grpo"):
+                    continue
+                if stage == "grpo" and key.startswith("tokens"):
+                    metric = "generated " + metric  # GRPO counts the sampled tokens only
                 g = goals.get(rkey)
                 gtxt = "" if not g else (f"{g['goal'].split(' ', 2)[2]}: "
                                          f"{'met' if g['met'] else 'not met'}")

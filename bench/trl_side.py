@@ -17,6 +17,14 @@ Stages, all with the same settings as the engine's side (see bench/README.md):
           value model and reward model as four separate full models (full fine-tuning
           of policy and value); `ppo_lora: true` in the workload gives the policy a LoRA
           adapter instead (reference = adapter disabled).
+- dpo:    trl.DPOTrainer (sigmoid loss, beta), prompt/chosen/rejected chat rows; with LoRA
+          (`peft_config`: the reference is the same model with the adapter disabled, as
+          TRL's docs recommend for LoRA), or with `full: true` full fine-tuning and the
+          reference as a separate model copy (TRL's default without peft).
+- grpo:   trl.GRPOTrainer (transformers generate, no vLLM), B prompts × G completions per
+          step (per_device_train_batch_size = B·G, num_generations = G, one optimizer step
+          per generation batch), the same rule reward as a Python function; LoRA (reference
+          = adapter disabled) or, with `full: true`, full fine-tuning + a reference copy.
 
 Timing: a TrainerCallback stamps `on_train_begin` and every `on_step_end`; step k's time
 is the gap between the ends of steps k-1 and k (the first step is the warm-up).
@@ -263,6 +271,116 @@ def run_ppo(w: dict, device: str, torch) -> dict:
             "models_in_memory": 3 if w.get("ppo_lora") else 4}
 
 
+def run_dpo(w: dict, device: str, torch) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    rows = read_jsonl(w["data"])
+    data = Dataset.from_list([
+        {"prompt": r["prompt"],
+         "chosen": [{"role": "assistant", "content": r["chosen"]}],
+         "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    tok = load_tokenizer(w)
+    model = AutoModelForCausalLM.from_pretrained(w["model_path"], dtype=pick_dtype(torch, device))
+    model.config.pad_token_id = tok.pad_token_id
+    timer = step_timer(torch, device)
+    full = bool(w.get("full"))
+    with tempfile.TemporaryDirectory() as out:
+        base = common_args(w, out, device)
+        if full:
+            base["learning_rate"] = w.get("full_learning_rate", 1e-6)
+        args = DPOConfig(**base, max_steps=w["steps"], max_length=w["max_length"],
+                         beta=w["beta"], loss_type=["sigmoid"], precompute_ref_log_probs=False,
+                         padding_free=False, dataset_num_proc=None, disable_dropout=True)
+        trainer = DPOTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                             peft_config=None if full else lora_config(w, "CAUSAL_LM"),
+                             callbacks=[timer])
+        counts: list[int] = []
+        trainer.data_collator = counting_collator(trainer.data_collator, counts)
+        kept = len(trainer.train_dataset)
+        reference = "separate model copy" if trainer.ref_model is not None else \
+            "adapter disabled"
+        trainer.train()
+    return {**timing(timer), "step_tokens": counts[: len(timer.ends)], "dataset_rows": kept,
+            "reference": reference, "models_in_memory": 2 if full else 1,
+            "training": "full fine-tuning" if full else "LoRA"}
+
+
+def rule_reward(name: str):
+    """The engine's built-in rule as a TRL reward function (the same formula, re-stated here:
+    this process imports nothing from the project)."""
+    if name != "ends_with_period":
+        raise SystemExit(f"no TRL reward function for the rule {name!r}")
+
+    def ends_with_period(prompts, completions, **kwargs):
+        out = []
+        for c in completions:
+            text = c[-1]["content"] if isinstance(c, list) else c
+            out.append(1.0 if (text or "").strip().endswith(".") else 0.0)
+        return out
+
+    return ends_with_period
+
+
+def log_recorder():
+    from transformers import TrainerCallback
+
+    class Logs(TrainerCallback):
+        def __init__(self):
+            self.logs: list[dict] = []
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs:
+                self.logs.append(dict(logs))
+
+    return Logs()
+
+
+def run_grpo(w: dict, device: str, torch) -> dict:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = read_jsonl(w["data"])
+    data = Dataset.from_list([{"prompt": r["prompt"]} for r in rows])
+    tok = load_tokenizer(w, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(w["model_path"], dtype=pick_dtype(torch, device))
+    model.config.pad_token_id = tok.pad_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    timer, logs = step_timer(torch, device), log_recorder()
+    full = bool(w.get("full"))
+    answers = w["batch_size"] * w["group_size"]
+    with tempfile.TemporaryDirectory() as out:
+        base = common_args(w, out, device)
+        base["per_device_train_batch_size"] = answers   # completions per optimizer step
+        if full:
+            base["learning_rate"] = w.get("full_learning_rate", 1e-6)
+        args = GRPOConfig(**base, max_steps=w["steps"], num_generations=w["group_size"],
+                          max_completion_length=w["new_tokens"],
+                          temperature=w.get("temperature", 1.0), top_p=1.0, top_k=0,
+                          beta=w["beta"], num_iterations=1, steps_per_generation=1,
+                          epsilon=0.2, loss_type="grpo", scale_rewards="group",
+                          use_vllm=False, log_completions=False, disable_dropout=True)
+        trainer = GRPOTrainer(model=model, reward_funcs=rule_reward(w["reward_rule"]),
+                              args=args, train_dataset=data, processing_class=tok,
+                              peft_config=None if full else lora_config(w, "CAUSAL_LM"),
+                              callbacks=[timer, logs])
+        reference = "separate model copy" if trainer.ref_model is not None else \
+            ("adapter disabled" if w["beta"] else "none (beta = 0)")
+        trainer.train()
+    lengths = [x.get("completions/mean_length") for x in logs.logs]
+    return {**timing(timer), "dataset_rows": len(rows), "reference": reference,
+            "models_in_memory": 2 if full and w["beta"] else 1,
+            "training": "full fine-tuning" if full else "LoRA",
+            "response_length": lengths,
+            "generated_tokens": [round(x * answers) if x is not None else None for x in lengths],
+            "step_tokens": [round(x * answers) if x is not None else 0 for x in lengths],
+            "eos_fraction": [None if x.get("completions/clipped_ratio") is None
+                             else 1 - x["completions/clipped_ratio"] for x in logs.logs],
+            "reward_mean": [x.get("reward") for x in logs.logs]}
+
+
 def main(argv: list[str]) -> int:
     workload_path, result_path = argv[1], argv[2]
     w = json.loads(Path(workload_path).read_text())
@@ -274,7 +392,8 @@ def main(argv: list[str]) -> int:
     t0 = time.perf_counter()
     result = {"stage": w["stage"], "side": "trl", "device": device,
               "torch_threads": torch.get_num_threads()}
-    run = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo}[w["stage"]]
+    run = {"sft": run_sft, "reward": run_reward, "ppo": run_ppo, "dpo": run_dpo,
+           "grpo": run_grpo}[w["stage"]]
     result.update(run(w, device, torch))
     result["wall_seconds"] = time.perf_counter() - t0
     if device == "cuda":

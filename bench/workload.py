@@ -1,6 +1,7 @@
 """The fixed benchmark workloads: which rows, how many, how long (see bench/README.md).
 
-Rows come from the project's sample assets (assets/sample_sft.jsonl,
+DPO trains on the same pairs as the reward stage; GRPO samples answers to the same
+prompts as PPO. Rows come from the project's sample assets (assets/sample_sft.jsonl,
 assets/sample_preferences.jsonl) and, where those are missing or too few fit, from
 the HH-RLHF harmless test split in the shared folder, read at run time and never
 copied into the repository. Only rows whose full chat-templated sequence fits in
@@ -27,22 +28,31 @@ HH_TEST = Path(os.environ.get("RLHF_LAB_SHARED", "/work/shared")) / "data" / \
 class Workload:
     """One stage's workload; both sides get exactly these numbers."""
     stage: str
-    rows: int = 64               # examples (sft), pairs (reward) or prompts (ppo)
-    batch_size: int = 8          # examples / pairs / prompts per optimizer step (ppo: rollout)
+    rows: int = 64               # examples (sft), pairs (reward, dpo) or prompts (ppo, grpo)
+    batch_size: int = 8          # examples / pairs / prompts per optimizer step (ppo: rollout;
+    #                              grpo: 4 prompts, each answered group_size times)
     max_length: int = 128        # tokens per sequence (prompt + response)
     warmup: int = 1              # steps not measured
     measured: int = 3            # steps measured (median reported)
-    new_tokens: int = 32         # ppo: tokens sampled per prompt
+    new_tokens: int = 32         # ppo, grpo: tokens sampled per prompt (at most)
     minibatches: int = 2         # ppo: minibatches per rollout batch
     ppo_epochs: int = 1          # ppo: passes over each rollout
+    beta: float = 0.1            # dpo: β of the sigmoid loss; grpo: the KL coefficient
+    group_size: int = 4          # grpo: answers per prompt (TRL's num_generations)
+    reward_rule: str = "ends_with_period"   # grpo: the built-in rule (a function in TRL)
     lora: dict = field(default_factory=lambda: {"r": 16, "alpha": 32, "dropout": 0.05,
                                                 "target_modules": None})
 
     def __post_init__(self):
         # each side's own default: LoRA dropout 0.05 in SFT; none in reward (TRL's
-        # RewardTrainer switches dropout off, the engine's reward stage has none) and PPO
-        if self.stage in ("reward", "ppo"):
+        # RewardTrainer switches dropout off, the engine's reward stage has none), PPO,
+        # DPO (both sides train without dropout: disable_dropout=True in TRL, eval mode
+        # in the engine) and GRPO
+        if self.stage in ("reward", "ppo", "dpo", "grpo"):
             self.lora["dropout"] = 0.0
+        if self.stage == "grpo":
+            # B prompts × G answers a step; GRPO's usual β (the engine's and DeepSeekMath's)
+            self.batch_size, self.beta = 4, 0.04
 
     @property
     def steps(self) -> int:
