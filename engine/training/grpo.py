@@ -33,7 +33,7 @@ from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings,
     like, setting
 from engine.training import rewards_builtin, train_utils
 from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PPOConfig, PPOTrainer, Rollout,
-                                 _trim, truncate_after_eos)
+                                 _trim, run_steps, truncate_after_eos)
 
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
 MODEL_REWARD = "model"   # the component name of the trained reward model (metric reward_model)
@@ -301,34 +301,10 @@ def train_grpo(cfg: GRPOConfig, ctx) -> dict:
             f"reference: {'SFT run #' + str(cfg.sft_run) if cfg.sft_run is not None else 'base'}"
             f" · reward: {trainer.reward_label} · {len(trainer.prompts)} prompts from "
             f"{cfg.dataset!r} · device {trainer.device}")
-    start = 0
-    if ctx.resume:
-        start = trainer.load_checkpoint(ctx.run_dir)
-        if start and ctx.is_main_process and hasattr(ctx.store, "delete_after_step"):
-            ctx.store.delete_after_step(ctx.run_id, start)
-        ctx.log(f"resumed from step {start}" if start else "no checkpoint: starting over")
-    first = None
-    if start:
-        prev = ctx.store.get_metrics(ctx.run_id, ["reward_mean"])
-        first = prev[0]["value"] if prev else None
-    last: dict[str, float] = {}
-    times: list[float] = []
-    for step in range(start + 1, cfg.max_steps + 1):
-        ctx.check_cancel()
-        metrics, rows = trainer.step(step)
-        _check_finite(step, metrics)
-        ctx.metrics(step, metrics)
-        ctx.samples(step, rows)
-        ctx.progress(step, cfg.max_steps, f"reward {metrics['reward_mean']:.3f} · "
-                                      f"KL {metrics['kl']:.3f}")
-        first = metrics["reward_mean"] if first is None else first
-        last = metrics
-        times.append(metrics["time_step"])
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            trainer.save_checkpoint(ctx.run_dir, step, keep=cfg.keep_checkpoints)
+    first, last, times = run_steps(trainer, cfg, ctx, "reward_mean", "reward",
+                                   finite=("loss", "policy_loss", "kl", "reward_mean", "entropy"))
+    ctx.progress(cfg.max_steps, cfg.max_steps, "saving the adapter")
     ctx.artifact("adapter", trainer.save_final(ctx.run_id))
-    if not last:  # resumed after the last step
-        last = ctx.store.last_metrics(ctx.run_id)
     return {
         "first_reward": first,
         "last_reward": last.get("reward_mean"),
@@ -340,10 +316,3 @@ def train_grpo(cfg: GRPOConfig, ctx) -> dict:
         "reward": trainer.reward_label,
     }
 
-
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    for name in ("loss", "policy_loss", "kl", "reward_mean", "entropy"):
-        value = metrics.get(name)
-        if value is not None and not math.isfinite(value):
-            raise NonFiniteError(f"step {step}: {name} is {value} (not finite); lower the "
-                                 f"learning rate or raise β")

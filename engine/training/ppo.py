@@ -612,6 +612,44 @@ def _trim(query, query_mask, response, mask):
     return query[:, q0:], query_mask[:, q0:], response[:, sl], mask[:, sl], sl
 
 
+def run_steps(trainer, cfg, ctx, score: str, label: str,
+              finite: tuple[str, ...] = ("kl", "score_mean", "entropy")
+              ) -> tuple[float | None, dict[str, float], list[float]]:
+    """The loop PPO and GRPO share: resume from the last complete checkpoint (the metrics
+    of later steps are redone), then for each step `trainer.step(k)` (sample, score,
+    update), a finiteness check of the `finite` metrics, metrics, samples and progress, and a checkpoint every
+    `save_every` steps. Returns (the first step's `score`, the last step's metrics, the
+    seconds of each step run now)."""
+    start = 0
+    if ctx.resume:
+        start = trainer.load_checkpoint(ctx.run_dir)
+        if start and ctx.is_main_process and hasattr(ctx.store, "delete_after_step"):
+            ctx.store.delete_after_step(ctx.run_id, start)
+        ctx.log(f"resumed from step {start}" if start else "no checkpoint: starting over")
+    first = None
+    if start:
+        prev = ctx.store.get_metrics(ctx.run_id, [score])
+        first = prev[0]["value"] if prev else None
+    last: dict[str, float] = {}
+    times: list[float] = []
+    for step in range(start + 1, cfg.max_steps + 1):
+        ctx.check_cancel()
+        metrics, rows = trainer.step(step)
+        _check_finite(step, metrics, finite)
+        ctx.metrics(step, metrics)
+        ctx.samples(step, rows)
+        ctx.progress(step, cfg.max_steps, f"{label} {metrics[score]:.3f} · "
+                                          f"KL {metrics['kl']:.3f}")
+        first = metrics[score] if first is None else first
+        last = metrics
+        times.append(metrics["time_step"])
+        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
+            trainer.save_checkpoint(ctx.run_dir, step, keep=cfg.keep_checkpoints)
+    if not last:  # resumed after the last step
+        last = ctx.store.last_metrics(ctx.run_id)
+    return first, last, times
+
+
 def train_ppo(cfg: PPOConfig, ctx) -> dict:
     """The PPO stage: `fn(config, ctx) -> summary` (see engine.runtime.jobs)."""
     trainer = PPOTrainer(cfg, ctx.store, log=ctx.log)
@@ -620,38 +658,11 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
             f"{'SFT run #' + str(cfg.sft_run) if cfg.sft_run is not None else 'base'} · "
             f"reward: {trainer.reward_label} · {len(trainer.prompts)} prompts from "
             f"{cfg.dataset!r} · device {trainer.device}")
-    start = 0
-    if ctx.resume:
-        start = trainer.load_checkpoint(ctx.run_dir)
-        if start and ctx.is_main_process and hasattr(ctx.store, "delete_after_step"):
-            ctx.store.delete_after_step(ctx.run_id, start)
-        ctx.log(f"resumed from step {start}" if start else "no checkpoint: starting over")
-    first_score = None
-    if start:
-        prev = ctx.store.get_metrics(ctx.run_id, ["score_mean"])
-        first_score = prev[0]["value"] if prev else None
-    last: dict[str, float] = {}
-    step_times: list[float] = []
-    for step in range(start + 1, cfg.max_steps + 1):
-        ctx.check_cancel()
-        metrics, rows = trainer.step(step)
-        _check_finite(step, metrics)
-        ctx.metrics(step, metrics)
-        ctx.samples(step, rows)
-        ctx.progress(step, cfg.max_steps, f"score {metrics['score_mean']:.3f} · "
-                                      f"KL {metrics['kl']:.3f}")
-        if first_score is None:
-            first_score = metrics["score_mean"]
-        last = metrics
-        step_times.append(metrics["time_step"])
-        if cfg.save_every and step % cfg.save_every == 0 and step < cfg.max_steps:
-            trainer.save_checkpoint(ctx.run_dir, step, keep=cfg.keep_checkpoints)
+    first_score, last, step_times = run_steps(trainer, cfg, ctx, "score_mean", "score")
     ctx.progress(cfg.max_steps, cfg.max_steps, "saving the adapter")
     folder, head = trainer.save_final(ctx.run_id)
     ctx.artifact("adapter", folder)
     ctx.artifact("value_head", head)
-    if not last:  # resumed after the last step
-        last = ctx.store.last_metrics(ctx.run_id)
     return {
         "first_score": first_score,
         "last_score": last.get("score_mean"),
@@ -663,8 +674,9 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
     }
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
-    for name in ("kl", "score_mean", "entropy"):
+def _check_finite(step: int, metrics: dict[str, float],
+                  names: tuple[str, ...] = ("kl", "score_mean", "entropy")) -> None:
+    for name in names:
         value = metrics.get(name)
         if value is not None and not math.isfinite(value):
             raise NonFiniteError(f"step {step}: {name} is {value} (not finite); lower the "
