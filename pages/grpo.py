@@ -13,7 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice)
 from ui.i18n import t
-from ui.stage_page import PageFields, StagePage
+from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
 defaults = GRPOConfig()
@@ -84,26 +84,11 @@ def page_fields() -> PageFields | None:
         return None
     spec = model_spec()
     st.caption(t("grpo.model_line", name=display_name(spec), spec=spec))
-    sft_runs = {r["id"]: r for r in store.list_runs(stage="sft", status="succeeded")}
-    c = st.columns(2)
-    sft_choice = translated_choice(c[0].selectbox, t("ppo.start_from"), [None, *sft_runs],
-                                   "grpo_sft", lambda i: t("ppo.base_model") if i is None
-                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"),
-                                   index=1 if sft_runs else 0)
-    names = [d["name"] for d in datasets]
-    rows = {d["name"]: d for d in datasets}
-    dataset = translated_choice(c[1].selectbox, t("ppo.dataset"), names, "grpo_dataset",
-                                lambda n: t("ppo.dataset_option", name=n, rows=rows[n]["rows"],
-                                            kind=rows[n]["kind"]),
-                                index=names.index(defaults.dataset)
-                                if defaults.dataset in names else 0,
-                                help=t("ppo.dataset_help"))
+    sft_choice, dataset, model = start_and_prompts("grpo", datasets, defaults.dataset)
     rewards = _rewards()
     if rewards is None:
         return None
     rules, params, weights, reward_run = rewards
-    model = (sft_runs[sft_choice].get("config") or {}).get("model") or spec \
-        if sft_choice is not None else spec
     return PageFields(values={"model": model, "sft_run": sft_choice, "dataset": dataset,
                               "builtin_rewards": rules, "reward_params": params,
                               "reward_weights": weights, "reward_run": reward_run},

@@ -13,7 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOCon
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t
-from ui.stage_page import PageFields, StagePage
+from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
 defaults = PPOConfig()
@@ -50,20 +50,7 @@ def page_fields() -> PageFields | None:
     spec = model_spec()
     st.caption(t("ppo.model_line", name=display_name(spec), spec=spec))
 
-    sft_runs = {r["id"]: r for r in store.list_runs(stage="sft", status="succeeded")}
-    c = st.columns(2)
-    sft_choice = translated_choice(c[0].selectbox, t("ppo.start_from"), [None, *sft_runs],
-                                   "ppo_sft", lambda i: t("ppo.base_model") if i is None
-                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"),
-                                   index=1 if sft_runs else 0)  # the pipeline: newest SFT
-    names = [d["name"] for d in datasets]
-    rows = {d["name"]: d for d in datasets}
-    dataset = translated_choice(c[1].selectbox, t("ppo.dataset"), names, "ppo_dataset",
-                                lambda n: t("ppo.dataset_option", name=n, rows=rows[n]["rows"],
-                                            kind=rows[n]["kind"]),
-                                index=names.index(defaults.dataset)
-                                if defaults.dataset in names else 0,
-                                help=t("ppo.dataset_help"))
+    sft_choice, dataset, model = start_and_prompts("ppo", datasets, defaults.dataset)
 
     reward_runs = {r["id"]: r for r in store.list_runs(stage="reward", status="succeeded")}
     source = translated_radio(t("ppo.reward_source"), ["builtin", "model"], horizontal=True,
@@ -85,9 +72,6 @@ def page_fields() -> PageFields | None:
                                     index=options.index(defaults.builtin_reward))
         st.caption(t("ppo.rw_" + builtin + "_help"))
         params = _reward_params(builtin)
-    # the policy continues the SFT run on that run's base model
-    model = (sft_runs[sft_choice].get("config") or {}).get("model") or spec \
-        if sft_choice is not None else spec
     return PageFields(values={"model": model, "sft_run": sft_choice, "reward_run": reward_run,
                               "builtin_reward": builtin, "reward_params": params,
                               "dataset": dataset},

@@ -15,7 +15,7 @@ import streamlit as st
 
 from engine.runtime import stages
 from engine.runtime.runs import ACTIVE_STATES
-from ui.common import get_store, run_picker
+from ui.common import get_store, model_spec, run_label, run_picker, translated_choice
 from ui.forms import settings_form, start_button
 from ui.i18n import t
 
@@ -27,6 +27,32 @@ class PageFields:
     values: dict[str, Any] = field(default_factory=dict)
     parents: list[int] = field(default_factory=list)
     defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def start_and_prompts(prefix: str, datasets: list[dict], default_dataset: str
+                      ) -> tuple[int | None, str, str]:
+    """An RL stage's two first choices, side by side: where the policy starts (the newest
+    finished SFT run by default, or the base) and the dataset whose prompts it answers.
+    Returns (SFT run id or None, dataset name, the base model the policy runs on: the SFT
+    run's own base when it starts from one)."""
+    spec = model_spec()
+    sft_runs = {r["id"]: r for r in get_store().list_runs(stage="sft", status="succeeded")}
+    c = st.columns(2)
+    sft_choice = translated_choice(c[0].selectbox, t("ppo.start_from"), [None, *sft_runs],
+                                   f"{prefix}_sft", lambda i: t("ppo.base_model") if i is None
+                                   else run_label(sft_runs[i]), help=t("ppo.start_from_help"),
+                                   index=1 if sft_runs else 0)  # the pipeline: newest SFT
+    names = [d["name"] for d in datasets]
+    rows = {d["name"]: d for d in datasets}
+    dataset = translated_choice(c[1].selectbox, t("ppo.dataset"), names, f"{prefix}_dataset",
+                                lambda n: t("ppo.dataset_option", name=n, rows=rows[n]["rows"],
+                                            kind=rows[n]["kind"]),
+                                index=names.index(default_dataset)
+                                if default_dataset in names else 0,
+                                help=t("ppo.dataset_help"))
+    model = (sft_runs[sft_choice].get("config") or {}).get("model") or spec \
+        if sft_choice is not None else spec
+    return sft_choice, dataset, model
 
 
 @dataclass
