@@ -222,15 +222,7 @@ class PPOTrainer:
         self.tokenizer = loaded.tokenizer
         model = loaded.model
         if cfg.sft_run is not None:
-            sft = store.get_run(int(cfg.sft_run))
-            sft_spec = (sft.get("config") or {}).get("model") or sft.get("model") or "embedded"
-            if sft["stage"] != "sft" or sft_spec != cfg.model:
-                raise ValueError(f"run {sft['id']} is not an SFT run of model {cfg.model!r} "
-                                 f"(it is a {sft['stage']} run of {sft_spec!r})")
-            path = adapter_dir(sft["id"])
-            if not (path / "adapter_config.json").exists():
-                raise ValueError(f"SFT run {sft['id']} has no saved adapter (status "
-                                 f"{sft['status']}); pick a finished SFT run")
+            path = train_utils.sft_adapter_path(store, cfg.sft_run, cfg.model)
             # the same adapter twice: a frozen reference and the trainable policy
             model = load_adapter(model, path, adapter_name=self.REF, is_trainable=False)
             model.load_adapter(str(path), adapter_name=self.POLICY, is_trainable=True)
