@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -124,6 +124,7 @@ class Store:
                 return
             self._create_v1(db)
             self._add_v2(db)
+            self._add_v3(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     @staticmethod
@@ -190,6 +191,26 @@ class Store:
                            ("attempt_time", float), ("cancel_requested", float)):
             if name not in have:
                 db["runs"].add_column(name, kind)
+
+    @staticmethod
+    def _add_v3(db: sqlite_utils.Database) -> None:
+        """Run groups (a sweep or an experiment recipe: one orchestrating run, its child
+        runs tagged with `group_id` and the plan's `group_key`) and constitutions (named,
+        versioned lists of principles for AI feedback)."""
+        db["run_groups"].create(
+            {"id": int, "name": str, "stage": str, "recipe": str, "config": str,
+             "status": str, "run_id": int, "created": float, "summary": str},
+            pk="id", if_not_exists=True)
+        have = set(db["runs"].columns_dict)
+        for name, kind in (("group_id", int), ("group_key", str)):
+            if name not in have:
+                db["runs"].add_column(name, kind)
+        db["runs"].create_index(["group_id"], if_not_exists=True)
+        db["constitutions"].create(
+            {"id": int, "name": str, "version": int, "language": str, "description": str,
+             "principles": str, "created": float},
+            pk="id", not_null={"name", "version"}, if_not_exists=True)
+        db["constitutions"].create_index(["name", "version"], unique=True, if_not_exists=True)
 
     def schema_version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()

@@ -10,9 +10,10 @@ from storage import DatasetExists, NotFound, Store
 
 def test_schema_is_versioned_and_created_on_first_use(lab_home):
     store = Store(lab_home / "fresh.db")
-    assert store.schema_version() == 2
+    assert store.schema_version() == 3
     assert {"datasets", "sft_examples", "pref_pairs", "runs", "metrics", "samples", "artifacts",
-            "votes", "logs"} <= set(store.db.table_names())
+            "votes", "logs", "run_groups", "constitutions"} <= set(store.db.table_names())
+    assert {"group_id", "group_key"} <= set(store.db["runs"].columns_dict)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # a second open keeps the data and does not re-create
     store.create_dataset("kept", "sft")
@@ -115,3 +116,22 @@ def test_orphaned_running_runs_become_interrupted(store):
     assert store.mark_interrupted_orphans() == [rid]
     assert store.get_run(rid)["status"] == "interrupted"
     assert store.get_run(alive)["status"] == "running"
+
+
+def test_a_version_2_database_is_upgraded_in_place_and_keeps_its_runs(lab_home):
+    import sqlite_utils
+
+    path = lab_home / "old.db"
+    store = Store(path)
+    run_id = store.create_run("sft", {"max_steps": 3})
+    store.close()
+    db = sqlite_utils.Database(path)  # as version 2 left it: no groups, no constitutions
+    db["run_groups"].drop()
+    db["constitutions"].drop()
+    db.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    db.conn.commit()
+    db.close()
+    again = Store(path)
+    assert again.schema_version() == 3
+    assert again.get_run(run_id)["config"] == {"max_steps": 3}
+    assert {"run_groups", "constitutions"} <= set(again.db.table_names())
