@@ -1,0 +1,1 @@
+"""AI feedback: judges, constitutions, templates, critique-revise and AI preference labels."""
