@@ -16,7 +16,9 @@ from storage import DatasetExists, Store
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets"
 SAMPLES = {"sample-sft": ("sft", "sample_sft.jsonl"),
-           "sample-preferences": ("preference", "sample_preferences.jsonl")}
+           "sample-preferences": ("preference", "sample_preferences.jsonl"),
+           # the length-bias recipe's pairs: the chosen answer is the longer (padded) one
+           "sample-preferences-longer": ("preference", "sample_preferences_longer.jsonl")}
 SAMPLES_MARKER = "samples_offered"  # meta key: the samples were offered to this database
 
 
@@ -206,7 +208,8 @@ def dataset_stats(store: Store, dataset: str | int) -> dict:
 
 # -- samples and prompts for other stages -------------------------------------------------
 def ensure_sample_datasets(store: Store) -> list[str]:
-    """Import the shipped samples as "sample-sft" and "sample-preferences" when absent.
+    """Import the shipped samples (SAMPLES: "sample-sft", "sample-preferences" and the
+    length-biased "sample-preferences-longer") when absent.
     Returns the names created now."""
     created = []
     for name, (kind, filename) in SAMPLES.items():
