@@ -406,24 +406,33 @@ class Store:
     # -- runs ----------------------------------------------------------------------
     def create_run(self, stage: str, config: dict, name: str | None = None,
                    parents: list[int] | None = None, model: str | None = None,
-                   dataset: str | None = None, status: str = "queued") -> int:
+                   dataset: str | None = None, status: str = "queued",
+                   group_id: int | None = None, group_key: str | None = None) -> int:
+        """A new run row; `group_id`/`group_key` tag a run of a run group (its plan's key)."""
+        return self._insert_named("runs", stage, {
+            "stage": stage, "name": name or "", "status": status, "config": _dumps(config),
+            "parents": _dumps(parents or []), "model": model, "dataset": dataset,
+            "created": _now(), "enqueued": _now(), "step": 0, "progress": 0.0,
+            "summary": "{}", "group_id": group_id, "group_key": group_key})
+
+    def _insert_named(self, table_name: str, prefix: str, row: dict) -> int:
+        """Insert a row; without a name it is named `<prefix>-<id>`. Returns the id."""
         with self._write():
-            table = self.db["runs"]
-            table.insert({"stage": stage, "name": name or "", "status": status,
-                          "config": _dumps(config), "parents": _dumps(parents or []),
-                          "model": model, "dataset": dataset, "created": _now(),
-                          "enqueued": _now(), "step": 0,
-                          "progress": 0.0, "summary": "{}"})
-            run_id = table.last_pk
-            if not name:
-                table.update(run_id, {"name": f"{stage}-{run_id}"})
-        return run_id
+            table = self.db[table_name]
+            table.insert(row)
+            row_id = table.last_pk
+            if not row.get("name"):
+                table.update(row_id, {"name": f"{prefix}-{row_id}"})
+        return row_id
+
+    def _row(self, table_name: str, row_id: int, what: str) -> dict:
+        rows = list(self.db[table_name].rows_where("id = ?", [int(row_id)]))
+        if not rows:
+            raise NotFound(f"{what} {row_id} does not exist")
+        return rows[0]
 
     def get_run(self, run_id: int) -> dict:
-        rows = list(self.db["runs"].rows_where("id = ?", [int(run_id)]))
-        if not rows:
-            raise NotFound(f"run {run_id} does not exist")
-        return _decode_run(rows[0])
+        return _decode_run(self._row("runs", run_id, "run"))
 
     def list_runs(self, stage: str | None = None, status: str | Iterable[str] | None = None,
                   limit: int | None = None) -> list[dict]:
@@ -440,13 +449,18 @@ class Store:
         return [_decode_run(r) for r in rows]
 
     def update_run(self, run_id: int, **fields: Any) -> None:
-        for key in ("config", "parents", "summary"):
+        self._update("runs", run_id, fields, ("config", "parents", "summary"), "run")
+
+    def _update(self, table_name: str, row_id: int, fields: dict, json_keys: tuple,
+                what: str) -> None:
+        """Update a run or group row: JSON fields encoded, the status checked."""
+        for key in json_keys:
             if key in fields:
                 fields[key] = _dumps(fields[key])
         if "status" in fields and fields["status"] not in RUN_STATES:
-            raise ValueError(f"run status {fields['status']!r} is not one of {RUN_STATES}")
+            raise ValueError(f"{what} status {fields['status']!r} is not one of {RUN_STATES}")
         with self._write():
-            self.db["runs"].update(int(run_id), fields)
+            self.db[table_name].update(int(row_id), fields)
 
     def claim_run(self, run_id: int) -> None:
         """Mark a run as running in this process (pid and host kept for crash detection).
@@ -504,6 +518,49 @@ class Store:
             for table in ("metrics", "samples"):
                 self.db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?",
                                 [int(run_id), int(step)])
+
+    # -- run groups (sweeps and experiment recipes: engine.experiments) --------------
+    def create_group(self, name: str, config: dict, stage: str | None = None,
+                     recipe: str | None = None, status: str = "queued") -> int:
+        """A run group: `config` holds its plan ({"plan": [planned runs], ...}); its runs are
+        tagged with the group's id and their plan key (create_run's group_id/group_key)."""
+        if status not in RUN_STATES:
+            raise ValueError(f"group status {status!r} is not one of {RUN_STATES}")
+        return self._insert_named("run_groups", recipe or stage or "group", {
+            "name": name or "", "stage": stage, "recipe": recipe, "config": _dumps(config),
+            "status": status, "run_id": None, "created": _now(), "summary": "{}"})
+
+    def get_group(self, group_id: int) -> dict:
+        return _decode_group(self._row("run_groups", group_id, "run group"))
+
+    def list_groups(self, limit: int | None = None) -> list[dict]:
+        """Every group, newest first, each with `counts` ({status: runs of the group})."""
+        counts: dict[int, dict[str, int]] = {}
+        for group_id, status, n in self.db.execute(
+                "SELECT group_id, status, COUNT(*) FROM runs WHERE group_id IS NOT NULL "
+                "GROUP BY group_id, status"):
+            counts.setdefault(group_id, {})[status] = n
+        out = []
+        for row in self.db["run_groups"].rows_where(order_by="id DESC", limit=limit):
+            group = _decode_group(row)
+            group["counts"] = counts.get(group["id"], {})
+            out.append(group)
+        return out
+
+    def update_group(self, group_id: int, **fields: Any) -> None:
+        self._update("run_groups", group_id, fields, ("config", "summary"), "group")
+
+    def group_runs(self, group_id: int) -> list[dict]:
+        """The runs of a group, in the order they were created (deleted ones are gone)."""
+        rows = self.db["runs"].rows_where("group_id = ?", [int(group_id)], order_by="id")
+        return [_decode_run(r) for r in rows]
+
+    def delete_group(self, group_id: int) -> None:
+        """Forget a group; its runs stay (untagged), like any run."""
+        with self._write():
+            self.db.execute("UPDATE runs SET group_id = NULL, group_key = NULL "
+                            "WHERE group_id = ?", [int(group_id)])
+            self.db.execute("DELETE FROM run_groups WHERE id = ?", [int(group_id)])
 
     # -- metrics, samples, logs, artifacts -----------------------------------------
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
@@ -695,6 +752,13 @@ def _decode_run(row: dict) -> dict:
     row = dict(row)
     row["config"] = _loads(row.get("config"), {})
     row["parents"] = _loads(row.get("parents"), [])
+    row["summary"] = _loads(row.get("summary"), {})
+    return row
+
+
+def _decode_group(row: dict) -> dict:
+    row = dict(row)
+    row["config"] = _loads(row.get("config"), {})
     row["summary"] = _loads(row.get("summary"), {})
     return row
 

@@ -163,6 +163,11 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
     return "succeeded"
 
 
+# runs a stage executes inline (the runs of a run group, engine.experiments.runner), by id
+# -> the cancel event they run under: cancelling one (e.g. from the Runs page) sets it
+INLINE_EVENTS: dict[int, threading.Event] = {}
+
+
 class JobManager:
     """Process-wide queue of jobs on one database."""
 
@@ -260,7 +265,7 @@ class JobManager:
         A run nobody holds any more is recorded as cancelled. Returns False when the run
         was not active, or belongs to another app process (which must cancel it itself).
         """
-        event = self._events.get(run_id)
+        event = self._events.get(run_id) or INLINE_EVENTS.get(run_id)
         if event is not None:
             event.set()
             status = self.store.get_run(run_id)["status"]

@@ -25,7 +25,12 @@ BUILTIN: dict[str, tuple[str, str, str, bool]] = {
     "export": ("engine.export", "ExportConfig", "run_export", True),
     "try": ("engine.inference.tryout", "TryConfig", "run_try", True),
     "score_text": ("engine.inference.tryout", "ScoreTextConfig", "run_score_text", True),
+    "gold_pairs": ("engine.experiments.gold_pairs", "GoldPairsConfig", "make_gold_pairs", False),
+    # a run group (sweep or experiment recipe): runs its planned runs one after another
+    "experiment": ("engine.experiments.runner", "ExperimentConfig", "run_experiment", False),
 }
+# training lane, but not a `train` verb of the CLI (it runs other stages' runs)
+GROUP_STAGES = ("experiment",)
 
 
 @dataclass
@@ -81,4 +86,5 @@ to_dict = schema.to_dict
 
 def training_stages() -> list[str]:
     """The stages that train (the `train` verbs of the CLI), without importing them."""
-    return [name for name, (_, _, _, light) in BUILTIN.items() if not light]
+    return [name for name, (_, _, _, light) in BUILTIN.items()
+            if not light and name not in GROUP_STAGES]

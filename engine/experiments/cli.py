@@ -1,0 +1,111 @@
+"""`python -m engine sweep STAGE --vary ...` and `python -m engine experiment RECIPE|list`:
+run a group synchronously (like `train`: SIGTERM cancels it) and print one JSON document."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from engine.cli import print_json, store_of
+
+
+def sentence_text(sentence: dict | None, lang: str = "en") -> str | None:
+    """A summary's computed sentence ({"key", "params"}) in English (the CLI's language)."""
+    if not sentence or not sentence.get("key"):
+        return None
+    from engine.schema import I18N
+
+    ns, _, name = sentence["key"].partition(".")
+    try:
+        text = json.loads((I18N / lang / f"{ns}.json").read_text(encoding="utf-8")).get(name)
+    except (OSError, ValueError):
+        text = None
+    if not text:
+        return sentence["key"]
+    try:
+        return text.format(**(sentence.get("params") or {}))
+    except (KeyError, IndexError, ValueError):
+        return text
+
+
+def _report(store, group_id: int, t0: float) -> int:
+    from engine.experiments.runner import run_group_sync, run_report
+
+    run = run_group_sync(store, group_id)
+    if not run.get("main", True):  # another process of `accelerate launch`
+        return 0
+    out = run_report(store, group_id, time.perf_counter() - t0)
+    sentence = (out["group"]["summary"] or {}).get("sentence")
+    if sentence:
+        out["sentence"] = sentence_text(sentence)
+    if run.get("error"):
+        out["error"] = run["error"].split("\n\n")[0]
+    print_json(out)
+    return 0 if out["group"]["status"] == "succeeded" else 1
+
+
+def cmd_sweep(args) -> int:
+    from engine.experiments.plan import parse_vary
+    from engine.experiments.runner import create_sweep
+    from engine.runtime import stages
+
+    base = json.loads(Path(args.config).read_text()) if args.config else {}
+    base = stages.apply_overrides(base, args.set)
+    vary = parse_vary(args.vary, args.stage)   # a bad --vary stops here: nothing stored
+    t0 = time.perf_counter()
+    store = store_of(args)
+    group_id = create_sweep(store, args.stage, base, vary, args.name)
+    return _report(store, group_id, t0)
+
+
+def cmd_experiment(args) -> int:
+    from engine.experiments.plan import recipes
+    from engine.experiments.runner import create_recipe_group
+    from engine.runtime import stages
+
+    known = recipes()
+    if args.recipe == "list":
+        print_json([{"name": r.name, "title": sentence_text({"key": f"experiments.recipe."
+                                                                    f"{r.name}.title"}),
+                     "minutes": r.minutes, "runs": len(r.plan(r.make_settings())),
+                     "settings": _settings(r)} for r in known.values()])
+        return 0
+    if args.recipe not in known:
+        raise ValueError(f"unknown recipe {args.recipe!r}; known: "
+                         f"{', '.join(sorted(known)) or 'none'}")
+    settings = stages.apply_overrides({}, args.set)
+    t0 = time.perf_counter()
+    store = store_of(args)
+    group_id = create_recipe_group(store, args.recipe, settings, args.name)
+    return _report(store, group_id, t0)
+
+
+def _settings(recipe) -> dict:
+    from engine import schema
+
+    return schema.to_dict(recipe.make_settings())
+
+
+def register_cli(subparsers) -> None:
+    from engine.runtime.stages import training_stages
+
+    p = subparsers.add_parser(
+        "sweep", help="run one training stage over one or two varied settings (a run group)")
+    p.add_argument("stage", choices=training_stages())
+    p.add_argument("--vary", action="append", default=[], required=True,
+                   metavar="KEY=V1,V2,...",
+                   help="a setting and its values (at most two --vary; 'inf' is the "
+                        "setting's 'no limit' maximum, e.g. cliprange=0.05,0.2,inf)")
+    p.add_argument("--config", help="JSON file with the base config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a base config field (dotted for nested, JSON values)")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_sweep)
+
+    p = subparsers.add_parser("experiment",
+                              help="run an experiment recipe of the course, or `list` them")
+    p.add_argument("recipe", help="a recipe's name, or 'list'")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the recipe (its size knobs)")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_experiment)
