@@ -70,3 +70,6 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=cmd_list)
     p = data.add_parser("samples", help="load the shipped sample datasets if absent")
     p.set_defaults(func=cmd_samples)
+    from engine.feedback.cli import add_parser as add_ai_label
+
+    add_ai_label(data)
