@@ -491,6 +491,29 @@ def grpo_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Te
 
 
 # ======================================================================================
+# AI feedback checked against people: Cohen's kappa
+# ======================================================================================
+@equation(r"\kappa = \frac{p_o - p_e}{1 - p_e},\quad p_e = \sum_k p_{k\cdot}\,p_{\cdot k}")
+def cohen_kappa(p_o: float, p_e: float) -> float | None:
+    """κ = (p_o − p_e) / (1 − p_e): the observed agreement p_o of two raters beyond the
+    agreement p_e = Σ_k p_k· p_·k their label frequencies give by chance (1: perfect, 0: as
+    chance, < 0: worse). None when p_e = 1 (both raters always give one same label)."""
+    if p_e >= 1.0:
+        return None
+    return (p_o - p_e) / (1.0 - p_e)
+
+
+@equation(r"\mathrm{SE}(\kappa) = \sqrt{\frac{p_o(1-p_o)}{n\,(1-p_e)^2}},\quad "
+          r"\kappa \pm 1.96\,\mathrm{SE}")
+def kappa_standard_error(p_o: float, p_e: float, n: int) -> float | None:
+    """SE(κ) = sqrt(p_o(1 − p_o) / (n (1 − p_e)²)), Cohen's (1960) large-sample standard
+    error; the 95% interval is κ ± 1.96·SE. None when n = 0 or p_e = 1."""
+    if n <= 0 or p_e >= 1.0:
+        return None
+    return (p_o * (1.0 - p_o) / (n * (1.0 - p_e) ** 2)) ** 0.5
+
+
+# ======================================================================================
 # Formulas the pages show that are inline statistics (no function of their own)
 # ======================================================================================
 LATEX.update({
@@ -506,4 +529,87 @@ LATEX.update({
     # DPO: how often the implicit reward ranks the pair as the data does
     "dpo_reward_accuracy": (r"\mathrm{acc} = \mathbb{E}\big[\mathbb{1}\{\hat r_\theta(x, y^+)"
                             r" > \hat r_\theta(x, y^-)\}\big]"),
+})
+
+
+# ======================================================================================
+# The course's challenges (issue 16): an uncertain reward, best-of-n, diversity
+# ======================================================================================
+@equation(r"\tilde R(x,y) = \bar r - \lambda\,\sigma_K,\quad \bar r = \frac{1}{K}\sum_{k=1}^{K}"
+          r" r_k(x,y),\quad \sigma_K = \sqrt{\frac{1}{K}\sum_{k=1}^{K}\big(r_k(x,y)"
+          r" - \bar r\big)^2}")
+def conservative_reward(rewards: torch.Tensor, lam: float = 1.0) -> torch.Tensor:
+    """R̃ = r̄ − λ·σ_K over an ensemble of K reward models: r̄ = (1/K) Σ_k r_k and
+    σ_K = sqrt((1/K) Σ_k (r_k − r̄)²) (their disagreement, population std), per answer.
+    rewards: [K, B] -> [B]. λ = 0 gives the ensemble mean; λ > 0 trusts an answer less the
+    more the members disagree on it (an uncertain R, Coste et al. 2023)."""
+    mean = rewards.mean(0)
+    if lam == 0:
+        return mean
+    return mean - lam * rewards.std(0, unbiased=False)
+
+
+@equation(r"\mathrm{KL}_{\mathrm{bon}}(n) = \log n - \frac{n-1}{n}")
+def kl_best_of_n(n: int) -> float:
+    """KL_bon = log n − (n − 1)/n: the KL divergence from the sampling policy to the
+    best-of-n policy (pick the best of n samples by a reward), in nats (Stiennon et al.
+    2020; Gao, Schulman and Hilton 2022). 0 at n = 1."""
+    import math
+
+    return math.log(n) - (n - 1) / n
+
+
+@equation(r"w_k = \binom{N-k}{n-1} \Big/ \binom{N}{n},\quad k = 1..N")
+def best_of_n_weights(N: int, n: int) -> list[float]:
+    """w_k = C(N − k, n − 1) / C(N, n): with N samples ranked by the proxy (k = 1 the best),
+    the probability that the k-th best is the best of a random n-subset (the subset holds
+    it and its n − 1 others all rank below it). Σ_k w_k = 1."""
+    from math import comb
+
+    if not 1 <= n <= N:
+        raise ValueError(f"n = {n} must be within 1..N = {N}")
+    total = comb(N, n)
+    return [comb(N - k, n - 1) / total for k in range(1, N + 1)]
+
+
+@equation(r"\hat{\mathbb{E}}\big[g(y^{*}_{n})\big] = \sum_{k=1}^{N} w_k\, g\big(y_{(k)}\big)")
+def best_of_n_estimate(proxy: list[float], gold: list[float], n: int) -> tuple[float, float]:
+    """Ê[g(y*_n)] = Σ_k w_k · g(y_(k)): the expected proxy and gold score of the answer
+    best-of-n picks by the proxy, estimated without bias from N ≥ n samples of one prompt
+    (y_(k) the k-th best by proxy, w_k = best_of_n_weights(N, n); the mean over all n-subsets
+    of the score of each subset's best). Answers tied on the proxy share the mean gold of
+    their tie (best-of-n breaks ties at random). Returns (proxy, gold)."""
+    N = len(proxy)
+    w = best_of_n_weights(N, n)
+    order = sorted(range(N), key=lambda i: -proxy[i])
+    g = [gold[i] for i in order]
+    p = [proxy[i] for i in order]
+    start = 0
+    while start < N:  # ties on the proxy: each member gets the tie's mean gold
+        end = start
+        while end + 1 < N and p[end + 1] == p[start]:
+            end += 1
+        mean = sum(g[start:end + 1]) / (end + 1 - start)
+        g[start:end + 1] = [mean] * (end + 1 - start)
+        start = end + 1
+    return sum(wk * x for wk, x in zip(w, p)), sum(wk * x for wk, x in zip(w, g))
+
+
+@equation(r"\mathrm{sim} = \binom{B}{2}^{-1}\sum_{i<j}\frac{|S_i \cap S_j|}{|S_i \cup S_j|}")
+def self_similarity(sets: list[set]) -> float:
+    """sim = mean over the B(B−1)/2 pairs i < j of the Jaccard similarity |S_i ∩ S_j| /
+    |S_i ∪ S_j| of the answers' n-gram sets S_i (1: all answers alike, 0: no n-gram shared;
+    0 for fewer than two answers; two empty sets count as alike)."""
+    total, pairs = 0.0, 0
+    for i in range(len(sets)):
+        for j in range(i + 1, len(sets)):
+            union = len(sets[i] | sets[j])
+            total += len(sets[i] & sets[j]) / union if union else 1.0
+            pairs += 1
+    return total / pairs if pairs else 0.0
+
+
+LATEX.update({
+    "distinct_n": r"\text{distinct-}n = \frac{|\{\text{unique } n\text{-grams}\}|}"
+                  r"{|\{n\text{-grams}\}|}",
 })

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -32,15 +32,15 @@ from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantage
 from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig, \
     like, setting
 from engine.training import rewards_builtin, train_utils
-from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PPOConfig, PPOTrainer, Rollout,
-                                 _trim, run_steps, truncate_after_eos)
+from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PPOConfig, PPOTrainer, RLSettings,
+                                 Rollout, _trim, run_steps, truncate_after_eos)
 
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
 MODEL_REWARD = "model"   # the component name of the trained reward model (metric reward_model)
 
 
 @dataclass
-class GRPOConfig(SamplingSettings, TrainConfig):
+class GRPOConfig(RLSettings, SamplingSettings, TrainConfig):
     """Settings of a GRPO / RLOO run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)   # prompts of an SFT/preference set
     max_steps: int = like("max_steps", 16, min=1)
@@ -76,9 +76,9 @@ class GRPOConfig(SamplingSettings, TrainConfig):
             raise ConfigError("minibatches", f"batch_size × group_size ({answers}) must be a "
                               f"multiple of minibatches ({self.minibatches})")
         names = list(self.builtin_rewards)
-        if not names and self.reward_run is None:
+        if not names and self.reward_run is None and not self.reward_runs:
             raise ConfigError("builtin_rewards", "choose at least one reward: a built-in rule "
-                              "or a reward model (reward_run)")
+                              "or a reward model (reward_run, or an ensemble: reward_runs)")
         if len(set(names)) != len(names):
             raise ConfigError("builtin_rewards", f"a rule is listed twice: {names}")
         for name in names:
@@ -104,8 +104,8 @@ class GRPOConfig(SamplingSettings, TrainConfig):
 
     def reward_names(self) -> list[str]:
         """The reward components in the order of reward_weights."""
-        return list(self.builtin_rewards) + ([MODEL_REWARD] if self.reward_run is not None
-                                             else [])
+        model = self.reward_run is not None or bool(self.reward_runs)
+        return list(self.builtin_rewards) + ([MODEL_REWARD] if model else [])
 
     def weights(self) -> list[float]:
         return [float(w) for w in self.reward_weights] or [1.0] * len(self.reward_names())
@@ -125,14 +125,15 @@ class GRPOTrainer(PPOTrainer):
                            learning_rate=cfg.learning_rate, temperature=cfg.temperature,
                            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                            max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size,
-                           minibatches=1, max_grad_norm=cfg.max_grad_norm)
+                           minibatches=1, max_grad_norm=cfg.max_grad_norm,
+                           **{f.name: getattr(cfg, f.name) for f in fields(RLSettings)})
         super().__init__(shared, store, log=log, accelerator=accelerator)
         self.cfg = cfg
         self.scorers: dict[str, object] = {
             name: rewards_builtin.BuiltinScorer(name, cfg.reward_params.get(name))
             for name in cfg.builtin_rewards}
-        if cfg.reward_run is not None:
-            self.scorers[MODEL_REWARD] = self.scorer  # PPO's: the shared reward adapter
+        if MODEL_REWARD in cfg.reward_names():
+            self.scorers[MODEL_REWARD] = self.scorer  # PPO's: the shared reward adapter(s)
         self.weights = dict(zip(cfg.reward_names(), cfg.weights()))
         self.reward_label = " + ".join(
             f"{w:g}·{self.reward_label if n == MODEL_REWARD else self.scorers[n].label()}"
@@ -188,8 +189,16 @@ class GRPOTrainer(PPOTrainer):
                                      f"fix or remove that reward")
             parts[name] = values
         ro.raw_scores = weighted_reward(parts, self.weights)
-        ro.scores = ro.raw_scores
+        ro.reward_std = getattr(self.scorer, "last_std", None) if MODEL_REWARD in parts else None
+        ro.scores = ro.raw_scores - (~ro.has_eos).float() * float(self.cfg.missing_eos_penalty)
         return parts
+
+    @torch.no_grad()
+    def reward_scores(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """The run's reward Σ_k w_k·R_k of some answers (before the EOS penalty)."""
+        parts = {name: torch.tensor(scorer.score(prompts, texts), dtype=torch.float32)
+                 for name, scorer in self.scorers.items()}
+        return weighted_reward(parts, self.weights)
 
     # -- one GRPO iteration -------------------------------------------------------------
     def step(self, step: int) -> tuple[dict[str, float], list[dict]]:
@@ -199,7 +208,7 @@ class GRPOTrainer(PPOTrainer):
         ro = self.generate(self.prompts_for_step(step))
         t1 = time.perf_counter()
         parts = self.score(ro, step)
-        rewards = ro.raw_scores.view(-1, G)                       # [B, G]
+        rewards = ro.scores.view(-1, G)       # [B, G], less the penalty for a missing EOS
         adv = self.advantage_fn(rewards).reshape(-1)              # [B·G]
         t2 = time.perf_counter()
         stats = self._train_groups(ro, adv)
@@ -209,8 +218,8 @@ class GRPOTrainer(PPOTrainer):
         k3 = kl_k3(ro.logp, ro.ref_logp) * mask
         lengths = ro.mask.sum(1).float()
         metrics = {
-            "reward_mean": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
+            "reward_mean": float(ro.raw_scores.mean()),
+            "reward_std": float(ro.raw_scores.std(unbiased=False)),
             "reward_std_within_group": float(group_reward_std(rewards)),
             "zero_signal_fraction": float(zero_signal_fraction(rewards)),
             **{f"reward_{n}": float(v.mean()) for n, v in parts.items()},
@@ -224,6 +233,7 @@ class GRPOTrainer(PPOTrainer):
             "time_train": t3 - t2,
             "time_step": t3 - t0,
             **stats,
+            **self.rollout_extras(ro),
         }
         rows = []
         if cfg.sample_every and step % cfg.sample_every == 0:
@@ -232,7 +242,8 @@ class GRPOTrainer(PPOTrainer):
                              "reward": float(ro.raw_scores[i]), "kl": float(k3[i].sum()),
                              "group": i // G, "advantage": float(adv[i]),
                              "rewards": {n: float(v[i]) for n, v in parts.items()},
-                             "length": int(lengths[i]), "eos": bool(ro.has_eos[i])})
+                             "length": int(lengths[i]), "eos": bool(ro.has_eos[i]),
+                             **self.row_extras(ro, i)})
         return metrics, rows
 
     def _train_groups(self, ro: Rollout, adv: torch.Tensor) -> dict[str, float]:
@@ -252,12 +263,18 @@ class GRPOTrainer(PPOTrainer):
                                         ro.mask[idx])
                 m_f = m.float()
                 old_logp, ref_logp, a = ro.logp[idx][:, sl], ro.ref_logp[idx][:, sl], adv[idx]
-                logp, _, ent = self.forward(q, qm, r, m, entropy=True)
-                loss, pg, kl = grpo_loss(logp, old_logp, ref_logp, a, m_f, cfg.cliprange,
-                                         cfg.beta, None if per_answer is None
-                                         else per_answer * len(idx))
+                denom = None if per_answer is None else per_answer * len(idx)
+
+                def loss_of(lp):
+                    return grpo_loss(lp, old_logp, ref_logp, a, m_f, cfg.cliprange, cfg.beta,
+                                     denom)[0]
+
                 self.optimizer.zero_grad(set_to_none=True)
-                self.accelerator.backward(loss)
+                # a sum over tokens: backpropagated row by row (one row's activations)
+                logp, ent = self.forward_backward(q, qm, r, m, loss_of, old_logp)
+                with torch.no_grad():
+                    loss, pg, kl = grpo_loss(logp, old_logp, ref_logp, a, m_f, cfg.cliprange,
+                                             cfg.beta, denom)
                 norm = self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
@@ -314,5 +331,7 @@ def train_grpo(cfg: GRPOConfig, ctx) -> dict:
         "steps": cfg.max_steps,
         "advantage": cfg.advantage,
         "reward": trainer.reward_label,
+        "gold": trainer.gold_label,
+        "last_gold": last.get("gold_score"),
     }
 

@@ -42,14 +42,17 @@ from engine.inference.chat import collate_prompts, encode_prompt
 from engine.errors import NonFiniteError
 from engine.inference.models import add_lora, adapter_dir, load_adapter, load_base
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
-                               clipped_policy_loss, clipped_value_loss, entropy_from_logits,
+                               clipped_policy_loss, clipped_value_loss, conservative_reward,
+                               entropy_from_logits,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
                                masked_mean, masked_var, per_token_rewards, ppo_ratio,
                                sequence_kl, value_clip_fraction, whiten)
 from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
+from engine.inference.logprobs import answer_rows, backward_by_rows, gather_rows
 from engine.schema import (ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig,
                            like, setting)
+from engine.training.diversity import diversity
 
 # Fixed bin edges of the ratio histogram logged each step as ratio_hist_00 .. _NN
 # (values outside [0.5, 1.5] fall into the end bins); the page draws them.
@@ -58,6 +61,8 @@ RATIO_HIST_EDGES = [round(0.5 + 0.05 * i, 2) for i in range(21)]
 KL_WARN = 10.0          # nats per response
 CLIPFRAC_WARN = 0.3     # fraction of tokens where the clip binds
 DEFAULT_PROMPT_DATASET = "sample-preferences"
+EOS_WARN = 0.5          # the pages warn when fewer answers than this end with EOS
+REWARD_AGGREGATES = ("mean", "conservative")
 
 
 # ======================================================================================
@@ -120,7 +125,60 @@ def truncate_after_eos(response: torch.Tensor, eos_id: int, pad_id: int
 # The stage
 # ======================================================================================
 @dataclass
-class PPOConfig(SamplingSettings, TrainConfig):
+class RLSettings:
+    """What PPO and GRPO share beyond the step loop (issue 16: the course's challenges).
+
+    - the token limit: answers that never emit EOS lose `missing_eos_penalty`;
+    - generalisation: every `heldout_every` steps one answer to each of `heldout_prompts`
+      held-out prompts (the dataset's eval split, none of them a training prompt) and to
+      as many fixed training prompts, sampled the same way and scored by the run's reward;
+    - over-optimisation: a gold reward (a built-in rule, or a reward-model run) scores the
+      samples too, and is never optimised;
+    - an uncertain reward: an ensemble of reward-model runs (`reward_runs`, one adapter
+      each on one base) combined by their mean or by mean − λ·std (conservative_reward).
+    """
+    missing_eos_penalty: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
+    heldout_every: int = setting(4, min=0, max=10_000_000, group=ADVANCED)
+    heldout_prompts: int = setting(8, min=1, max=1024, group=ADVANCED)
+    gold_reward: str = setting("", choices=("", *rewards_builtin.names()), group=ADVANCED)
+    gold_params: dict = setting(factory=dict, widget="page")
+    gold_reward_run: int | None = setting(None, widget="page")
+    reward_runs: list = setting(factory=list, widget="page")
+    reward_aggregate: str = setting("mean", choices=REWARD_AGGREGATES, group=ADVANCED)
+    uncertainty_lambda: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
+
+    def check(self) -> None:
+        super().check()  # type: ignore[misc] - the stage config's own rules (MRO)
+        runs = list(self.reward_runs)
+        if runs and getattr(self, "reward_run", None) is not None:
+            raise ConfigError("reward_runs", "set reward_run (one reward model) or reward_runs "
+                              "(an ensemble), not both")
+        for rid in runs:
+            if isinstance(rid, bool) or not isinstance(rid, int):
+                raise ConfigError("reward_runs", f"{rid!r} is not a run id")
+        if len(set(runs)) != len(runs):
+            raise ConfigError("reward_runs", f"a run is listed twice: {runs}")
+        if len(runs) == 1:
+            raise ConfigError("reward_runs", "an ensemble needs at least two reward-model "
+                              "runs (one run: use reward_run)")
+        if self.reward_aggregate == "conservative" and not runs:
+            raise ConfigError("reward_aggregate", "the conservative reward needs an ensemble "
+                              "(reward_runs)")
+        if self.gold_reward and self.gold_reward_run is not None:
+            raise ConfigError("gold_reward_run", "set gold_reward (a rule) or gold_reward_run "
+                              "(a reward model), not both")
+        if self.gold_params and not self.gold_reward:
+            raise ConfigError("gold_params", "parameters for a gold rule, but gold_reward is "
+                              "not set")
+        if self.gold_reward:
+            try:
+                rewards_builtin.check_params(self.gold_reward, self.gold_params)
+            except ValueError as exc:
+                raise ConfigError("gold_params", str(exc)) from exc
+
+
+@dataclass
+class PPOConfig(RLSettings, SamplingSettings, TrainConfig):
     """Settings of a PPO run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)  # prompts of an SFT/preference set
     max_steps: int = like("max_steps", 16, min=1)
@@ -146,7 +204,6 @@ class PPOConfig(SamplingSettings, TrainConfig):
     adaptive_kl: bool = setting(False, group=ADVANCED)
     target_kl: float = setting(4.0, min=0.001, max=1000.0, step=0.5, group=ADVANCED)
     horizon: int = setting(200, min=1, max=100_000_000, group=ADVANCED)  # responses
-    missing_eos_penalty: float = setting(0.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
     whiten_rewards: bool = setting(False, group=ADVANCED)
     sample_every: int = setting(1, min=0, max=10_000_000, group=ADVANCED)
     samples_per_step: int = setting(4, min=0, max=1024, group=ADVANCED)
@@ -177,6 +234,8 @@ class Rollout:
     values: torch.Tensor | None = None
     scores: torch.Tensor | None = None
     raw_scores: torch.Tensor | None = None
+    gold: torch.Tensor | None = None          # the gold reward's scores, when there is one
+    reward_std: torch.Tensor | None = None    # the ensemble's disagreement σ_k per answer
 
 
 def load_prompts(store, dataset: str, split: str = "train") -> list:
@@ -189,6 +248,47 @@ def load_prompts(store, dataset: str, split: str = "train") -> list:
     if not prompts:
         raise ValueError(f"dataset {dataset!r} has no prompts")
     return prompts
+
+
+def run_base(run: dict) -> str:
+    """The base model a stored run trained on."""
+    return (run.get("config") or {}).get("model") or run.get("model") or "embedded"
+
+
+def check_reward_runs(store, cfg) -> None:
+    """The ensemble's runs exist, are reward models and share one base (`reward_runs` named
+    by the ConfigError otherwise): checked from the store before any model loads."""
+    from storage import NotFound
+
+    bases = {}
+    for rid in cfg.reward_runs:
+        try:
+            run = store.get_run(int(rid))
+        except NotFound:
+            raise ConfigError("reward_runs", f"run {rid} does not exist") from None
+        if run["stage"] != "reward":
+            raise ConfigError("reward_runs", f"run {rid} is a {run['stage']} run, not a "
+                              f"reward model")
+        bases[int(rid)] = run_base(run)
+    if len(set(bases.values())) > 1:
+        raise ConfigError("reward_runs", "the ensemble mixes base models ("
+                          + ", ".join(f"#{r}: {b}" for r, b in bases.items())
+                          + "); train every member on one base")
+
+
+class EnsembleScorer:
+    """K reward models as one reward: R̃ = r̄ − λ·σ_k(r) (objectives.conservative_reward;
+    λ = 0: the plain mean). After each `score` call, `last_std` holds σ_k per answer."""
+
+    def __init__(self, members: list, lam: float = 0.0):
+        self.members, self.lam = members, float(lam)
+        self.last_std: torch.Tensor | None = None
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        r = torch.tensor([list(m.score(prompts, responses)) for m in self.members],
+                         dtype=torch.float32)                      # [K, B]
+        self.last_std = r.std(0, unbiased=False)
+        return conservative_reward(r, self.lam).tolist()
 
 
 class ValueHead(nn.Module):
@@ -214,6 +314,7 @@ class PPOTrainer:
     def __init__(self, cfg: PPOConfig, store, log=lambda msg: None, accelerator=None):
         cfg.validate()
         self.cfg, self.store, self.log = cfg, store, log
+        check_reward_runs(store, cfg)  # before any model loads
         train_utils.seed_everything(cfg.seed)
         self.accelerator = accelerator or train_utils.make_accelerator()
         self.device = self.accelerator.device
@@ -231,6 +332,7 @@ class PPOTrainer:
             model = add_lora(model, cfg.lora, adapter_name=self.POLICY)
             self.has_ref_adapter = False
         self.scorer, self.reward_label, model = self._make_reward(cfg, store, model)
+        self.gold, self.gold_label, model = self._make_gold(cfg, store, model)
         model.set_adapter(self.POLICY)
         # no dropout anywhere: log-probs at sampling, scoring and training must agree
         model.eval()
@@ -260,35 +362,63 @@ class PPOTrainer:
         return self.accelerator.unwrap_model(self.model)
 
     def _make_reward(self, cfg: PPOConfig, store, model):
-        """The reward: a built-in rule, or a finished reward-model run.
+        """The reward: a built-in rule, a finished reward-model run, or an ensemble of them
+        (`reward_runs`: each its own adapter "reward_k" and head on the one base, combined
+        by EnsembleScorer). Returns (scorer with .score(prompts, responses), label, model).
+        """
+        if cfg.reward_runs:
+            members = []
+            for k, rid in enumerate(cfg.reward_runs):
+                scorer, _, model = self._reward_model(store, int(rid), model,
+                                                      f"{self.REWARD}_{k}")
+                members.append(scorer)
+            agg = cfg.reward_aggregate
+            label = (f"{'mean' if agg == 'mean' else f'mean − {cfg.uncertainty_lambda:g}·std'}"
+                     f" of reward#{', #'.join(str(r) for r in cfg.reward_runs)}")
+            lam = cfg.uncertainty_lambda if agg == "conservative" else 0.0
+            return EnsembleScorer(members, lam), label, model
+        if cfg.reward_run is None:
+            scorer = rewards_builtin.BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
+            return scorer, scorer.label(), model
+        return self._reward_model(store, int(cfg.reward_run), model, self.REWARD)
+
+    def _make_gold(self, cfg: PPOConfig, store, model):
+        """The gold reward, never optimised (a rule, or a reward-model run attached like the
+        reward as the adapter "gold"); (None, None, model) without one."""
+        if cfg.gold_reward:
+            scorer = rewards_builtin.BuiltinScorer(cfg.gold_reward, cfg.gold_params)
+            return scorer, scorer.label(), model
+        if cfg.gold_reward_run is not None:
+            return self._reward_model(store, int(cfg.gold_reward_run), model, "gold")
+        return None, None, model
+
+    def _reward_model(self, store, run_id: int, model, adapter: str):
+        """A finished reward-model run as a scorer.
 
         A reward model trained on the same base is attached to the same weights as the
-        adapter "reward" plus its scalar head (one base in memory). One trained on another
+        adapter `adapter` plus its scalar head (one base in memory). One trained on another
         base gets its own private copy of that base on our device (one more model in
         memory) through engine.training.reward.load_scorer.
         Returns (scorer with .score(prompts, responses), label, model).
         """
-        if cfg.reward_run is None:
-            scorer = rewards_builtin.BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
-            return scorer, scorer.label(), model
-        run = store.get_run(int(cfg.reward_run))
+        run = store.get_run(run_id)
         if run["stage"] != "reward":
             raise ValueError(f"run {run['id']} is a {run['stage']} run, not a reward model")
         path = reward_mod.reward_adapter_path(run["id"])
         if not (path / "adapter_config.json").exists():
             raise ValueError(f"reward run {run['id']} has no saved reward model (status "
                              f"{run['status']}); pick a finished reward run")
-        spec = (run.get("config") or {}).get("model") or run.get("model") or "embedded"
-        if spec != cfg.model:
+        spec = run_base(run)
+        if spec != self.cfg.model:
             scorer = reward_mod.load_scorer(store, run["id"], device=self.device)
             return scorer, f"reward#{run['id']} (own copy of {spec})", model
-        model = load_adapter(model, path, adapter_name=self.REWARD, is_trainable=False)
+        model = load_adapter(model, path, adapter_name=adapter, is_trainable=False)
         head, stats = reward_mod.load_reward_head(run["id"])
         head = head.to(self.device).eval()
         for p in head.parameters():
             p.requires_grad_(False)
         max_length = int((run.get("config") or {}).get("max_length") or 512)
-        tokenizer, adapter = self.tokenizer, self.REWARD
+        tokenizer = self.tokenizer
 
         class _SharedScorer:
             def score(self, prompts, responses):
@@ -348,6 +478,10 @@ class PPOTrainer:
         (engine.inference.packing); the LM head only on the positions that predict response tokens
         (position P_b − 1 + t of sequence b predicts its token t)."""
         B, T = response.shape
+        rows = answer_rows(self.policy, query, query_mask, response, mask,
+                           self.cfg.temperature, self.row_tokens, entropy=entropy, hidden=values)
+        if rows is not None:  # answers to one prompt share a row; chunked LM head
+            return gather_rows(rows, mask, self.value_head if values else None)
         prompts, answers = unpad(query, query_mask), unpad(response, mask)
         keep = [torch.arange(len(q) - 1, len(q) - 1 + len(a), device=self.device)
                 for q, a in zip(prompts, answers)]
@@ -371,6 +505,29 @@ class PPOTrainer:
 
         return (scatter(lps), scatter(vs) if values else None,
                 scatter(ents) if entropy else None)
+
+    def forward_backward(self, query, query_mask, response, mask, loss_fn, filler):
+        """Backpropagate loss_fn(log-probs [B, T]), a sum over tokens divided by a constant,
+        and return (the log-probs, the entropies), detached. Row by row where the lean pass
+        applies (engine.inference.logprobs.backward_by_rows: one row's activations at a time,
+        the same gradient), else one forward and one backward."""
+        rows = None
+        if self.packing and self.accelerator.num_processes == 1:
+            rows = answer_rows(self.policy, query, query_mask, response, mask,
+                               self.cfg.temperature, self.row_tokens, entropy=True)
+        if rows is None:
+            logp, _, ent = self.forward(query, query_mask, response, mask, entropy=True)
+            self.accelerator.backward(loss_fn(logp))
+            return logp.detach(), ent
+        ent = torch.zeros_like(filler)
+
+        def values():
+            for members, logp, e, _ in rows:
+                ent[members] = e
+                yield members, logp
+
+        logp = backward_by_rows(values(), filler, loss_fn, self.accelerator.backward)
+        return logp, ent
 
     @torch.no_grad()
     def ref_logprobs(self, query, query_mask, response, mask) -> torch.Tensor:
@@ -437,6 +594,7 @@ class PPOTrainer:
         if not torch.isfinite(raw).all():
             raise NonFiniteError(f"the reward ({self.reward_label}) returned a non-finite score")
         ro.raw_scores = raw
+        ro.reward_std = getattr(self.scorer, "last_std", None)
         ro.scores = raw - (~ro.has_eos).float() * float(cfg.missing_eos_penalty)
         return ro
 
@@ -494,6 +652,7 @@ class PPOTrainer:
             "time_train": t3 - t2,
             "time_step": t3 - t0,
             **stats,
+            **self.rollout_extras(ro),
         }
         if procs > 1:  # all processes: means (ratio_min/max too), histogram summed
             names = list(metrics)
@@ -507,8 +666,97 @@ class PPOTrainer:
                 rows.append({"prompt": ro.prompts[i], "response": ro.texts[i],
                              "reward": float(ro.raw_scores[i]), "kl": float(seq_kl[i]),
                              "length": int(lengths[i]), "eos": bool(ro.has_eos[i]),
-                             "score_with_penalty": float(ro.scores[i])})
+                             "score_with_penalty": float(ro.scores[i]),
+                             **self.row_extras(ro, i)})
         return metrics, rows
+
+    # -- what PPO and GRPO log beside their update (issue 16) ---------------------------
+    def rollout_extras(self, ro: Rollout) -> dict[str, float]:
+        """A step's answers beyond the reward: their diversity (distinct-1/2 and
+        self-similarity), the gold score (sets `ro.gold`) and the ensemble's disagreement."""
+        out = dict(diversity(ro.texts))
+        if self.gold is not None:
+            ro.gold = self.gold_scores(ro.prompts, ro.texts)
+            out["gold_score"] = float(ro.gold.mean())
+        if ro.reward_std is not None:
+            out["reward_ensemble_std"] = float(ro.reward_std.mean())
+        return out
+
+    @staticmethod
+    def row_extras(ro: Rollout, i: int) -> dict[str, float]:
+        """A sample row's gold score and ensemble disagreement, when the run has them."""
+        out = {}
+        if ro.gold is not None:
+            out["gold"] = float(ro.gold[i])
+        if ro.reward_std is not None:
+            out["reward_std"] = float(ro.reward_std[i])
+        return out
+
+    @torch.no_grad()
+    def gold_scores(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        values = torch.tensor(self.gold.score(prompts, texts), dtype=torch.float32)
+        if not torch.isfinite(values).all():
+            raise NonFiniteError(f"the gold reward ({self.gold_label}) returned a non-finite "
+                                 f"score")
+        return values
+
+    @torch.no_grad()
+    def reward_scores(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        """The run's reward of some answers, as the step scores them (before penalties)."""
+        return torch.tensor(self.scorer.score(prompts, texts), dtype=torch.float32)
+
+    def heldout_sets(self) -> tuple[list, list]:
+        """(K fixed training prompts, K held-out prompts): the dataset's eval-split prompts
+        that are not training prompts, K = heldout_prompts, both picked once by the seed.
+        No held-out prompts: said once in the log, and ([], [])."""
+        if getattr(self, "_heldout", None) is None:
+            import random
+
+            cfg = self.cfg
+            seen = {json.dumps(p, ensure_ascii=False, sort_keys=True) for p in self.prompts}
+            held = [p for p in data.prompts_of(self.store, cfg.dataset, "eval")
+                    if p and json.dumps(p, ensure_ascii=False, sort_keys=True) not in seen]
+            rng = random.Random(cfg.seed)
+            rng.shuffle(held)
+            train = list(self.prompts)
+            rng.shuffle(train)
+            K = cfg.heldout_prompts
+            self._heldout = (train[:K], held[:K]) if held else ([], [])
+            if not held:
+                self.log(f"no held-out prompts: dataset {cfg.dataset!r} has no eval-split "
+                         f"prompt outside the training prompts; the held-out evaluation is "
+                         f"skipped")
+        return self._heldout
+
+    def heldout_due(self, step: int) -> bool:
+        every = self.cfg.heldout_every
+        return bool(every) and (step == 1 or step % every == 0 or step == self.cfg.max_steps)
+
+    @torch.no_grad()
+    def heldout_eval(self, step: int) -> dict[str, float]:
+        """Training vs held-out prompts at this step: one answer each, sampled the same way
+        (π_θ, the run's temperature, no gradient), scored by the run's reward (and the gold
+        one); the held-out answers' KL to the reference too. {} when not due or no held-out
+        set."""
+        if not self.heldout_due(step):
+            return {}
+        train, held = self.heldout_sets()
+        if not held:
+            return {}
+        torch.manual_seed(self.cfg.seed * 7_919 + step)  # the same answers after a resume
+        ro = PPOTrainer.generate(self, train + held)   # one answer per prompt, both sets
+        if ro.logp is None:
+            ro.logp = self.policy_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
+        ref = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
+        kl = sequence_kl(ro.logp, ref, ro.mask.float())
+        scores = self.reward_scores(ro.prompts, ro.texts)
+        n = len(train)
+        out = {"eval_train_score": float(scores[:n].mean()),
+               "eval_heldout_score": float(scores[n:].mean()),
+               "eval_heldout_kl": float(kl[n:].mean())}
+        if self.gold is not None:
+            out["eval_heldout_gold"] = float(self.gold_scores(held, ro.texts[n:]).mean())
+        return out
 
     def _train(self, ro: Rollout, adv: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
@@ -627,6 +875,7 @@ def run_steps(trainer, cfg, ctx, score: str, label: str,
     for step in range(start + 1, cfg.max_steps + 1):
         ctx.check_cancel()
         metrics, rows = trainer.step(step)
+        metrics.update(trainer.heldout_eval(step))
         _check_finite(step, metrics, finite)
         ctx.metrics(step, metrics)
         ctx.samples(step, rows)
@@ -663,6 +912,8 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
         "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
         "steps": cfg.max_steps,
         "reward": trainer.reward_label,
+        "gold": trainer.gold_label,
+        "last_gold": last.get("gold_score"),
     }
 
 
