@@ -171,7 +171,16 @@ class SupervisedConfig(TrainConfig):
             raise ConfigError("max_steps", "set epochs > 0 or max_steps > 0")
 
 
-_BASES = (StageConfig, SamplingSettings, TrainConfig, SupervisedConfig)
+@dataclass
+class SourceMixSettings:
+    """The source mix of a stage that trains on preference pairs (reward, DPO): the share
+    of AI-labelled pairs among the training pairs (engine.data.sources.mix_sources)."""
+    # None: every pair as it is; s in [0, 1]: AI pairs : others = s : 1 − s (seeded subsample)
+    ai_share: float | None = setting(None, min=0.0, max=1.0, step=0.05, group=ADVANCED,
+                                     optional=True)
+
+
+_BASES = (StageConfig, SamplingSettings, TrainConfig, SupervisedConfig, SourceMixSettings)
 
 # the settings of LoRA (engine.inference.models.LoraSettings): bounds for forms and validation
 LORA_META = {

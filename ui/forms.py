@@ -68,11 +68,14 @@ def _widget(info: FieldInfo, stage: str, col, value: Any) -> Any:
     if info.type == "float":
         lo = None if meta.min is None else float(meta.min)
         hi = None if meta.max is None else float(meta.max)
-        current = float(value if value is not None else info.default or lo or 0.0)
         kwargs = {"format": meta.format} if meta.format else {}
-        return float(col.number_input(label, min_value=lo, max_value=hi, value=current,
-                                      step=float(meta.step or 0.01), key=key, help=help_,
-                                      **kwargs))
+        if value is None and (info.nullable or meta.optional):
+            current = None  # an empty box: the setting's "none" (e.g. ai_share: every row)
+        else:
+            current = float(value if value is not None else info.default or lo or 0.0)
+        got = col.number_input(label, min_value=lo, max_value=hi, value=current,
+                               step=float(meta.step or 0.01), key=key, help=help_, **kwargs)
+        return None if got is None else float(got)
     if info.type == "list":
         text = col.text_input(label, value=", ".join(value or []), key=key, help=help_)
         items = [x.strip() for x in text.split(",") if x.strip()]

@@ -15,6 +15,8 @@ The package, by responsibility:
 - ``readers``: JSONL / JSON / CSV / Parquet files (and their gzip) read as streams;
 - ``importer``: the import itself (staging, landing, the report);
 - ``curation``: export, edits, re-splits, statistics, the shipped samples, prompts;
+- ``sources``: where each pair came from (human vote, imported, sample, AI...), a filter by
+  source, and the share of AI-labelled pairs in training (``mix_sources``);
 - ``commands``: ``python -m engine data ...``.
 
 No Streamlit and no torch here.
@@ -34,16 +36,19 @@ from engine.data.records import (ANSWER_FIELDS, BATCH_SIZE, DEFAULT_MAX_CHARS, F
                                  KINDS, ROLE_ALIASES, DataFormatError, RowError, empty,
                                  messages_of, missing, prompt_chars, prompt_text,
                                  shared_prompt, split_last_answer, validate)
+from engine.data.sources import (CLASSES as SOURCE_CLASSES, mix_sources, pair_sources,
+                                 rows_by_source, source_class)
 
 __all__ = [
     "ANSWER_FIELDS", "ASSETS", "BATCH_SIZE", "DEFAULT_MAX_CHARS", "DataFormatError",
     "FIELD_NAMES", "FILE_TYPES", "FORMATS", "HH_TURN", "ImportReport", "ItemNo", "KINDS",
-    "MODES", "NORMALISERS", "Progress", "ROLE_ALIASES", "RowError", "SAMPLES",
-    "SAMPLES_MARKER", "TEMP_PREFIX", "cell_prompt", "cleanup_staged", "dataset_stats",
+    "MODES", "NORMALISERS", "Progress", "ROLE_ALIASES", "RowError", "SAMPLES", "SAMPLES_MARKER",
+    "SOURCE_CLASSES", "TEMP_PREFIX", "cell_prompt", "cleanup_staged", "dataset_stats",
     "default_name", "detect_format", "detect_kind", "empty", "ensure_sample_datasets",
     "ensure_samples_on_first_open", "export_jsonl", "export_lines", "file_type_of",
     "import_file", "iter_file", "iter_rows", "list_datasets", "messages_of", "missing",
-    "normalise", "parse_hh", "plain_name", "prompt_cell", "prompt_chars", "prompt_text",
-    "prompts_of", "read_records", "register_cli", "resplit", "save_edits", "shared_prompt",
-    "sniff_file_type", "split_last_answer", "to_trl", "validate",
+    "mix_sources", "normalise", "pair_sources", "parse_hh", "plain_name", "prompt_cell",
+    "prompt_chars", "prompt_text", "prompts_of", "read_records", "register_cli", "resplit",
+    "rows_by_source", "save_edits", "shared_prompt", "sniff_file_type", "source_class",
+    "split_last_answer", "to_trl", "validate",
 ]

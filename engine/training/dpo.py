@@ -36,8 +36,9 @@ from engine.inference.generate import SamplingConfig, generate
 from engine.inference.models import load_base
 from engine.objectives import (dpo_implicit_reward, dpo_loss, ipo_loss, kl_k1, kl_k3,
                                pairwise_accuracy, sequence_logprobs)
-from engine.schema import (ADVANCED, ConfigError, LoraSettings, SupervisedConfig, like,
-                           setting)
+from engine.data.sources import mix_sources
+from engine.schema import (ADVANCED, ConfigError, LoraSettings, SourceMixSettings,
+                           SupervisedConfig, like, setting)
 from engine.training import train_utils as tu
 from engine.training.reward import encode_pair
 from engine.training.sft import forward_logits, total_steps_for
@@ -50,7 +51,7 @@ METRICS = ("loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_
 
 
 @dataclass
-class DPOConfig(SupervisedConfig):
+class DPOConfig(SourceMixSettings, SupervisedConfig):
     """Settings of a DPO run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", "sample-preferences")
     max_steps: int = like("max_steps", 20)
@@ -99,6 +100,7 @@ def load_pairs(store, cfg: DPOConfig, log) -> tuple[list[dict], list[dict]]:
         cut = max(1, len(train) // 10)
         evals, train = train[-cut:], train[:-cut]
         log(f"dataset {cfg.dataset!r} has no eval rows: holding out the last {cut} train pairs")
+    train = mix_sources(train, cfg.ai_share, cfg.seed, cfg.dataset, log)
     if not train:
         raise ValueError(f"dataset {cfg.dataset!r} has no train pairs")
     return train, evals[: cfg.max_eval_pairs]

@@ -50,14 +50,16 @@ from engine.inference.generate import SamplingConfig, generate
 from engine.inference.models import add_lora, adapter_dir, inference_cache, load_adapter, load_base
 from engine.objectives import (normalize_rewards, pairwise_accuracy, pairwise_loss,
                                reward_stats)
-from engine.schema import ADVANCED, LoraSettings, SupervisedConfig, like, setting
+from engine.data.sources import mix_sources
+from engine.schema import (ADVANCED, LoraSettings, SourceMixSettings, SupervisedConfig, like,
+                           setting)
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing
 
 HEAD_FILE = "reward_head.safetensors"
 
 
 @dataclass
-class RewardConfig(SupervisedConfig):
+class RewardConfig(SourceMixSettings, SupervisedConfig):
     """Settings of a reward-model run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", "sample-preferences")
     max_steps: int = like("max_steps", 30)          # 0: run `epochs` full passes
@@ -451,6 +453,7 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
         ctx.log(f"dataset has no {cfg.eval_split!r} rows: holding out the last {cut} "
                 f"training pairs for evaluation")
     eval_rows = _split_rows(eval_rows, cfg.max_eval_pairs)
+    train_rows = mix_sources(train_rows, cfg.ai_share, cfg.seed, cfg.dataset, ctx.log)
     if not train_rows:
         raise ValueError(f"dataset {cfg.dataset!r} has no training pairs")
     ctx.log(f"{len(train_rows)} training pairs, {len(eval_rows)} evaluation pairs")
