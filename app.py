@@ -80,6 +80,7 @@ pages = [
     st.Page("pages/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
     st.Page("pages/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
     st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
+    st.Page("pages/experiments.py", title=t("nav.experiments"), icon=":material/science:", url_path="experiments"),
     st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
 ]
 # st.navigation first: the sidebar's widgets then get the same ids on the first run after

@@ -49,6 +49,14 @@ def tick_stage(cfg: TickConfig, ctx):
 stages.register("tick", TickConfig, tick_stage)
 
 
+def toy_sft_dataset(store, name: str = "toy") -> str:
+    """Twelve sums to learn (three held out): SFT on the tiny model in a second a step."""
+    store.create_dataset(name, "sft", eval_fraction=0.25)
+    store.add_rows(name, [{"prompt": f"What is {a} plus {b}?", "response": f"{a + b}."}
+                          for a in range(4) for b in range(3)])
+    return name
+
+
 def _group(store, planned: list[PlannedRun], name="g") -> int:
     return store.create_group(name, {"plan": [p.to_dict() for p in planned]}, stage="tick")
 
@@ -122,9 +130,7 @@ def test_refs_resolve_and_a_plan_is_checked():
 # -- the runner ------------------------------------------------------------------------------
 def test_sft_sweep_on_the_tiny_model_is_a_stored_group_with_a_summary_table(store,
                                                                              tiny_model_dir):
-    store.create_dataset("toy", "sft", eval_fraction=0.25)
-    store.add_rows("toy", [{"prompt": f"What is {a} plus {b}?", "response": f"{a + b}."}
-                           for a in range(4) for b in range(3)])
+    toy_sft_dataset(store)
     base = {"model": str(tiny_model_dir), "dataset": "toy", "max_steps": 1, "batch_size": 2,
             "eval_every": 0, "save_every": 0, "eval_samples": 0, "max_length": 64}
     group_id = runner.create_sweep(store, "sft", base,
@@ -143,7 +149,7 @@ def test_sft_sweep_on_the_tiny_model_is_a_stored_group_with_a_summary_table(stor
     assert [row["learning_rate"] for row in table] == [1e-3, 5e-3]
     assert all(row["status"] == "succeeded" and row["train_loss"] > 0 for row in table)
     assert [row["run_id"] for row in table] == [r["id"] for r in children]
-    assert table[0]["steps"] == 1                      # the run's own summary is merged in
+    assert table[0]["summary"]["steps"] == 1           # the run's own summary
     view = runner.group_view(store, group_id)
     assert view["group"]["done"] == view["group"]["total"] == 2
     assert {(m["key"], m["name"]) for m in view["metrics"]} >= {

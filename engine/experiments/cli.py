@@ -22,8 +22,13 @@ def sentence_text(sentence: dict | None, lang: str = "en") -> str | None:
         text = None
     if not text:
         return sentence["key"]
+    params = dict(sentence.get("params") or {})
+    if "metric" in params:   # a metric's name: its label
+        from engine.schema import english
+
+        params["metric"] = english(f"metrics.{params['metric']}") or params["metric"]
     try:
-        return text.format(**(sentence.get("params") or {}))
+        return text.format(**params)
     except (KeyError, IndexError, ValueError):
         return text
 

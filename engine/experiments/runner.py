@@ -21,7 +21,7 @@ from typing import Any
 from engine import schema
 from engine.errors import JobCancelled
 from engine.experiments.plan import (Chart, PlannedRun, expand_sweep, get_recipe, refs_of,
-                                     resolve_refs)
+                                     resolve_refs, value_text)
 from engine.runtime import jobs, stages
 from engine.schema import ConfigError, StageConfig, setting
 from storage import NotFound, Store
@@ -163,12 +163,41 @@ def summarize_group(store: Store, group: dict) -> dict:
     if group.get("recipe"):
         recipe = get_recipe(group["recipe"])
         return dict(recipe.summarize(store, group, runs) or {})
-    return {"table": sweep_table(store, group, runs), "sentence": None}
+    table = sweep_table(store, group, runs)
+    return {"table": table, "sentence": sweep_sentence(group, table)}
+
+
+# a sweep's sentence names its best and worst run by the stage's key metric
+SWEEP_KEY: dict[str, tuple[str, str]] = {
+    "ppo": ("score_mean", "high"), "grpo": ("reward_mean", "high"),
+    "dpo": ("loss", "low"), "sft": ("train_loss", "low"), "reward": ("accuracy", "high"),
+}
+
+
+def sweep_sentence(group: dict, table: list[dict]) -> dict | None:
+    """{"key", "params"}: the best and worst final value of the stage's key metric (the
+    `metric` param is a metric's name, which the page and the CLI show by its label)."""
+    metric, better = SWEEP_KEY.get(group.get("stage") or "", (None, None))
+    rows = [r for r in table if metric and isinstance(r.get(metric), (int, float))
+            and r.get("status") == "succeeded"]
+    if len(rows) < 2:
+        return None
+    rows.sort(key=lambda r: r[metric], reverse=better == "high")
+    varied = list((group.get("config") or {}).get("vary") or {})
+
+    def label(row: dict) -> str:
+        return ", ".join(f"{k}={value_text(row[k])}" for k in varied if k in row) or row["key"]
+
+    best, worst = rows[0], rows[-1]
+    return {"key": f"experiments.sweep_best_{better}",
+            "params": {"metric": metric, "best": f"{best[metric]:.4g}", "best_run": label(best),
+                       "worst": f"{worst[metric]:.4g}", "worst_run": label(worst),
+                       "n": len(rows)}}
 
 
 def sweep_table(store: Store, group: dict, runs: dict[str, dict]) -> list[dict]:
-    """One row per planned run: its varied values, status, the last values of the stage's
-    main metrics and the run's own summary."""
+    """One row per planned run: its key, varied values, run id, status, the last values of
+    the stage's main metrics, and the run's own summary (a dict under "summary")."""
     rows = []
     for planned in plan_of(group):
         run = runs.get(planned.key)
@@ -178,9 +207,7 @@ def sweep_table(store: Store, group: dict, runs: dict[str, dict]) -> list[dict]:
         last = store.last_metrics(run["id"]) if run else {}
         for name in MAIN_METRICS.get(planned.stage, ()):
             row[name] = last.get(name)
-        if run:
-            row.update({k: v for k, v in (run.get("summary") or {}).items()
-                        if k not in row and isinstance(v, (int, float, str, bool, type(None)))})
+        row["summary"] = (run.get("summary") or {}) if run else {}
         rows.append(row)
     return rows
 
