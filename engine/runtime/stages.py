@@ -19,6 +19,7 @@ BUILTIN: dict[str, tuple[str, str, str, bool]] = {
     "ppo": ("engine.training.ppo", "PPOConfig", "train_ppo", False),
     "dpo": ("engine.training.dpo", "DPOConfig", "train_dpo", False),
     "grpo": ("engine.training.grpo", "GRPOConfig", "train_grpo", False),
+    "best_of_n": ("engine.training.best_of_n", "BestOfNConfig", "run_best_of_n", False),
     "ai_feedback": ("engine.feedback.jobs", "AIFeedbackConfig", "run_ai_feedback", False),
     "pair_sample": ("engine.data.collect", "PairSampleConfig", "sample_pair", True),
     "compare": ("engine.compare", "CompareConfig", "run_compare", True),

@@ -1,0 +1,271 @@
+"""What PPO and GRPO log beside their update (issue 16): held-out vs training score, a gold
+reward, a reward-model ensemble (mean or conservative mean − λ·std), the diversity of each
+step's answers, and the token-limit warning of the pages. On the hand-set bigram model of
+tests/test_ppo.py (after the assistant header it says Yes / No / Sure / Fine, then "." or
+EOS half and half)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine import objectives as O
+from engine.schema import ConfigError
+from engine.training.diversity import diversity, framed_bigrams
+from engine.training.grpo import GRPOConfig
+from engine.training.ppo import PPOConfig, PPOTrainer
+from tests.conftest import ROOT
+from tests.test_ppo import PROMPTS, _config, _fake_sft_run, bigram_dir  # noqa: F401
+
+HELDOUT = [f"Tell me about {w}." for w in ("owls", "ice", "maps", "jazz", "clay")]
+
+
+# ======================================================================================
+# The equations and statistics, by hand
+# ======================================================================================
+def test_conservative_reward_by_hand():
+    r = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 2.0]])        # K = 2 models, B = 3 answers
+    # mean (2, 0, 2), population std (1, 0, 0)
+    assert O.conservative_reward(r, 0.0).tolist() == pytest.approx([2.0, 0.0, 2.0])
+    assert O.conservative_reward(r, 1.0).tolist() == pytest.approx([1.0, 0.0, 2.0])
+    assert O.conservative_reward(r, 0.5).tolist() == pytest.approx([1.5, 0.0, 2.0])
+    three = torch.tensor([[0.0], [3.0], [6.0]])                    # std sqrt(6)
+    assert float(O.conservative_reward(three, 2.0)) == pytest.approx(3 - 2 * math.sqrt(6))
+    assert "lambda" in O.LATEX["conservative_reward"]
+
+
+def test_self_similarity_and_diversity_by_hand():
+    # framed bigrams: "yes ." -> {(<s>, yes), (yes, .), (., </s>)}, "no" -> {(<s>, no), (no, </s>)}
+    assert framed_bigrams("Yes.") == {("<s>", "yes"), ("yes", "."), (".", "</s>")}
+    d = diversity(["Yes.", "Yes.", "No"])
+    # pairs: (1, 2) identical = 1, (1, 3) and (2, 3) share nothing = 0 -> 1/3
+    assert d["self_similarity"] == pytest.approx(1 / 3)
+    assert d["distinct_1"] == pytest.approx(3 / 5)     # yes . yes . no: 3 unique of 5
+    assert d["distinct_2"] == pytest.approx(1 / 2)     # (yes .) twice: 1 unique of 2
+    # Jaccard of {a, b} and {b, c} = 1/3
+    assert O.self_similarity([{"a", "b"}, {"b", "c"}]) == pytest.approx(1 / 3)
+    assert O.self_similarity([{"a"}]) == 0.0
+    assert diversity(["Sure.", "Sure.", "Sure."])["self_similarity"] == 1.0
+
+
+# ======================================================================================
+# Settings refused, the field named
+# ======================================================================================
+@pytest.mark.parametrize("cls", [PPOConfig, GRPOConfig])
+@pytest.mark.parametrize("changes, field", [
+    ({"reward_run": 3, "reward_runs": [4, 5]}, "reward_runs"),
+    ({"reward_runs": [4]}, "reward_runs"),
+    ({"reward_runs": [4, 4]}, "reward_runs"),
+    ({"reward_runs": ["a", 4]}, "reward_runs"),
+    ({"reward_aggregate": "conservative"}, "reward_aggregate"),
+    ({"reward_aggregate": "median", "reward_runs": [4, 5]}, "reward_aggregate"),
+    ({"gold_reward": "target_length", "gold_reward_run": 3}, "gold_reward_run"),
+    ({"gold_params": {"target": 3}}, "gold_params"),
+    ({"gold_reward": "target_length", "gold_params": {"tgt": 3}}, "gold_params"),
+    ({"gold_reward": "no_such_rule"}, "gold_reward"),
+    ({"heldout_every": -1}, "heldout_every"),
+    ({"uncertainty_lambda": -0.5}, "uncertainty_lambda"),
+])
+def test_bad_settings_are_refused_with_the_field_named(cls, changes, field):
+    with pytest.raises(ConfigError) as err:
+        cls(**changes).validate()
+    assert err.value.field == field
+
+
+def test_defaults_penalise_a_missing_eos_in_both_stages():
+    assert PPOConfig().missing_eos_penalty == 1.0 and GRPOConfig().missing_eos_penalty == 1.0
+    assert PPOConfig().heldout_every == 4 and PPOConfig().heldout_prompts == 8
+
+
+def _reward_run(store, model_dir, seed: int, spec: str | None = None) -> int:
+    """A finished reward-model run on the bigram base: a LoRA adapter and a random head."""
+    from engine.inference.models import adapter_dir
+    from engine.training import reward as R
+
+    rid = _fake_sft_run(store, model_dir)
+    store.update_run(rid, stage="reward", config={"model": spec or str(model_dir)})
+    R.save_head(adapter_dir(rid) / R.HEAD_FILE, R.new_head(64, seed=seed), None)
+    return rid
+
+
+def test_an_ensemble_mixing_bases_is_refused_before_any_model_loads(store, bigram_dir):
+    a = _reward_run(store, bigram_dir, 1)
+    b = _reward_run(store, bigram_dir, 2, spec="embedded")
+    sft = store.create_run("sft", {"model": str(bigram_dir)}, status="succeeded")
+    for runs, message in (([a, b], "mixes base models"), ([a, sft], "not a reward model"),
+                          ([a, 99_999], "does not exist")):
+        cfg = _config("/no/such/model", reward_runs=runs)  # loading it would fail otherwise
+        with pytest.raises(ConfigError, match=message) as err:
+            PPOTrainer(cfg, store)
+        assert err.value.field == "reward_runs"
+
+
+# ======================================================================================
+# Real runs on the tiny model
+# ======================================================================================
+def _split_dataset(store, name="split-prompts"):
+    """Training prompts, and an eval split holding new prompts and two training ones."""
+    store.create_dataset(name, "preference")
+    rows = [{"prompt": p, "chosen": "Yes.", "rejected": "No", "split": "train"}
+            for p in PROMPTS]
+    rows += [{"prompt": p, "chosen": "Yes.", "rejected": "No", "split": "eval"}
+             for p in HELDOUT + PROMPTS[:2]]
+    store.add_rows(name, rows)
+    return name
+
+
+def test_heldout_prompts_are_disjoint_from_the_training_prompts(store, bigram_dir):
+    _split_dataset(store)
+    trainer = PPOTrainer(_config(bigram_dir, dataset="split-prompts", heldout_prompts=4), store)
+    train, held = trainer.heldout_sets()
+    assert set(trainer.prompts) == set(PROMPTS)
+    assert len(held) == 4 and set(held) <= set(HELDOUT)       # never a training prompt
+    assert not set(held) & set(trainer.prompts)
+    assert len(train) == 4 and set(train) <= set(PROMPTS)
+    assert trainer.heldout_sets() == (train, held)             # fixed for the whole run
+    due = [s for s in range(1, 13) if trainer.heldout_due(s)]
+    assert due == [1, 4, 8, 12]                                # every 4, the first and last
+
+
+def test_ppo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
+    from engine.runtime.jobs import run_sync
+    from engine.training import reward as R
+
+    _split_dataset(store)
+    members = [_reward_run(store, bigram_dir, 1), _reward_run(store, bigram_dir, 2)]
+    cfg = _config(bigram_dir, dataset="split-prompts", max_steps=3, heldout_every=2,
+                  heldout_prompts=3, gold_reward="contains_words",
+                  gold_params={"words": ["yes"]}, reward_runs=members,
+                  reward_aggregate="conservative", uncertainty_lambda=0.5)
+    run = run_sync(store, "ppo", cfg)
+    assert run["status"] == "succeeded", run["error"]
+    rid = run["id"]
+    by_name: dict[str, dict[int, float]] = {}
+    for m in store.get_metrics(rid):
+        by_name.setdefault(m["name"], {})[m["step"]] = m["value"]
+    for name in ("gold_score", "reward_ensemble_std", "distinct_1", "distinct_2",
+                 "self_similarity"):
+        assert sorted(by_name[name]) == [1, 2, 3], name
+        assert all(math.isfinite(v) for v in by_name[name].values()), name
+    for name in ("eval_train_score", "eval_heldout_score", "eval_heldout_kl",
+                 "eval_heldout_gold"):
+        assert sorted(by_name[name]) == [1, 2, 3], name      # step 1, every 2, the last
+        assert all(math.isfinite(v) for v in by_name[name].values()), name
+    assert all(v > 0 for v in by_name["reward_ensemble_std"].values())  # two heads differ
+    assert all(0.0 <= v <= 1.0 for v in by_name["gold_score"].values())
+    # each sample row carries its gold score and the members' disagreement; the reward is
+    # mean − 0.5·std of the two members' scores of that answer
+    samples = store.get_samples(rid)
+    assert samples
+    scorers = [R.RewardScorer(store, m, device="cpu") for m in members]
+    for s in samples[:4]:
+        extra = s["extra"]
+        gold = 1.0 if "yes" in s["response"].lower() else 0.0
+        assert extra["gold"] == pytest.approx(gold)
+        r = torch.tensor([sc.score([s["prompt"]], [s["response"]]) for sc in scorers])
+        assert extra["reward_std"] == pytest.approx(float(r.std(0, unbiased=False)), abs=1e-4)
+        assert s["reward"] == pytest.approx(float(O.conservative_reward(r, 0.5)), abs=1e-4)
+    assert run["summary"]["gold"] and run["summary"]["last_gold"] == by_name["gold_score"][3]
+
+
+def test_grpo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
+    from engine.runtime.jobs import run_sync
+    from tests.test_grpo import _config as grpo_config
+
+    _split_dataset(store)
+    members = [_reward_run(store, bigram_dir, 3), _reward_run(store, bigram_dir, 4)]
+    cfg = grpo_config(bigram_dir, dataset="split-prompts", max_steps=2, heldout_prompts=2,
+                      gold_reward="ends_with_period", reward_runs=members,
+                      reward_aggregate="mean")
+    run = run_sync(store, "grpo", cfg)
+    assert run["status"] == "succeeded", run["error"]
+    rid = run["id"]
+    last = store.last_metrics(rid)
+    for name in ("gold_score", "reward_ensemble_std", "distinct_1", "distinct_2",
+                 "self_similarity", "eval_train_score", "eval_heldout_score",
+                 "eval_heldout_kl", "eval_heldout_gold", "reward_model", "reward_mean"):
+        assert name in last and math.isfinite(last[name]), name
+    rows = store.get_samples(rid)
+    assert all("gold" in r["extra"] and "reward_std" in r["extra"] for r in rows)
+    assert {r["extra"]["gold"] for r in rows} <= {0.0, 1.0}
+
+
+def test_without_an_eval_split_the_heldout_evaluation_is_skipped_and_said(store, bigram_dir):
+    from engine.runtime.jobs import run_sync
+
+    store.create_dataset("train-only", "preference")
+    store.add_rows("train-only", [{"prompt": p, "chosen": "Yes.", "rejected": "No",
+                                   "split": "train"} for p in PROMPTS])
+    run = run_sync(store, "ppo", _config(bigram_dir, dataset="train-only", max_steps=2))
+    assert run["status"] == "succeeded", run["error"]
+    names = set(store.metric_names(run["id"]))
+    assert not {n for n in names if n.startswith("eval_")}
+    said = [r["message"] for r in store.get_log(run["id"]) if "no held-out prompts" in r["message"]]
+    assert len(said) == 1
+
+
+# ======================================================================================
+# The pages: held-out vs training, gold vs proxy, diversity, the token-limit warning
+# ======================================================================================
+@pytest.fixture
+def fresh_resources():
+    import streamlit as st
+
+    st.cache_resource.clear()
+    yield
+    st.cache_resource.clear()
+
+
+def _finished(store, stage: str, eos: float) -> int:
+    from dataclasses import asdict
+
+    cfg = asdict(PPOConfig(dataset="prompts") if stage == "ppo" else GRPOConfig(dataset="prompts"))
+    cfg["gold_reward"] = "ends_with_period"
+    rid = store.create_run(stage, cfg, name="demo")
+    store.claim_run(rid)
+    score = "score_mean" if stage == "ppo" else "reward_mean"
+    for step in (1, 2, 3, 4):
+        values = {score: 0.2 * step, "kl": 0.5 * step, "eos_fraction": eos,
+                  "response_length": 32.0, "gold_score": 0.5 - 0.05 * step,
+                  "distinct_1": 0.5, "distinct_2": 0.6, "self_similarity": 0.1 * step,
+                  "time_step": 1.0}
+        if step in (1, 4):
+            values.update(eval_train_score=0.3 * step, eval_heldout_score=0.1 * step,
+                          eval_heldout_kl=0.4 * step, eval_heldout_gold=0.4)
+        store.log_metrics(rid, step, values)
+    store.finish_run(rid, "succeeded", summary={})
+    return rid
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+def test_pages_chart_generalisation_gold_diversity_and_warn_at_the_token_limit(
+        store, fresh_resources, stage):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_metrics_labels import charts
+    from ui.common import metric_label
+    from ui.i18n import t
+
+    store.create_dataset("prompts", "preference")
+    store.add_rows("prompts", [{"prompt": "Hi?", "chosen": "Yes.", "rejected": "No"}])
+    _finished(store, stage, eos=0.25)
+    at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=60).run()
+    assert not at.exception, at.exception
+    warnings = " ".join(w.value for w in at.warning)
+    assert "max_new_tokens" in warnings and "25%" in warnings
+    captions = " ".join(c.value for c in at.caption)
+    # the gap between training and held-out prompts, said in numbers (last eval: 1.2 vs 0.4)
+    assert t("ppo.gap_sentence", train=1.2, heldout=0.4, gap=0.8, step=4) in captions
+    series = {s for _, data in charts(at) if data is not None and "series" in data
+              for s in data["series"]}
+    for name in ("eval_train_score", "eval_heldout_score", "gold_score", "self_similarity",
+                 "distinct_2"):
+        assert metric_label(name) in series, name
+    # in French, and a run whose answers end draws no token-limit warning
+    _finished(store, stage, eos=0.9)
+    at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=60)
+    at.session_state["lang"] = "fr"
+    at.run()
+    assert not at.exception, at.exception
+    assert not any("max_new_tokens" in w.value for w in at.warning)
