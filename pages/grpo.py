@@ -13,6 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice)
 from ui.i18n import t
+from ui.rl_diagnostics import challenges, eos_warning
 from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
@@ -156,6 +157,7 @@ def run_view(run_id: int) -> dict:
         st.warning(t("grpo.warn_zero_signal", share=zero), icon=":material/warning:")
     if (last.get("kl") or 0.0) > KL_WARN:
         st.warning(t("ppo.warn_kl", kl=last["kl"], limit=KL_WARN), icon=":material/warning:")
+    eos_warning(cfg, last)
 
     c = st.columns(6)
     reward = last.get("reward_mean")
@@ -176,8 +178,9 @@ def run_view(run_id: int) -> dict:
 
     components = [f"reward_{n}" for n in (cfg.get("builtin_rewards") or [])] + \
         ([f"reward_{MODEL_REWARD}"] if cfg.get("reward_run") is not None else [])
-    tab_reward, tab_policy, tab_more = st.tabs(
-        [t("grpo.tab_reward"), t("grpo.tab_policy"), t("grpo.tab_more")])
+    tab_reward, tab_policy, tab_challenges, tab_more = st.tabs(
+        [t("grpo.tab_reward"), t("grpo.tab_policy"), t("ppo.tab_challenges"),
+         t("grpo.tab_more")])
     with tab_reward:
         _chart(["reward_mean", "reward_std_within_group"], t("grpo.chart_reward"),
                [LATEX["weighted_reward"], LATEX["group_reward_std"]], run_id, t("grpo.reward_caption"))
@@ -193,6 +196,8 @@ def run_view(run_id: int) -> dict:
         _chart(["kl"], t("grpo.chart_kl"), [LATEX["kl_k3"]], run_id, t("grpo.kl_caption"))
         _chart(["entropy"], t("ppo.chart_entropy"), [LATEX["entropy_from_logits"]], run_id,
                t("ppo.entropy_caption"))
+    with tab_challenges:
+        challenges(run_id, cfg, "reward_mean")
     with tab_more:
         _chart(["response_length"], t("ppo.chart_length"), [LATEX["response_length"]], run_id,
                t("ppo.length_caption"))

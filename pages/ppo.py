@@ -13,6 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOCon
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t
+from ui.rl_diagnostics import challenges, eos_warning
 from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
@@ -145,6 +146,7 @@ def warnings(run: dict, last: dict) -> None:
     if clipfrac is not None and clipfrac > CLIPFRAC_WARN:
         st.warning(t("ppo.warn_clip", clipfrac=clipfrac, limit=CLIPFRAC_WARN),
                    icon=":material/warning:")
+    eos_warning(run.get("config") or {}, last)
     ev = last.get("explained_variance")
     if ev is not None and (run.get("step") or 0) >= 10 and ev < -1.0:
         st.warning(t("ppo.warn_value", ev=ev), icon=":material/warning:")
@@ -210,8 +212,9 @@ def run_view(run_id: int) -> dict:
     st.caption(t("ppo.run_line", reward=reward, ref=ref, dataset=cfg.get("dataset", "")))
 
     smoothing = st.slider(t("ppo.smoothing"), 0.0, 0.99, 0.0, 0.01, key=f"ppo_smooth_{run_id}")
-    tab_reward, tab_policy, tab_value, tab_more = st.tabs(
-        [t("ppo.tab_reward"), t("ppo.tab_policy"), t("ppo.tab_value"), t("ppo.tab_more")])
+    tab_reward, tab_policy, tab_value, tab_challenges, tab_more = st.tabs(
+        [t("ppo.tab_reward"), t("ppo.tab_policy"), t("ppo.tab_value"),
+         t("ppo.tab_challenges"), t("ppo.tab_more")])
     with tab_reward:
         _chart_with_formula(
             ["score_mean", "rlhf_reward", "non_score_reward"], t("ppo.chart_reward"),
@@ -266,6 +269,8 @@ def run_view(run_id: int) -> dict:
             ["explained_variance"], t("ppo.chart_ev"),
             LATEX["explained_variance"],
             run_id, smoothing, t("ppo.ev_caption"))
+    with tab_challenges:
+        challenges(run_id, cfg, "score_mean", smoothing)
     with tab_more:
         _chart_with_formula(["response_length"], t("ppo.chart_length"),
                             LATEX["response_length"], run_id, smoothing,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from engine.objectives import best_of_n_estimate, kl_best_of_n
 from engine.schema import ADVANCED, ConfigError, SamplingSettings, StageConfig, like, setting
 from engine.training import rewards_builtin
+from engine.training.ppo import check_gold
 
 SPLITS = ("eval", "train", "all")
 
@@ -56,17 +57,7 @@ class BestOfNConfig(SamplingSettings, StageConfig):
                 rewards_builtin.check_params(self.builtin_reward, self.reward_params)
             except ValueError as exc:
                 raise ConfigError("reward_params", str(exc)) from exc
-        if self.gold_reward and self.gold_reward_run is not None:
-            raise ConfigError("gold_reward_run", "set gold_reward (a rule) or gold_reward_run "
-                              "(a reward model), not both")
-        if self.gold_params and not self.gold_reward:
-            raise ConfigError("gold_params", "parameters for a gold rule, but gold_reward is "
-                              "not set")
-        if self.gold_reward:
-            try:
-                rewards_builtin.check_params(self.gold_reward, self.gold_params)
-            except ValueError as exc:
-                raise ConfigError("gold_params", str(exc)) from exc
+        check_gold(self)
 
 
 def scorer_of(store, rule: str, params: dict | None, run_id: int | None):

@@ -164,17 +164,23 @@ class RLSettings:
         if self.reward_aggregate == "conservative" and not runs:
             raise ConfigError("reward_aggregate", "the conservative reward needs an ensemble "
                               "(reward_runs)")
-        if self.gold_reward and self.gold_reward_run is not None:
-            raise ConfigError("gold_reward_run", "set gold_reward (a rule) or gold_reward_run "
-                              "(a reward model), not both")
-        if self.gold_params and not self.gold_reward:
-            raise ConfigError("gold_params", "parameters for a gold rule, but gold_reward is "
-                              "not set")
-        if self.gold_reward:
-            try:
-                rewards_builtin.check_params(self.gold_reward, self.gold_params)
-            except ValueError as exc:
-                raise ConfigError("gold_params", str(exc)) from exc
+        check_gold(self)
+
+
+def check_gold(cfg) -> None:
+    """The gold reward's settings: a rule (gold_reward, gold_params) or a reward-model run
+    (gold_reward_run), not both; ConfigError naming the field."""
+    if cfg.gold_reward and cfg.gold_reward_run is not None:
+        raise ConfigError("gold_reward_run", "set gold_reward (a rule) or gold_reward_run "
+                          "(a reward model), not both")
+    if cfg.gold_params and not cfg.gold_reward:
+        raise ConfigError("gold_params", "parameters for a gold rule, but gold_reward is "
+                          "not set")
+    if cfg.gold_reward:
+        try:
+            rewards_builtin.check_params(cfg.gold_reward, cfg.gold_params)
+        except ValueError as exc:
+            raise ConfigError("gold_params", str(exc)) from exc
 
 
 @dataclass
