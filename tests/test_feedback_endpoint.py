@@ -1,0 +1,211 @@
+"""The judge as an OpenAI-compatible endpoint: a real HTTP server on 127.0.0.1, started by
+the test, answering fixed, malformed, slow and failing answers."""
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from engine.feedback.judge import parse_choice
+
+SECRET = "sk-test-not-a-real-key-4711"
+
+
+class FakeJudge:
+    """What the server saw and how it answers (by markers in the question)."""
+
+    def __init__(self, status: int | None = None, delay: float = 0.1):
+        self.status, self.delay = status, delay
+        self.lock = threading.Lock()
+        self.active = self.max_active = 0
+        self.requests = 0
+        self.auth: list[str | None] = []
+        self.models: set[str] = set()
+        self.seen: Counter = Counter()
+
+    def answer(self, prompt: str) -> tuple[int, bytes]:
+        with self.lock:
+            n = self.seen[prompt]
+            self.seen[prompt] += 1
+        if self.status:
+            return self.status, b'{"error": {"message": "invalid api key"}}'
+        if "slow" in prompt and n == 0:
+            # past the client's timeout, once: the client gives up on this request, so it
+            # no longer counts as one in flight
+            with self.lock:
+                self.active -= 1
+            time.sleep(1.2)
+            with self.lock:
+                self.active += 1
+        if "flaky" in prompt and n == 0:
+            return 500, b'{"error": "overloaded"}'
+        if "broken" in prompt:
+            return 200, b"<html>bad gateway</html>"
+        if "Rewrite the answer" in prompt:
+            text = "A better answer."
+        elif "Critique the answer" in prompt:
+            text = "Too vague."
+        elif "garbled" in prompt:
+            text = "Both have their merits, hard to say."
+        else:
+            a = re.search(r"Answer A: (.*?)\n\nAnswer B:", prompt, re.S).group(1)
+            text = "Answer A is better." if "GOOD" in a else "**B**"
+        body = {"id": "x", "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                             "finish_reason": "stop"}]}
+        return 200, json.dumps(body).encode()
+
+
+def serve(fake: FakeJudge):
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            with fake.lock:
+                fake.requests += 1
+                fake.active += 1
+                fake.max_active = max(fake.max_active, fake.active)
+                fake.auth.append(self.headers.get("Authorization"))
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length))
+                fake.models.add(body["model"])
+                assert self.path == "/v1/chat/completions"
+                time.sleep(fake.delay)
+                status, payload = fake.answer(body["messages"][-1]["content"])
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+            except (BrokenPipeError, ConnectionResetError):
+                pass                               # the client gave up (a timeout)
+            finally:
+                with fake.lock:
+                    fake.active -= 1
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+@pytest.fixture
+def judge_server():
+    servers = []
+
+    def start(**kw):
+        fake = FakeJudge(**kw)
+        server, url = serve(fake)
+        servers.append(server)
+        return fake, url
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def question_set(store):
+    names = ["plain one", "garbled two", "slow three", "flaky four", "broken five",
+             "plain six"]
+    store.create_dataset("qs", "preference", eval_fraction=0.0)
+    store.add_rows("qs", [{"prompt": f"Question {n}?", "chosen": f"A GOOD answer to {n}.",
+                           "rejected": f"A poor answer to {n}.", "source": "human"}
+                          for n in names])
+    return names
+
+
+def db_bytes(store) -> bytes:
+    return b"".join(p.read_bytes() for p in store.path.parent.glob(store.path.name + "*"))
+
+
+def test_endpoint_judge_retries_reports_bad_rows_and_keeps_the_key_out(
+        store, judge_server, monkeypatch):
+    from engine.runtime.jobs import run_sync
+
+    monkeypatch.setenv("LAB_JUDGE_KEY", SECRET)
+    fake, url = judge_server()
+    question_set(store)
+    run = run_sync(store, "ai_feedback", {
+        "model": "/no/such/policy", "mode": "compare", "prompts": "qs", "dataset": "ai-qs",
+        "judge_url": url, "judge_model": "judge-7b", "judge_api_key_env": "LAB_JUDGE_KEY",
+        "timeout_s": 0.5, "retries": 2, "concurrency": 2})
+    assert run["status"] == "succeeded", run["error"]
+    s = run["summary"]
+    # the garbled and the broken answers are reported per row; the others made pairs
+    assert s["pairs_made"] == 4, s
+    reasons = {k["row"]: k["reason"] for k in s["skipped"]}
+    assert set(reasons) == {1, 4}
+    assert "unparsable" in reasons[1] and "hard to say" in reasons[1]
+    assert "not JSON" in reasons[4]
+    assert all(k["prompt"].startswith("Question") for k in s["skipped"])
+    # the slow answers timed out once (both orders) and were retried; so were the 500s
+    st = s["endpoint"]
+    assert st["timeouts"] == 2 and st["server_errors"] == 2 and st["retries"] == 4, st
+    rows = store.list_rows("ai-qs")
+    assert len(rows) == 4
+    for r in rows:
+        m = r["meta"]
+        assert r["source"] == "ai" and "GOOD" in r["chosen"]
+        assert m["order_agreement"] is True and m["confidence"] == 1.0
+        assert m["ai_choice"] == "chosen" and m["agrees_with_input"] is True
+        assert m["input_source"] == "human" and "judge-7b" in m["judge"] and url in m["judge"]
+    # the key reached the server as a Bearer token, and nowhere in the database
+    assert fake.auth and set(fake.auth) == {f"Bearer {SECRET}"}
+    assert fake.models == {"judge-7b"}
+    assert SECRET.encode() not in db_bytes(store)
+    # the concurrency limit held (two workers did overlap)
+    assert fake.max_active == 2, fake.max_active
+
+
+def test_endpoint_401_is_not_retried_and_says_what_to_fix(store, judge_server, monkeypatch):
+    from engine.runtime.jobs import run_sync
+
+    monkeypatch.setenv("LAB_JUDGE_KEY", SECRET)
+    fake, url = judge_server(status=401)
+    question_set(store)
+    run = run_sync(store, "ai_feedback", {
+        "mode": "compare", "prompts": "qs", "dataset": "ai-qs", "judge_url": url,
+        "judge_model": "m", "judge_api_key_env": "LAB_JUDGE_KEY", "retries": 3,
+        "concurrency": 1, "model": "/no/such/policy"})
+    assert run["status"] == "failed"
+    assert "HTTP 401" in run["error"] and "LAB_JUDGE_KEY" in run["error"]
+    assert fake.requests == 1                      # not retried, no other row tried
+    assert SECRET not in run["error"] and SECRET.encode() not in db_bytes(store)
+
+
+def test_endpoint_critique_with_a_local_policy(store, judge_server, tiny_model_dir,
+                                              monkeypatch):
+    from engine.runtime.jobs import run_sync
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+
+    fake, url = judge_server(delay=0.0)
+    run = run_sync(store, "ai_feedback", {
+        "mode": "critique", "model": str(tiny_model_dir), "limit": 2, "max_new_tokens": 8,
+        "dataset": "cai", "judge_url": url, "judge_model": "m", "concurrency": 2})
+    assert run["status"] == "succeeded", run["error"]
+    assert run["summary"]["pairs_made"] == 2 and run["summary"]["sft_rows_made"] == 2
+    assert fake.requests == 4                      # a critique and a revision per prompt
+    for pair, row in zip(store.list_rows("cai"), store.list_rows("cai-sft")):
+        assert pair["chosen"] == "A better answer." == row["response"]
+        assert pair["meta"]["critique"] == "Too vague." and pair["rejected"] != pair["chosen"]
+    assert fake.auth == [None] * 4                 # no key set: no Authorization header
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("A", "A"), ("B.", "B"), ("**A**", "A"), ("(B) because it is shorter", "B"),
+    ("Answer A is better.", "A"), ("Response B", "B"), ("Réponse A", "A"),
+    ("I prefer B", "B"), ("A is better than B", "A"), ("b", "B"),
+    ("A good answer is B", "B"),
+    ("Both have their merits", None), ("A and B are both fine", None), ("", None),
+    ("answer A is worse than answer B", None),
+])
+def test_parse_choice_is_lenient_but_never_guesses(text, expected):
+    assert parse_choice(text) == expected
