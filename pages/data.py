@@ -1,5 +1,6 @@
-"""Data: datasets (view, edit, stats, split, export), file imports, and human preference
-collection (the model answers twice, a person picks the better answer)."""
+"""Data: datasets (view, edit, stats, sources, split, export), file imports, human preference
+collection (the model answers twice, a person picks the better answer), and AI feedback
+(ui/feedback.py: constitutions, templates, the job, AI–human agreement)."""
 from __future__ import annotations
 
 import altair as alt
@@ -13,6 +14,7 @@ from engine.inference.chat import prompt_text as short_prompt
 from engine.inference.models import display_name
 from storage import NotFound
 from storage.db import ACTIVE_STATES
+from ui import feedback
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)
 from ui.i18n import t
@@ -127,6 +129,7 @@ def stats_section(ds: dict) -> dict:
     cols[2].metric(t("data.eval"), str(stats["eval"]))
     cols[3].metric(t("data.unique_prompts"), str(stats["unique_prompts"]))
     cols[4].metric(t("data.duplicates"), str(stats["duplicates"]))
+    feedback.source_stats(ds, _version(ds))
     if stats["rows"]:
         length_chart(stats)
     if ds["kind"] == "preference" and stats["rows"]:
@@ -162,22 +165,27 @@ def split_section(ds: dict) -> None:
 def rows_section(ds: dict, stats: dict) -> None:
     st.subheader(t("data.rows_title"))
     answer_fields = list(D.ANSWER_FIELDS[ds["kind"]])
-    cols = st.columns([2, 1])
+    cols = st.columns([2, 2, 1])
     split = translated_choice(cols[0].radio, t("data.show_split"), ["all", "train", "eval"],
                               "rows_split", lambda s: t("data.split_" + s), horizontal=True)
     split = None if split == "all" else split
+    sources = feedback.source_filter(ds, _version(ds), cols[1])
     total = stats["rows"] if split is None else stats[split]
+    if sources:
+        total = feedback.rows_page(ds, split, sources, 0, 0)[1]
     pages = max(1, -(-total // PAGE_ROWS))
-    page = cols[1].number_input(t("data.page", pages=pages), 1, pages, 1, key="rows_page")
-    rows = store.list_rows(ds["id"], split=split, limit=PAGE_ROWS, offset=(page - 1) * PAGE_ROWS)
-    frame = pd.DataFrame([{"id": r["id"], "split": r["split"], "prompt": prompt_cell(r["prompt"]),
+    page = cols[2].number_input(t("data.page", pages=pages), 1, pages, 1, key="rows_page")
+    rows, _ = feedback.rows_page(ds, split, sources, PAGE_ROWS, (page - 1) * PAGE_ROWS)
+    frame = pd.DataFrame([{"id": r["id"], "split": r["split"], "source": feedback.row_source(r),
+                           "prompt": prompt_cell(r["prompt"]),
                            **{f: r[f] for f in answer_fields}} for r in rows],
-                         columns=["id", "split", "prompt", *answer_fields])
+                         columns=["id", "split", "source", "prompt", *answer_fields])
     version = st.session_state.setdefault("editor_version", 0)
-    key = f"editor-{ds['id']}-{split}-{page}-{version}"
+    key = f"editor-{ds['id']}-{split}-{','.join(sources or [])}-{page}-{version}"
     config = {"id": st.column_config.NumberColumn(t("data.col_id"), disabled=True),
               "split": st.column_config.SelectboxColumn(t("data.col_split"),
                                                         options=["train", "eval"]),
+              "source": st.column_config.TextColumn(t("feedback.col_source"), disabled=True),
               "prompt": st.column_config.TextColumn(
                   t("data.field_prompt"), width="large",
                   help=t("data.prompt_cell_help", turns=TABLE_TURNS.join(
@@ -537,12 +545,15 @@ def collect_tab() -> None:
                      tie=counts["tie"], both_bad=counts["both_bad"]))
 
 
-tab_datasets, tab_import, tab_collect = st.tabs(
+tab_datasets, tab_import, tab_collect, tab_feedback = st.tabs(
     [":material/dataset: " + t("data.tab_datasets"), ":material/upload_file: " + t("data.tab_import"),
-     ":material/thumbs_up_down: " + t("data.tab_collect")])
+     ":material/thumbs_up_down: " + t("data.tab_collect"),
+     ":material/smart_toy: " + t("feedback.tab")])
 with tab_datasets:
     datasets_tab()
 with tab_import:
     import_tab()
 with tab_collect:
     collect_tab()
+with tab_feedback:
+    feedback.ai_feedback_tab()
