@@ -13,7 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice)
 from ui.i18n import t
-from ui.rl_diagnostics import challenges, eos_warning
+from ui.rl_diagnostics import challenges, chart_with_formulas, eos_warning
 from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
@@ -103,14 +103,7 @@ def _fmt(value, digits: int = 3) -> str:
 
 def _chart(names: list[str], title: str, formulas: list[str], run_id: int,
            caption: str | None = None, rule: float | None = None) -> None:
-    chart, eq = st.columns([3, 2])
-    with chart:
-        line_chart(metrics_frame(run_id, names), title, rule=rule)
-    with eq:
-        for formula in formulas:
-            st.latex(formula)
-        if caption:
-            st.caption(caption)
+    chart_with_formulas(run_id, names, title, formulas, caption, rule=rule)
 
 
 def groups_table(run_id: int) -> None:

@@ -34,11 +34,14 @@ def gap_sentence(run_id: int) -> str | None:
     return t("ppo.gap_sentence", train=train, heldout=held, gap=train - held, step=step)
 
 
-def _chart(run_id: int, names: list[str], title: str, formulas: list[str],
-           caption: str | None = None, smoothing: float = 0.0) -> None:
+def chart_with_formulas(run_id: int, names: list[str], title: str, formulas: list[str],
+                        caption: str | None = None, smoothing: float = 0.0,
+                        rule: float | None = None) -> None:
+    """A run's metrics charted beside their formulas (LaTeX from objectives.LATEX) and a
+    caption."""
     chart, eq = st.columns([3, 2])
     with chart:
-        line_chart(metrics_frame(run_id, names), title, smoothing=smoothing)
+        line_chart(metrics_frame(run_id, names), title, smoothing=smoothing, rule=rule)
     with eq:
         for formula in formulas:
             st.latex(formula)
@@ -51,21 +54,21 @@ def challenges(run_id: int, cfg: dict, score: str, smoothing: float = 0.0) -> No
     of a PPO or GRPO run (`score`: the stage's mean reward metric)."""
     names = set(get_store().metric_names(run_id))
     sentence = gap_sentence(run_id)
-    _chart(run_id, ["eval_train_score", "eval_heldout_score"], t("ppo.chart_generalisation"),
+    chart_with_formulas(run_id, ["eval_train_score", "eval_heldout_score"], t("ppo.chart_generalisation"),
            [], sentence or t("ppo.no_heldout"))
     if "eval_heldout_kl" in names:
-        _chart(run_id, ["eval_heldout_kl"], t("ppo.chart_heldout_kl"), [LATEX["sequence_kl"]])
+        chart_with_formulas(run_id, ["eval_heldout_kl"], t("ppo.chart_heldout_kl"), [LATEX["sequence_kl"]])
     if "gold_score" in names:
         gold = cfg.get("gold_reward") or (f"#{cfg['gold_reward_run']}"
                                           if cfg.get("gold_reward_run") is not None else "?")
-        _chart(run_id, [score, "gold_score", "eval_heldout_gold"], t("ppo.chart_gold"), [],
+        chart_with_formulas(run_id, [score, "gold_score", "eval_heldout_gold"], t("ppo.chart_gold"), [],
                t("ppo.gold_caption", gold=gold), smoothing)
     if "reward_ensemble_std" in names:
-        _chart(run_id, ["reward_ensemble_std"], t("ppo.chart_ensemble"),
+        chart_with_formulas(run_id, ["reward_ensemble_std"], t("ppo.chart_ensemble"),
                [LATEX["conservative_reward"]],
                t("ppo.ensemble_caption", k=len(cfg.get("reward_runs") or []),
                  aggregate=t("settings.reward_aggregate_" + cfg.get("reward_aggregate", "mean")),
                  lam=float(cfg.get("uncertainty_lambda", 1.0))), smoothing)
-    _chart(run_id, ["distinct_1", "distinct_2", "self_similarity"], t("ppo.chart_diversity"),
+    chart_with_formulas(run_id, ["distinct_1", "distinct_2", "self_similarity"], t("ppo.chart_diversity"),
            [LATEX["distinct_n"], LATEX["self_similarity"]], t("ppo.diversity_caption"),
            smoothing)
