@@ -262,7 +262,8 @@ def test_save_edits_validates_like_an_import(store):
 
 
 def test_samples_and_prompts_of(store):
-    assert data.ensure_sample_datasets(store) == ["sample-sft", "sample-preferences"]
+    assert data.ensure_sample_datasets(store) == ["sample-sft", "sample-preferences",
+                                                  "sample-preferences-longer"]
     assert data.ensure_sample_datasets(store) == []
     sft, prefs = store.get_dataset("sample-sft"), store.get_dataset("sample-preferences")
     assert 100 <= sft["rows"] <= 150 and 100 <= prefs["rows"] <= 150
@@ -336,12 +337,12 @@ def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources)
     at = _page().run()
     assert not at.exception, at.exception
     # a fresh data folder opens with the samples; one deleted comes back by the button only
-    assert {d["name"] for d in data.list_datasets(store)} == {"sample-sft", "sample-preferences"}
+    assert {d["name"] for d in data.list_datasets(store)} == set(data.SAMPLES)
     store.delete_dataset("sample-sft")
     at.run()
     at.button(key="load_samples").click().run()
     assert not at.exception, at.exception
-    assert {d["name"] for d in data.list_datasets(store)} == {"sample-sft", "sample-preferences"}
+    assert {d["name"] for d in data.list_datasets(store)} == set(data.SAMPLES)
     assert at.selectbox(key=widget_key("dataset")).value in ("sample-preferences", "sample-sft")
     at.selectbox(key=widget_key("dataset")).set_value("sample-preferences").run()
     assert not at.exception, at.exception
@@ -381,4 +382,5 @@ def test_data_page_split_and_delete(store, fresh_resources):
     at.checkbox(key="confirm_delete").check().run()
     at.button(key="delete_dataset").click().run()
     assert not at.exception, at.exception
-    assert [d["name"] for d in data.list_datasets(store)] == ["sample-preferences"]
+    assert [d["name"] for d in data.list_datasets(store)] == ["sample-preferences",
+                                                              "sample-preferences-longer"]
