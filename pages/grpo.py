@@ -13,7 +13,8 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice)
 from ui.i18n import t
-from ui.rl_diagnostics import challenges, chart_with_formulas, eos_warning
+from ui.rl_diagnostics import (challenges, chart_with_formulas, eos_warning,
+                               reward_model_choices)
 from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
@@ -90,10 +91,17 @@ def page_fields() -> PageFields | None:
     if rewards is None:
         return None
     rules, params, weights, reward_run = rewards
+    more = reward_model_choices(
+        "grpo", {r["id"]: r for r in store.list_runs(stage="reward", status="succeeded")})
+    if more.get("reward_runs"):  # the ensemble is the model reward (weight 1 if none given)
+        if reward_run is None:
+            weights = [*weights, 1.0]
+        reward_run = None
+    parents = [i for i in (sft_choice, reward_run, more.get("gold_reward_run")) if i is not None]
     return PageFields(values={"model": model, "sft_run": sft_choice, "dataset": dataset,
                               "builtin_rewards": rules, "reward_params": params,
-                              "reward_weights": weights, "reward_run": reward_run},
-                      parents=[i for i in (sft_choice, reward_run) if i is not None])
+                              "reward_weights": weights, "reward_run": reward_run, **more},
+                      parents=parents + more.get("reward_runs", []))
 
 
 # -- one run ---------------------------------------------------------------------------------

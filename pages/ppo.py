@@ -13,7 +13,7 @@ from engine.training.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOCon
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t
-from ui.rl_diagnostics import challenges, eos_warning
+from ui.rl_diagnostics import challenges, eos_warning, reward_model_choices
 from ui.stage_page import PageFields, StagePage, start_and_prompts
 
 store = get_store()
@@ -73,10 +73,14 @@ def page_fields() -> PageFields | None:
                                     index=options.index(defaults.builtin_reward))
         st.caption(t("ppo.rw_" + builtin + "_help"))
         params = _reward_params(builtin)
+    more = reward_model_choices("ppo", reward_runs)
+    if more.get("reward_runs"):  # the ensemble replaces the one reward model
+        reward_run = None
+    parents = [i for i in (sft_choice, reward_run, more.get("gold_reward_run")) if i is not None]
     return PageFields(values={"model": model, "sft_run": sft_choice, "reward_run": reward_run,
                               "builtin_reward": builtin, "reward_params": params,
-                              "dataset": dataset},
-                      parents=[i for i in (sft_choice, reward_run) if i is not None])
+                              "dataset": dataset, **more},
+                      parents=parents + more.get("reward_runs", []))
 
 
 # -- one run ---------------------------------------------------------------------------------

@@ -269,3 +269,34 @@ def test_pages_chart_generalisation_gold_diversity_and_warn_at_the_token_limit(
     at.run()
     assert not at.exception, at.exception
     assert not any("max_new_tokens" in w.value for w in at.warning)
+
+
+def test_ppo_page_starts_a_run_against_an_ensemble_with_a_gold_model(store, bigram_dir,
+                                                                     fresh_resources):
+    from streamlit.testing.v1 import AppTest
+
+    from engine.runtime.jobs import get_manager
+    from tests.test_ppo import _dataset
+    from ui.common import widget_key
+
+    _dataset(store)
+    a, b, gold = (_reward_run(store, bigram_dir, s) for s in (1, 2, 3))
+    for rid in (a, b, gold):
+        store.finish_run(rid, "succeeded")
+    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at.session_state["model_spec"] = str(bigram_dir)
+    at.run()
+    assert not at.exception, at.exception
+    at.multiselect(key=widget_key("ppo_reward_runs")).set_value([a, b]).run()
+    at.selectbox(key=widget_key("ppo_gold_run")).set_value(gold).run()
+    submit = [btn for btn in at.button if "Start" in str(btn.label)]
+    submit[0].click().run()
+    assert not at.exception, at.exception
+    runs = store.list_runs(stage="ppo")
+    assert len(runs) == 1, [e.value for e in at.error]
+    cfg = runs[0]["config"]
+    assert cfg["reward_runs"] == [a, b] and cfg["reward_run"] is None
+    assert cfg["gold_reward_run"] == gold and cfg["gold_reward"] == ""
+    jobs = get_manager(store)
+    jobs.cancel(runs[0]["id"])
+    assert jobs.wait(runs[0]["id"], 120) in ("cancelled", "succeeded", "failed")

@@ -7,8 +7,26 @@ import streamlit as st
 
 from engine.objectives import LATEX
 from engine.training.ppo import EOS_WARN
-from ui.common import get_store, line_chart, metrics_frame
+from ui.common import get_store, line_chart, metrics_frame, run_label, translated_choice
 from ui.i18n import t
+
+
+def reward_model_choices(prefix: str, reward_runs: dict[int, dict]) -> dict:
+    """Beyond the reward itself, from finished reward-model runs (an expander, nothing
+    chosen by default): an ensemble (`reward_runs`, two or more, instead of one reward
+    model) and a gold reward model (`gold_reward_run`, scored, never optimised)."""
+    if not reward_runs:
+        return {}
+    with st.expander(t("ppo.more_rewards"), icon=":material/balance:"):
+        st.caption(t("ppo.more_rewards_help"))
+        c = st.columns(2)
+        ensemble = translated_choice(c[0].multiselect, t("ppo.ensemble_runs"),
+                                     list(reward_runs), f"{prefix}_reward_runs",
+                                     lambda i: run_label(reward_runs[i]), default=[])
+        gold = translated_choice(c[1].selectbox, t("ppo.gold_run"), [None, *reward_runs],
+                                 f"{prefix}_gold_run", lambda i: t("ppo.no_gold_run")
+                                 if i is None else run_label(reward_runs[i]))
+    return {"reward_runs": list(ensemble), "gold_reward_run": gold}
 
 
 def eos_warning(cfg: dict, last: dict) -> None:
