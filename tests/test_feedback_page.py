@@ -143,3 +143,11 @@ def test_a_compare_job_makes_pairs_with_sources_and_agreement(store, tiny_model_
                    for m in at.markdown)
     else:
         assert any("agree on every pair" in s.value for s in at.success)
+
+    # the same views in French
+    at.session_state["lang"] = "fr"
+    at.run()
+    assert not at.exception, at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Paires produites"] == "4" and metrics["Accord"] == f"{expected['percent']:.0f}%"
+    assert any(c.value == "Sources : IA : 4" for c in at.caption)

@@ -58,7 +58,8 @@ def source_stats(ds: dict, version: tuple) -> None:
     counts = source_counts(ds, version)
     if counts:
         st.caption(t("feedback.sources_line", counts=" · ".join(
-            f"{source_label(c)}: {n}" for c, n in counts.items())))
+            t("feedback.source_count", source=source_label(c), n=n)
+            for c, n in counts.items())))
 
 
 def source_filter(ds: dict, version: tuple, col=None) -> list[str] | None:
