@@ -127,3 +127,22 @@ def _mix_counts(log: str) -> tuple[int, int]:
 
     m = re.search(r"source mix: (\d+) AI-labelled and (\d+) other", log)
     return int(m.group(1)), int(m.group(2))
+
+
+def test_the_dpo_and_reward_forms_leave_the_share_empty_by_default(store):
+    """An optional float drawn empty is None (every pair), not 0 (no AI pair at all)."""
+    from streamlit.testing.v1 import AppTest
+
+    from engine.data import ensure_sample_datasets
+    from tests.conftest import ROOT
+
+    ensure_sample_datasets(store)
+    for stage in ("dpo", "reward"):
+        at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=90).run()
+        assert not at.exception, at.exception
+        box = at.number_input(key=f"form.{stage}.ai_share.en")
+        assert box.value is None and at.session_state[f"form.{stage}"]["ai_share"] is None
+        box.set_value(0.25).run()
+        assert at.session_state[f"form.{stage}"]["ai_share"] == 0.25
+        at.number_input(key=f"form.{stage}.ai_share.en").set_value(None).run()
+        assert at.session_state[f"form.{stage}"]["ai_share"] is None
