@@ -10,7 +10,7 @@ import streamlit as st
 
 from engine import schema
 from engine.experiments import runner
-from engine.experiments.plan import Chart, expand_sweep, parse_vary, recipes
+from engine.experiments.plan import Chart, expand_sweep, parse_vary, recipes, value_text
 from engine.objectives import LATEX
 from engine.runtime import stages
 from engine.schema import ConfigError
@@ -55,10 +55,16 @@ def column_label(name: str) -> str:
     return t(key) if key in catalogue("en") else name
 
 
-def summary_frame(table: list[dict]) -> pd.DataFrame:
+def summary_frame(table: list[dict], runs: list[dict]) -> pd.DataFrame:
     """A summary table as shown: plain values only (a run's own summary dict stays in the
-    stored table), each column under its label (its own name where two labels meet)."""
+    stored table), a run by its label, varied values as typed ("inf" for no clip), each
+    column under its label (its own name where two labels meet)."""
     df = pd.DataFrame(table)
+    labels = {r["key"]: r["label"] for r in runs}
+    if "key" in df.columns:
+        df["key"] = df["key"].map(lambda k: labels.get(k, k))
+    for name in {k for r in runs for k in r["varied"]} & set(df.columns):
+        df[name] = df[name].map(value_text)
     df = df[[c for c in df.columns if not df[c].map(lambda v: isinstance(v, (dict, list))).any()]]
     if "status" in df.columns:
         df = df.assign(status=df["status"].map(
@@ -123,6 +129,8 @@ def sweepable(cls: type) -> list[schema.FieldInfo]:
 
 def field_choice(infos: list[schema.FieldInfo], label: str, key: str, none: bool = False):
     names = ([""] if none else []) + [i.name for i in infos]
+    if not none and "learning_rate" in names:   # the setting swept most often first
+        names.insert(0, names.pop(names.index("learning_rate")))
     labels = {i.name: f"{t(i.label_key)} ({i.name})" for i in infos}
     labels[""] = t("experiments.field_none")
     name = st.selectbox(label, names, key=key, format_func=labels.get)
@@ -222,7 +230,7 @@ def group_list() -> int | None:
         return None
     st.dataframe(pd.DataFrame([{
         "id": g["id"], "name": g["name"], "kind": group_kind(g),
-        "status": status_label(g["status"]), "runs": f"{g['done']}/{g['total']}"}
+        "status": t(f"common.status_{g['status']}"), "runs": f"{g['done']}/{g['total']}"}
         for g in groups]), hide_index=True, width="stretch",
         height=min(260, 38 + 35 * len(groups)), column_config={
             "id": st.column_config.NumberColumn("#", width="small"),
@@ -276,11 +284,11 @@ def group_view(group_id: int, live: bool = False) -> None:
     table = summary.get("table") or []
     if table:
         st.markdown("**" + t("experiments.summary") + "**")
-        st.dataframe(summary_frame(table), hide_index=True, width="stretch")
+        st.dataframe(summary_frame(table, view["runs"]), hide_index=True, width="stretch")
     st.markdown("**" + t("experiments.runs") + "**")
     st.dataframe(pd.DataFrame([{
         "run": r["label"], "id": r["run_id"], "stage": stage_name(r["stage"]),
-        "status": status_label(r["status"]) if r["status"] != "pending"
+        "status": t(f"common.status_{r['status']}") if r["status"] != "pending"
         else t("experiments.pending"),
         "steps": f"{r['step'] or 0}/{r['total_steps'] or '—'}" if r["run_id"] else "—"}
         for r in view["runs"]]), hide_index=True, width="stretch", column_config={
@@ -346,13 +354,14 @@ def xy_chart(df: pd.DataFrame, chart: Chart, title: str) -> None:
     x_enc = {"field": "x", **q, "title": x_title, "scale": {"zero": False}}
     if chart.x == "step":
         x_enc["axis"] = {"format": "d", "tickMinStep": 1}
-    spec = {"title": title, "height": 240, "datasets": {"d": data}, "data": {"name": "d"},
+    spec = {"title": title, "height": 260, "datasets": {"d": data}, "data": {"name": "d"},
             "mark": {"type": "line", "point": bool(len(data) < 80)},
             "encoding": {
                 "x": x_enc, "y": {"field": "y", **q, "title": y_title, "scale": {"zero": False}},
                 "order": {"field": "x" if chart.x == "step" else "step", **q},
                 "color": {"field": "series", "type": "nominal", "title": None,
-                          "legend": {"orient": "bottom", "columns": 2, "labelLimit": 320}},
+                          "scale": {"scheme": "tableau10"},  # one distinct hue per line
+                          "legend": {"labelLimit": 220}},
                 "tooltip": [{"field": "series", "type": "nominal", "title": t("common.series")},
                             {"field": "step", **q, "title": t("common.step")},
                             {"field": "x", **q, "format": ".4g", "title": x_title},
@@ -391,7 +400,7 @@ def hist_chart(df: pd.DataFrame, title: str) -> None:
                 "y": {"field": "share", **q, "title": t("experiments.share"),
                       "axis": {"format": "%"}},
                 "color": {"field": "label", "type": "nominal", "title": None,
-                          "legend": {"orient": "bottom"}},
+                          "scale": {"scheme": "tableau10"}, "legend": {"labelLimit": 220}},
                 "tooltip": [{"field": "label", "type": "nominal", "title": t("common.series")},
                             {"field": "range", "type": "ordinal", "title": "r"},
                             {"field": "share", **q, "format": ".1%",

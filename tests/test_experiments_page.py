@@ -52,7 +52,7 @@ def _check_sweep_view(at, store, group_id: int, lang: str) -> None:
     table = [df.value for df in at.dataframe if rate in df.value.columns]
     assert len(table) == 1, [list(df.value.columns) for df in at.dataframe]
     table = table[0]
-    assert table[rate].tolist() == [1e-3, 2e-2]
+    assert table[rate].tolist() == ["0.001", "0.02"]        # as typed
     assert table[metric_label("train_loss", lang)].notna().all()
     assert table[t("experiments.col_status", lang=lang)].tolist() == [t("common.status_succeeded", lang=lang)] * 2
     stored = store.get_group(group_id)["summary"]["sentence"]
