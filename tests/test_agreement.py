@@ -198,3 +198,22 @@ def test_reference_dataset_and_judged_rows(store):
     assert [d["prompt"] for d in res["disagreements"]] == [PROMPTS[0]]
     # the AI rows of a dataset never count as its human labels
     assert A.agreement(store, "judged", reference="judged")["matched"] == 0
+
+
+def test_cli_sources_and_agreement(store, capsys):
+    import json
+
+    from engine.__main__ import main
+
+    ai_dataset(store, flip={1})
+    human_vote(store, 0)
+    human_vote(store, 1)
+    db = ["--db", str(store.path)]
+    assert main([*db, "data", "sources", "ai-prefs"]) == 0
+    assert json.loads(capsys.readouterr().out)["sources"] == {"ai": 6}
+    assert main([*db, "data", "agreement", "ai-prefs", "--ties", "drop"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["matched"] == 2 and out["agree"] == 1 and out["percent"] == 50.0
+    assert out["disagreements"][0]["prompt"] == PROMPTS[1]
+    assert main([*db, "data", "agreement", "ai-prefs", "--no-votes"]) == 0
+    assert json.loads(capsys.readouterr().out)["matched"] == 0

@@ -149,13 +149,14 @@ def test_compare_mode_samples_two_answers_and_records_both_orders(store, tiny_mo
 
 
 def test_compare_judges_a_preference_datasets_own_pairs(store, tiny_model_dir):
-    """No policy: the input pairs are judged and each AI pair names its source row."""
+    """No policy: the input pairs are judged and each AI pair names its source row. With
+    "average" every pair is kept, labelled by the mean of the two orders."""
     from engine.runtime.jobs import run_sync
 
     run = run_sync(store, "ai_feedback", {"model": "/no/such/policy", "judge":
                                           str(tiny_model_dir), "mode": "compare",
                                           "prompts": "sample-preferences", "limit": 4,
-                                          "order_disagreement": "tie", "dataset": "ai-vs"})
+                                          "order_disagreement": "average", "dataset": "ai-vs"})
     assert run["status"] == "succeeded", run["error"]
     source = {r["id"]: r for r in store.list_rows("sample-preferences", limit=4)}
     rows = store.list_rows("ai-vs")
@@ -165,10 +166,11 @@ def test_compare_judges_a_preference_datasets_own_pairs(store, tiny_model_dir):
         src = source[m["input_row"]]
         assert m["input_dataset"] == "sample-preferences" and m["input_label"] == "chosen"
         assert {r["chosen"], r["rejected"]} == {src["chosen"], src["rejected"]}
-        assert m["ai_choice"] in ("chosen", "rejected", "tie")
-        if m["ai_choice"] != "tie":
-            assert (r["chosen"] == src["chosen"]) == (m["ai_choice"] == "chosen")
-            assert m["agrees_with_input"] == (m["ai_choice"] == "chosen")
+        assert m["tie"] is False and m["ai_choice"] in ("chosen", "rejected")
+        assert (r["chosen"] == src["chosen"]) == (m["ai_choice"] == "chosen")
+        assert m["agrees_with_input"] == (m["ai_choice"] == "chosen")
+        # the label is the mean of the two orders' P(source's chosen is better)
+        assert ((m["p_first"] + m["p_second"]) / 2 >= 0.5) == (m["ai_choice"] == "chosen")
 
 
 def test_resume_after_cancel_keeps_rows_and_does_not_duplicate(store, tiny_model_dir):

@@ -1,4 +1,4 @@
-"""`python -m engine data import|export|list|samples`."""
+"""`python -m engine data import|export|list|samples|sources|agreement`."""
 from __future__ import annotations
 
 from engine.cli import print_json, store_of
@@ -43,6 +43,24 @@ def cmd_samples(args) -> int:
     return 0
 
 
+def cmd_sources(args) -> int:
+    from engine.data.sources import pair_sources
+
+    store = store_of(args)
+    print_json({"dataset": args.name, "split": args.split,
+                "sources": pair_sources(store, args.name, args.split)})
+    return 0
+
+
+def cmd_agreement(args) -> int:
+    from engine.feedback.agreement import agreement
+
+    res = agreement(store_of(args), args.name, reference=args.reference,
+                    votes=not args.no_votes, ab_votes=not args.no_ab_votes, ties=args.ties)
+    print_json(res)
+    return 0
+
+
 def register_cli(subparsers) -> None:
     """`data import|export|list|samples` for `python -m engine`."""
     data = subparsers.add_parser("data", help="datasets: import, export, list").add_subparsers(
@@ -70,6 +88,19 @@ def register_cli(subparsers) -> None:
     p.set_defaults(func=cmd_list)
     p = data.add_parser("samples", help="load the shipped sample datasets if absent")
     p.set_defaults(func=cmd_samples)
+    p = data.add_parser("sources", help="rows per source: human vote, AI, imported, sample...")
+    p.add_argument("name")
+    p.add_argument("--split", choices=("train", "eval"))
+    p.set_defaults(func=cmd_sources)
+    p = data.add_parser("agreement", help="AI labels of a dataset against people's on the "
+                                          "same pairs: percent, Cohen's kappa with its CI")
+    p.add_argument("name", help="the AI-labelled preference dataset")
+    p.add_argument("--reference", help="a preference dataset whose own pairs count as "
+                                       "human labels too")
+    p.add_argument("--ties", choices=("category", "drop"), default="category")
+    p.add_argument("--no-votes", action="store_true", help="leave out the app's votes")
+    p.add_argument("--no-ab-votes", action="store_true", help="leave out the blind A/B votes")
+    p.set_defaults(func=cmd_agreement)
     from engine.feedback.cli import add_parser as add_ai_label
 
     add_ai_label(data)

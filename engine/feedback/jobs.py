@@ -11,7 +11,12 @@ Two modes, one background job each (progress per prompt, cancel, resume):
   bias. When `prompts` is a preference dataset (and `resample` is off) its own pairs are
   judged and each AI pair records the source row (`meta.input_row`) and its label, so
   agreement with human votes can be measured; otherwise the policy samples two answers.
-  When the two orders disagree the pair is dropped or kept as a tie (`order_disagreement`).
+  When the two orders disagree the pair is dropped, kept as a tie, or labelled by the
+  mean of the two orders' P(first answer better), in which a constant position bias
+  cancels (`order_disagreement`: drop, tie, average). A small local judge is often
+  biased towards one letter in both orders (the embedded 135M model says "A" with
+  P ≈ 0.95 whichever answer is first): "drop" then keeps nothing, "average" keeps its
+  debiased verdict.
 
 Every row made is stored at once with source "ai" and its provenance in `meta`
 (constitution name and version, principle, judge, mode, templates' hash, confidence,
@@ -30,7 +35,7 @@ from engine.feedback.constitutions import DEFAULT as DEFAULT_CONSTITUTION
 from engine.schema import ADVANCED, ConfigError, SamplingSettings, StageConfig, like, setting
 
 MODES = ("critique", "compare")
-DISAGREEMENT = ("drop", "tie")
+DISAGREEMENT = ("drop", "tie", "average")
 POLICY_STAGES = ("sft", "ppo", "dpo", "grpo")
 SOURCE = "ai"
 
@@ -431,18 +436,19 @@ def _compare(cfg, plan, indices, policy, judge, base_meta, stats):
             skips.append(_skip(i, it, f"the judge's two orders disagree (P(first answer "
                                       f"better) = {p1:.2f} asked first, {p2:.2f} asked second)"))
             continue
+        tie = not agree and cfg.order_disagreement == "tie"
         x_wins = p >= 0.5
         chosen, rejected = (x, y) if x_wins else (y, x)
         meta = {**base_meta, "principle": principles[k], "item": i,
                 "confidence": round(max(p, 1 - p), 4), "order_agreement": agree,
-                "p_first": round(p1, 4), "p_second": round(p2, 4), "tie": not agree}
+                "p_first": round(p1, 4), "p_second": round(p2, 4), "tie": tie}
         if "row" in it:
             row = it["row"]
             meta.update(input_row=row["id"], input_dataset=cfg.prompts,
                         input_source=row.get("source") or "",
                         input_label="chosen",      # the source row prefers its `chosen`
-                        ai_choice="tie" if not agree else ("chosen" if x_wins else "rejected"),
-                        agrees_with_input=bool(agree and x_wins))
+                        ai_choice="tie" if tie else ("chosen" if x_wins else "rejected"),
+                        agrees_with_input=bool(not tie and x_wins))
             if (row.get("meta") or {}).get("choice"):
                 meta["input_choice"] = row["meta"]["choice"]
         pairs.append({"prompt": it["prompt"], "chosen": chosen, "rejected": rejected,

@@ -120,12 +120,22 @@ class LocalJudge(Judge):
         with torch.no_grad():
             for prompt in prompts:  # one at a time: no padding shifts the positions
                 ids = encode_prompt(self.tokenizer, prompt, self.max_prompt_length - 1)
-                logits = self.model(torch.tensor([ids], device=device)).logits[0, -1].float()
+                logits = _last_logits(self.model, torch.tensor([ids], device=device))
                 logp = torch.log_softmax(logits, -1)
                 score = {k: torch.logsumexp(logp[v], 0) for k, v in self._letters.items()}
                 p_a = torch.sigmoid(score["A"] - score["B"]).item()
                 out.append(float(p_a))
         return out
+
+
+def _last_logits(model, input_ids):
+    """The next-token logits after the last position (the LM head on that position only,
+    where the model supports `logits_to_keep`)."""
+    try:
+        out = model(input_ids, logits_to_keep=1)
+    except TypeError:
+        out = model(input_ids)
+    return out.logits[0, -1].float()
 
 
 def _letter_ids(tokenizer, letter: str) -> list[int]:
