@@ -132,8 +132,10 @@ def test_a_compare_job_makes_pairs_with_sources_and_agreement(store, tiny_model_
     assert rows_filter.options == ["AI"]
 
     # people voted on these four pairs: the agreement the engine computes is on the page
-    expected = A.agreement(store, "ai-votes")
+    assert at.session_state["fb_agree_reference_ai-votes"] == "votes"   # the judged pairs
+    expected = A.agreement(store, "ai-votes", reference="votes")
     assert expected["matched"] == 4
+    assert A.agreement(store, "ai-votes")["percent"] == expected["percent"]  # votes alone
     assert metrics["Pairs with both labels"] == "4"
     assert metrics["Agreement"] == f"{expected['percent']:.0f}%"
     kappa = expected["kappa"]

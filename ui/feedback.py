@@ -342,6 +342,18 @@ def ai_datasets(store) -> list[str]:
     return out
 
 
+def judged_dataset(store, dataset: str) -> str | None:
+    """The preference dataset whose own pairs the newest compare job into `dataset` judged
+    (its chosen/rejected are the labels to check the AI's against), if any."""
+    prefs = {d["name"] for d in store.list_datasets(kind="preference")}
+    for run in store.list_runs(stage=STAGE):
+        cfg = run.get("config") or {}
+        if cfg.get("dataset") == dataset and cfg.get("mode") == "compare" \
+                and not cfg.get("resample") and cfg.get("prompts") in prefs:
+            return cfg["prompts"]
+    return None
+
+
 def agreement_section(store) -> None:
     st.subheader(":material/handshake: " + t("feedback.agreement"))
     st.caption(t("feedback.agreement_intro"))
@@ -354,9 +366,11 @@ def agreement_section(store) -> None:
     dataset = translated_choice(cols[0].selectbox, t("feedback.ai_dataset"), names,
                                 "fb_agree_dataset", str)
     refs = [None] + [n for n in prefs if n != dataset]
+    judged = judged_dataset(store, dataset)
     reference = translated_choice(cols[1].selectbox, t("feedback.reference"), refs,
-                                  "fb_agree_reference",
+                                  f"fb_agree_reference_{dataset}",
                                   lambda n: t("feedback.reference_none") if n is None else n,
+                                  index=refs.index(judged) if judged in refs else 0,
                                   help=t("feedback.reference_help"))
     ties = translated_choice(cols[2].radio, t("feedback.ties"), list(A.TIES),
                              "fb_agree_ties", lambda x: t("feedback.ties_" + x),
