@@ -68,6 +68,8 @@ def test_a_missing_placeholder_is_named_and_blocks_the_start(store):
     assert any("Comparison template: the placeholder {principle} is missing" in e
                for e in errors), errors
     assert at.button(key="start.ai_feedback").disabled
+    # kept outside the widget's state (which leaving the page drops)
+    assert "the rule" in at.session_state["fb_templates"]["compare"]
     at.text_area(key="fb_template_critique").input("Judge {prompt} by {principle}: {answer}")
     at.run()
     errors = [e.value for e in at.error]

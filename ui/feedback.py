@@ -176,20 +176,28 @@ def template_problem(kind: str, text: str) -> str | None:
     return t("feedback.template_malformed", kind=label, error=error)
 
 
+def _kept_templates() -> dict[str, str]:
+    """The session's templates, kept outside the widgets' state (which a page switch
+    drops), so edits survive leaving the page."""
+    return st.session_state.setdefault("fb_templates", dict(tpl.DEFAULTS))
+
+
 def _reset_templates() -> None:
+    kept = _kept_templates()
     for kind in KINDS:
-        st.session_state[f"fb_template_{kind}"] = tpl.DEFAULTS[kind]
+        kept[kind] = st.session_state[f"fb_template_{kind}"] = tpl.DEFAULTS[kind]
 
 
 def templates_section() -> tuple[dict[str, str], list[str]]:
     """The three templates as edited, and the problems found in them."""
     out, problems = {}, []
+    kept = _kept_templates()
     with st.expander(t("feedback.templates"), icon=":material/edit_note:"):
         st.caption(t("feedback.templates_intro"))
         for kind in KINDS:
             key = f"fb_template_{kind}"
-            st.session_state.setdefault(key, tpl.DEFAULTS[kind])
-            text = st.text_area(t("feedback.template_" + kind), key=key, height=160,
+            st.session_state.setdefault(key, kept[kind])
+            text = kept[kind] = st.text_area(t("feedback.template_" + kind), key=key, height=160,
                                 help=t("feedback.placeholders", names=", ".join(
                                     "{" + n + "}" for n in tpl.PLACEHOLDERS[kind])))
             problem = template_problem(kind, text)
