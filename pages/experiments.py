@@ -10,7 +10,8 @@ import streamlit as st
 
 from engine import schema
 from engine.experiments import runner
-from engine.experiments.plan import Chart, expand_sweep, parse_vary, recipes, value_text
+from engine.experiments.plan import (Chart, expand_sweep, parse_vary, recipe_text_keys, recipes,
+                                     value_text)
 from engine.objectives import LATEX
 from engine.runtime import stages
 from engine.schema import ConfigError
@@ -35,7 +36,7 @@ def text_of(*keys: str, **params) -> str:
 
 
 def recipe_text(name: str, part: str) -> str:
-    return text_of(f"experiments.recipe.{name}.{part}", f"recipes.{name}.{part}")
+    return text_of(*recipe_text_keys(name, part))
 
 
 def stage_name(stage: str | None) -> str:

@@ -9,24 +9,22 @@ from pathlib import Path
 from engine.cli import print_json, store_of
 
 
-def sentence_text(sentence: dict | None, lang: str = "en") -> str | None:
+def _english(key: str) -> str | None:
+    from engine.schema import english
+
+    return english(key)
+
+
+def sentence_text(sentence: dict | None) -> str | None:
     """A summary's computed sentence ({"key", "params"}) in English (the CLI's language)."""
     if not sentence or not sentence.get("key"):
         return None
-    from engine.schema import I18N
-
-    ns, _, name = sentence["key"].partition(".")
-    try:
-        text = json.loads((I18N / lang / f"{ns}.json").read_text(encoding="utf-8")).get(name)
-    except (OSError, ValueError):
-        text = None
+    text = _english(sentence["key"])
     if not text:
         return sentence["key"]
     params = dict(sentence.get("params") or {})
     if "metric" in params:   # a metric's name: its label
-        from engine.schema import english
-
-        params["metric"] = english(f"metrics.{params['metric']}") or params["metric"]
+        params["metric"] = _english(f"metrics.{params['metric']}") or params["metric"]
     try:
         return text.format(**params)
     except (KeyError, IndexError, ValueError):
@@ -64,14 +62,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from engine.experiments.plan import recipes
+    from engine.experiments.plan import recipe_text_keys, recipes
     from engine.experiments.runner import create_recipe_group
     from engine.runtime import stages
 
     known = recipes()
     if args.recipe == "list":
-        print_json([{"name": r.name, "title": sentence_text({"key": f"experiments.recipe."
-                                                                    f"{r.name}.title"}),
+        print_json([{"name": r.name,
+                     "title": next(filter(None, map(_english, recipe_text_keys(r.name, "title"))),
+                                   r.name),
                      "minutes": r.minutes, "runs": len(r.plan(r.make_settings())),
                      "settings": _settings(r)} for r in known.values()])
         return 0

@@ -110,6 +110,12 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {}
+# where a recipe's title and text ("title", "text") are looked up, first found wins
+RECIPE_TEXT_KEYS = ("experiments.recipe.{name}.{part}", "recipes.{name}.{part}")
+
+
+def recipe_text_keys(name: str, part: str) -> list[str]:
+    return [k.format(name=name, part=part) for k in RECIPE_TEXT_KEYS]
 
 
 def register(recipe: Recipe) -> Recipe:
