@@ -305,6 +305,35 @@ def test_cli_sweep_prints_the_group_and_a_bad_vary_exits_2(store, tiny_model_dir
     assert len(store.list_groups()) == groups and len(store.list_runs()) == runs
 
 
+def test_cli_experiment_runs_a_recipe_and_says_its_sentence_in_english(store, capsys):
+    from engine.__main__ import main
+
+    @dataclass
+    class Size:
+        runs: int = 2
+
+    def summarize(st, group, runs):
+        done = sum(r["status"] == "succeeded" for r in runs.values())
+        return {"table": [{"key": k, "value": r["summary"]["value"]} for k, r in runs.items()],
+                "sentence": {"key": "experiments.progress",
+                             "params": {"done": done, "total": len(runs)}}}
+
+    register(Recipe("tick_cli", Size,
+                    lambda s: [PlannedRun(f"t{i}", "tick", {"value": i}) for i in range(s.runs)],
+                    [Chart("metrics.loss", ["loss"])], summarize))
+    try:
+        assert main(["--db", str(store.path), "experiment", "tick_cli", "--set", "runs=3"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["sentence"] == "3 of 3 runs done"
+        assert out["group"]["recipe"] == "tick_cli" and out["group"]["status"] == "succeeded"
+        assert [(r["key"], r["status"], r["summary"]["value"]) for r in out["runs"]] == [
+            ("t0", "succeeded", 0), ("t1", "succeeded", 1), ("t2", "succeeded", 2)]
+        assert main(["--db", str(store.path), "experiment", "tick_cli", "--set", "runz=3"]) == 2
+        assert "runz" in capsys.readouterr().err and len(store.list_groups()) == 1
+    finally:
+        plan_mod.RECIPES.pop("tick_cli", None)
+
+
 def test_cli_experiment_list_and_an_unknown_recipe(store, capsys):
     from engine.__main__ import main
 
