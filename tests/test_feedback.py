@@ -139,6 +139,17 @@ def test_compare_mode_samples_two_answers_and_records_both_orders(store, tiny_mo
         # the chosen answer is the one the two orders prefer on average
         assert (m["p_first"] + m["p_second"]) / 2 >= 0.5
         assert m["constitution"] == "concise-factual-fr"
+    # the Runs page shows the pairs made as the run's samples
+    samples = store.get_samples(run["id"])
+    assert [x["response"] for x in samples] == [r["chosen"] for r in rows]
+    assert all(x["extra"]["rejected"] and x["extra"]["principle"] for x in samples)
+    # AI pairs train like any others
+    for stage in ("reward", "dpo"):
+        trained = run_sync(store, stage, {"model": str(tiny_model_dir),
+                                          "dataset": "ai-preferences", "max_steps": 1,
+                                          "batch_size": 2, "max_length": 64, "save_every": 0,
+                                          "eval_every": 0})
+        assert trained["status"] == "succeeded", (stage, trained["error"])
     # drop: a pair whose orders disagree is reported, not stored
     run = run_sync(store, "ai_feedback", tiny_job(tiny_model_dir, mode="compare",
                                                   dataset="ai-drop"))

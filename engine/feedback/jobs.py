@@ -313,6 +313,11 @@ def run_ai_feedback(cfg: AIFeedbackConfig, ctx) -> dict:
         if pairs:
             store.add_rows(cfg.dataset, pairs, source=SOURCE)
             stats["pairs"] += len(pairs)
+            ctx.samples(indices[-1] + 1, [{
+                "prompt": prompt_for_judge(r["prompt"]), "response": r["chosen"],
+                "rejected": r["rejected"], "principle": r["meta"]["principle"],
+                "confidence": r["meta"]["confidence"], "item": r["meta"]["item"]}
+                for r in pairs])
         skipped.extend(skips)
         for s in skips:
             ctx.log(f"prompt {s['row']} skipped: {s['reason']}", "warning")
