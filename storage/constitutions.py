@@ -18,13 +18,9 @@ def _decode(row: dict) -> dict:
 
 def latest(store: Store, name: str) -> dict | None:
     """The latest version of constitution `name`, or None."""
-    row = store.db.execute(
-        "SELECT * FROM constitutions WHERE name = ? ORDER BY version DESC LIMIT 1",
-        [name]).fetchone()
-    if row is None:
-        return None
-    cols = [d[0] for d in store.db.execute("SELECT * FROM constitutions LIMIT 0").description]
-    return _decode(dict(zip(cols, row)))
+    rows = list(store.db["constitutions"].rows_where("name = ?", [name],
+                                                     order_by="version DESC", limit=1))
+    return _decode(rows[0]) if rows else None
 
 
 def get(store: Store, name: str, version: int | None = None) -> dict:

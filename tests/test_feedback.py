@@ -50,6 +50,10 @@ def test_shipped_constitutions_versions_and_bad_input(store):
     with pytest.raises(NotFound):
         con.get_constitution(store, "mine", 7)
     assert con.get_constitution(store, "mine")["version"] == 1   # nothing stored by bad input
+    # a shipped constitution the user deleted is not given back
+    assert con.delete_constitution(store, "concise-factual-fr") == 1
+    assert con.ensure_shipped(store) == []
+    assert "concise-factual-fr" not in {c["name"] for c in con.list_constitutions(store)}
 
 
 # -- templates ------------------------------------------------------------------------------

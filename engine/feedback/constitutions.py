@@ -20,6 +20,7 @@ SHIPPED = ("helpful-harmless-en", "helpful-harmless-fr", "concise-factual-en",
            "concise-factual-fr")
 DEFAULT = "helpful-harmless-en"
 LANGUAGES = ("en", "fr")
+OFFERED_KEY = "constitutions_offered"
 
 
 def shipped() -> list[dict]:
@@ -30,13 +31,22 @@ def shipped() -> list[dict]:
 
 
 def ensure_shipped(store) -> list[str]:
-    """Add the shipped constitutions that the database lacks; returns the names added."""
-    added = []
+    """Add the shipped constitutions this database was never offered; returns the names
+    added. Idempotent: a database remembers which samples it was offered (its `meta`
+    key "constitutions_offered"), so a shipped constitution a user deleted is not given
+    back, and a user's later versions are kept."""
+    before = set(json.loads(store.get_meta(OFFERED_KEY) or "[]"))
+    offered, added = set(before), []
     for c in shipped():
+        if c["name"] in offered:
+            continue
         if db.latest(store, c["name"]) is None:
             db.insert_version(store, c["name"], c["principles"], c["language"],
                               c["description"])
             added.append(c["name"])
+        offered.add(c["name"])
+    if offered != before:
+        store.set_meta(OFFERED_KEY, json.dumps(sorted(offered)))
     return added
 
 
