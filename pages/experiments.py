@@ -49,6 +49,8 @@ def column_label(name: str) -> str:
         return "#"
     if name in ("key", "label", "run", "status"):
         return t(f"experiments.col_{name}")
+    if f"recipes.col_{name}" in catalogue("en"):   # a recipe's own column (recipes.json)
+        return t(f"recipes.col_{name}")
     label = metric_label(name)
     if label != name:
         return label
@@ -325,7 +327,7 @@ def xy_chart(df: pd.DataFrame, chart: Chart, title: str) -> None:
     if df.empty or not df["name"].isin(chart.metrics).any():
         st.caption(f"{title}: {t('common.no_data')}")
         return
-    wide = df.pivot_table(index=["label", "step"], columns="name", values="value",
+    wide = df.pivot_table(index=["key", "label", "step"], columns="name", values="value",
                           aggfunc="last").reset_index()
     rows = []
     for metric in chart.metrics:
@@ -382,7 +384,7 @@ def hist_chart(df: pd.DataFrame, title: str) -> None:
         st.caption(f"{title}: {t('common.no_data')}")
         return
     parts = []
-    for label, g in df.groupby("label", sort=False):
+    for _, g in df.groupby("key", sort=False):
         last = g[g["step"] == g["step"].max()].copy()
         total = max(1.0, float(last["value"].sum()))
         last["bin"] = last["name"].str[-2:].astype(int)

@@ -154,3 +154,26 @@ def test_a_bad_value_is_refused_on_the_page(store, tiny_model_dir):
     at.text_input(key="exp_v2_ppo_beta").set_value("0,500").run()
     assert any("beta" in e.value and "500 is above the maximum 100" in e.value for e in at.error)
     assert at.button(key="exp_start_sweep").disabled
+
+
+def test_a_finished_recipe_group_on_the_tiny_model(store, tiny_model_dir):
+    """clip_epsilon at tiny scale: its four charts (the ratio histograms side by side),
+    table and the sentence its summarize computed."""
+    from tests.test_recipes import _tiny
+    from ui.i18n import t
+
+    group_id = runner.create_recipe_group(store, "clip_epsilon",
+                                          _tiny(tiny_model_dir, "clip_epsilon"))
+    assert runner.run_group_sync(store, group_id)["status"] == "succeeded"
+    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    assert not at.exception
+    drawn = charts(at)
+    titles = [spec["title"] for spec, _ in drawn]          # (two columns: in column order)
+    assert sorted(titles) == sorted(t("recipes.clip_epsilon.chart_" + c) for c in
+                                    ("clipfrac", "approx_kl", "score_std", "ratio"))
+    bars = drawn[titles.index(t("recipes.clip_epsilon.chart_ratio"))][1]
+    assert bars["label"].nunique() == 3                     # ε = 0.05, 0.2 and no clip
+    assert bars.groupby("label")["share"].sum().round(6).eq(1.0).all()
+    sentence = store.get_group(group_id)["summary"]["sentence"]
+    assert any(i.value == t(sentence["key"], **sentence["params"]) for i in at.info)
+    assert len(store.get_group(group_id)["summary"]["table"]) == 3
