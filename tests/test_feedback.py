@@ -219,6 +219,7 @@ def test_resume_after_cancel_keeps_rows_and_does_not_duplicate(store, tiny_model
     assert [r["id"] for r in rows[:2]] == [r["id"] for r in kept]
     summary = store.get_run(rid)["summary"]
     assert summary["prompts_done_before"] == 2 and summary["pairs_made"] == 3
+    assert summary["pairs_made_before"] == 2
 
 
 def test_wrong_kind_dataset_refused_before_any_model_loads(store, tiny_model_dir):

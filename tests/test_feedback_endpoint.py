@@ -145,6 +145,8 @@ def test_endpoint_judge_retries_reports_bad_rows_and_keeps_the_key_out(
     assert "unparsable" in reasons[1] and "hard to say" in reasons[1]
     assert "not JSON" in reasons[4]
     assert all(k["prompt"].startswith("Question") for k in s["skipped"])
+    ids = [r["id"] for r in store.list_rows("qs")]
+    assert [k["input_row"] for k in s["skipped"]] == [ids[1], ids[4]]
     # the slow answers timed out once (both orders) and were retried; so were the 500s
     st = s["endpoint"]
     assert st["timeouts"] == 2 and st["server_errors"] == 2 and st["retries"] == 4, st

@@ -326,6 +326,7 @@ def run_ai_feedback(cfg: AIFeedbackConfig, ctx) -> dict:
                                       f"made, {len(skipped)} skipped")
     summary = {"mode": cfg.mode, "dataset": cfg.dataset,
                "pairs_made": stats["pairs"], "skipped": skipped,
+               "pairs_made_before": len(done["pairs"]),
                "prompts": total, "prompts_done_before": total - len(todo),
                "seconds": round(time.perf_counter() - t0, 2), "judge": judge.label,
                "constitution": plan.constitution["name"],
@@ -351,7 +352,12 @@ def _sample(cfg: AIFeedbackConfig, policy, prompts: list, seed: int, n: int = 1)
 
 
 def _skip(i: int, item: dict, reason: str) -> dict:
-    return {"row": i, "prompt": prompt_for_judge(item["prompt"])[:200], "reason": reason}
+    """A skipped item for the report: its position among the job's prompts (`row`), the
+    prompt, the reason, and the source pair's id when the job judged a dataset's pairs."""
+    out = {"row": i, "prompt": prompt_for_judge(item["prompt"])[:200], "reason": reason}
+    if "row" in item:
+        out["input_row"] = item["row"]["id"]
+    return out
 
 
 def _critique(cfg, plan, indices, policy, judge, base_meta):
