@@ -395,6 +395,9 @@ def _critique(cfg, plan, indices, policy, judge, base_meta):
         if r.strip() == answers[k].strip():
             skips.append(_skip(i, it, "the revision is the same as the answer"))
             continue
+        if r.strip() == c.strip():  # a small judge often writes its critique again
+            skips.append(_skip(i, it, "the revision repeats the critique"))
+            continue
         meta = {**base_meta, "principle": principles[k], "critique": c, "item": i,
                 "confidence": None, "order_agreement": None}
         pairs.append({"prompt": it["prompt"], "chosen": r, "rejected": answers[k],
