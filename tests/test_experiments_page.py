@@ -11,7 +11,7 @@ from engine.experiments import runner
 from engine.experiments.plan import Chart, PlannedRun, Recipe, parse_vary, register
 from engine.runtime import stages
 from tests.conftest import app_with_model
-from tests.test_experiments import toy_sft_dataset
+from tests.test_experiments import toy_sft_dataset  # (and registers the "tick" stage)
 from tests.test_metrics_labels import charts   # (spec, data) of every Vega-Lite chart
 
 
@@ -177,3 +177,30 @@ def test_a_finished_recipe_group_on_the_tiny_model(store, tiny_model_dir):
     sentence = store.get_group(group_id)["summary"]["sentence"]
     assert any(i.value == t(sentence["key"], **sentence["params"]) for i in at.info)
     assert len(store.get_group(group_id)["summary"]["table"]) == 3
+
+
+def test_cancel_and_resume_buttons_of_a_running_group(store, tiny_model_dir):
+    from engine.runtime.jobs import get_manager
+    from tests.test_experiments import _wait
+
+    jobs = get_manager(store)   # the app's own job manager (same database)
+    group_id = store.create_group("slow", {"plan": [
+        PlannedRun("quick", "tick", {"steps": 1}).to_dict(),
+        PlannedRun("slow", "tick", {"steps": 400, "delay": 0.05}).to_dict()]})
+    exp_id = runner._start(jobs, store, group_id)
+    assert _wait(lambda: any(r["group_key"] == "slow" and r["step"] >= 1
+                             for r in store.group_runs(group_id)))
+    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    assert not at.exception
+    assert any("running slow: step" in p.proto.text for p in at.get("progress"))
+    at.button(key=f"exp_cancel_{group_id}").click().run()
+    assert jobs.wait(exp_id, 30) == "cancelled"
+    at.run()
+    assert store.get_group(group_id)["status"] == "cancelled"
+    at.button(key=f"exp_resume_{group_id}").click().run()
+    assert _wait(lambda: store.get_run(exp_id)["status"] == "running")
+    slow = store.group_runs(group_id)[1]
+    assert _wait(lambda: store.get_run(slow["id"])["status"] == "running")
+    runner.cancel_group(jobs, store, group_id)
+    assert jobs.wait(exp_id, 30) == "cancelled"
+    assert [r["status"] for r in store.group_runs(group_id)] == ["succeeded", "cancelled"]
