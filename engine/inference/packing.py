@@ -38,21 +38,26 @@ class PackedRow:
     lengths: list[int]
 
 
-def pack_sequences(seqs: list[torch.Tensor], max_tokens: int = DEFAULT_ROW_TOKENS
-                   ) -> list[PackedRow]:
-    """Lay 1-D token tensors end to end in rows of at most `max_tokens` (a longer sequence
-    gets a row of its own), in order."""
+def fill_rows(sizes: list[int], max_tokens: int) -> list[list[int]]:
+    """Items of these sizes, in order, in rows of at most `max_tokens` (an item larger than
+    that gets a row of its own): the indices of each row."""
     rows: list[list[int]] = []
     size = 0
-    for i, s in enumerate(seqs):
-        n = int(s.numel())
+    for i, n in enumerate(sizes):
         if not rows or size + n > max_tokens:
             rows.append([])
             size = 0
         rows[-1].append(i)
         size += n
+    return rows
+
+
+def pack_sequences(seqs: list[torch.Tensor], max_tokens: int = DEFAULT_ROW_TOKENS
+                   ) -> list[PackedRow]:
+    """Lay 1-D token tensors end to end in rows of at most `max_tokens` (a longer sequence
+    gets a row of its own), in order."""
     out = []
-    for members in rows:
+    for members in fill_rows([int(s.numel()) for s in seqs], max_tokens):
         parts = [seqs[i].reshape(-1) for i in members]
         lengths = [int(p.numel()) for p in parts]
         starts = [sum(lengths[:k]) for k in range(len(lengths))]

@@ -25,9 +25,10 @@ from pathlib import Path
 import torch
 
 from engine.errors import NonFiniteError
+from engine.inference.generate import sample_groups
 from engine.inference.models import adapter_dir
 from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantages, grpo_loss,
-                               group_reward_std, kl_k3, logprobs_from_logits, masked_mean,
+                               group_reward_std, kl_k3, masked_mean,
                                rloo_advantages, weighted_reward, zero_signal_fraction)
 from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig, \
     like, setting
@@ -143,32 +144,26 @@ class GRPOTrainer(PPOTrainer):
     # -- sampling and scoring -----------------------------------------------------------
     @torch.no_grad()
     def generate(self, prompts: list) -> Rollout:
-        """G answers to each prompt from π_θ in one call (prompts repeated G times, rows
-        b·G .. b·G+G−1 are group b), truncated after EOS. In fp32 the sampling pass's logits
-        give log π_θ_old; otherwise `score()` recomputes them (see PPOTrainer.generate)."""
-        from transformers import GenerationConfig
-
+        """G answers to each prompt from π_θ in one sampling loop (rows b·G .. b·G+G−1 are
+        group b; each prompt computed once, its KV cache repeated G times:
+        engine.inference.generate.sample_groups), truncated after EOS. In fp32 the sampling
+        pass's log-probs are log π_θ_old; otherwise `score()` recomputes them (see
+        PPOTrainer.generate)."""
         cfg, tok, G = self.cfg, self.tokenizer, self.cfg.group_size
         query, query_mask = self.encode(prompts)
-        query, query_mask = query.repeat_interleave(G, 0), query_mask.repeat_interleave(G, 0)
-        reuse = next(self.policy.parameters()).dtype == torch.float32
-        gen = GenerationConfig(do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                               top_k=0, max_new_tokens=cfg.max_new_tokens, use_cache=True,
-                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                               bos_token_id=tok.bos_token_id, return_dict_in_generate=True,
-                               output_logits=reuse)
         self.policy.set_adapter(self.POLICY)
-        out = self.policy.generate(input_ids=query, attention_mask=query_mask,
-                                   generation_config=gen)
-        response, mask, has_eos = truncate_after_eos(out.sequences[:, query.shape[1]:],
-                                                     tok.eos_token_id, tok.pad_token_id)
+        tokens, logp = sample_groups(self.policy, query, query_mask, G,
+                                     max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        query, query_mask = query.repeat_interleave(G, 0), query_mask.repeat_interleave(G, 0)
+        response, mask, has_eos = truncate_after_eos(tokens, tok.eos_token_id, tok.pad_token_id)
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(response, mask)]
         ro = Rollout([p for p in prompts for _ in range(G)], query, query_mask, response,
                      mask, has_eos, texts)
-        if reuse:
-            logits = torch.stack(out.logits, 1).float()
-            ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
+        if next(self.policy.parameters()).dtype == torch.float32:
+            ro.logp = logp * mask
         return ro
 
     @torch.no_grad()
