@@ -73,19 +73,17 @@ def count_tokens(module, counts: list[int]) -> None:
 
 
 def count_policy_tokens(module, counts: list[int]) -> None:
-    """DPO: like count_tokens, but only the batches of the policy's training pass (the one
-    with gradients), not the reference's no-grad pass over the same pairs."""
-    import torch
+    """DPO: the real tokens of each step's policy pass, 2B sequences of prompt + answer (the
+    reference's no-grad pass over the same pairs is not counted twice). Counted on the pairs
+    given to `policy_pass`, however the engine lays them out (its lean rows compute each
+    pair's prompt once: the same pairs and loss with fewer positions computed)."""
+    original = module.policy_pass
 
-    original = module.collate_completions
+    def policy_pass(model, accelerator, cfg, pairs, *args, **kwargs):
+        counts.append(sum(len(c.input_ids) + len(r.input_ids) for c, r in pairs))
+        return original(model, accelerator, cfg, pairs, *args, **kwargs)
 
-    def collate(batch, pad_token_id):
-        out = original(batch, pad_token_id)
-        if torch.is_grad_enabled():
-            counts.append(int(out["attention_mask"].sum()))
-        return out
-
-    module.collate_completions = collate
+    module.policy_pass = policy_pass
 
 
 def add_dataset(store, name: str, kind: str, rows: list[dict], split: str = "train") -> None:

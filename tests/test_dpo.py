@@ -223,3 +223,55 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
         assert at.dataframe  # the greedy samples
     finally:
         st.cache_resource.clear()
+
+
+def test_lean_pass_gives_the_plain_log_probs_and_gradient(store, tiny_model_dir):
+    """pair_rows (a pair's prompt computed once, the LM head chunked, rows backpropagated one
+    at a time) gives the padded pass's sequence log-probs and the same gradient."""
+    from accelerate import Accelerator
+
+    from engine.inference.models import load_base
+    from engine.objectives import sequence_logprobs
+    from engine.training import dpo
+    from engine.training.reward import encode_pair
+    from engine.training.sft import forward_logits
+    from engine.inference.chat import collate_completions
+
+    loaded = load_base(str(tiny_model_dir), "cpu")
+    tok = loaded.tokenizer
+    model, _ = tu.policy_and_reference(loaded.model, dpo.DPOConfig().lora, None)
+    model.eval()
+    with torch.no_grad():   # a policy that differs from the reference
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    rows = [{"prompt": f"Say something about {w}.", "chosen": f"I like {w} a lot.",
+             "rejected": f"No {w}!"} for w in WORDS[:5]]
+    pairs = [encode_pair(tok, r, 64) for r in rows]
+    cfg = dpo.DPOConfig(beta=0.5, grad_accum=1)
+    ref = torch.randn(5, 2) - 20
+    params = tu.policy_parameters(model)
+
+    batch = collate_completions([c for c, _ in pairs] + [r for _, r in pairs], tok.pad_token_id)
+    logits, labels = forward_logits(model, batch)
+    plain = sequence_logprobs(logits, labels)
+    loss = dpo.pair_stats(cfg, plain[:5], plain[5:], ref[:, 0], ref[:, 1])["loss"]
+    want = torch.autograd.grad(loss, params)
+
+    with torch.no_grad():
+        c, r = dpo.pair_logprobs(model, pairs, tok.pad_token_id, "cpu")
+    assert dpo.pair_rows(model, pairs, "cpu") is not None       # the lean path ran
+    assert torch.allclose(torch.stack([c, r], 1), torch.stack([plain[:5], plain[5:]], 1).detach(),
+                          atol=1e-4)
+    old_rows = dpo.ROW_TOKENS
+    dpo.ROW_TOKENS = 40     # several rows: the gradient adds up over them
+    try:
+        for p in params:
+            p.grad = None
+        values = dpo.policy_pass(model, Accelerator(cpu=True), cfg, pairs, ref,
+                                 tok.pad_token_id, "cpu")
+    finally:
+        dpo.ROW_TOKENS = old_rows
+    assert torch.allclose(values, torch.stack([plain[:5], plain[5:]], 1).detach(), atol=1e-4)
+    for p, g in zip(params, want):
+        assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-3)

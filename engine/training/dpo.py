@@ -31,8 +31,9 @@ import torch
 from engine import data
 from engine.compare import response_logprobs
 from engine.errors import JobCancelled, NonFiniteError
-from engine.inference.chat import Encoded, collate_completions, prompt_text
+from engine.inference.chat import IGNORE_INDEX, Encoded, collate_completions, prompt_text
 from engine.inference.generate import SamplingConfig, generate
+from engine.inference.logprobs import Scored, backward_by_rows, sequence_rows
 from engine.inference.models import load_base
 from engine.objectives import (dpo_implicit_reward, dpo_loss, ipo_loss, kl_k1, kl_k3,
                                pairwise_accuracy, sequence_logprobs)
@@ -115,9 +116,44 @@ def encode_pairs(tokenizer, rows: list[dict], max_length: int) -> tuple[list[Pai
 
 
 # -- log-probs ----------------------------------------------------------------------------
+ROW_TOKENS = 256   # lean rows: a pair shares its prompt; one row's activations at a time
+
+
+def pair_rows(model, pairs: list[Pair], device):
+    """Per row of whole pairs, (pair indices, [n, 2] log π of chosen and rejected): each
+    pair's prompt computed once for both answers, the LM head chunked on the answer tokens
+    (engine.inference.logprobs.sequence_rows); None where the model lacks that path."""
+    seqs = []
+    for enc in [c for c, _ in pairs] + [r for _, r in pairs]:
+        labels = torch.tensor(enc.labels)
+        pos = (labels[1:] != IGNORE_INDEX).nonzero().squeeze(1) + 1
+        seqs.append(Scored(torch.tensor(enc.input_ids, device=device), pos.to(device),
+                           labels[pos].to(device)))
+    B = len(pairs)
+    rows = sequence_rows(model, seqs, list(range(B)) * 2, ROW_TOKENS)
+    if rows is None:
+        return None
+
+    def by_pair():
+        for members, sums in rows:
+            at = {m: k for k, m in enumerate(members)}
+            mine = [m for m in members if m < B]
+            yield mine, torch.stack([sums[[at[i] for i in mine]],
+                                     sums[[at[i + B] for i in mine]]], 1)
+
+    return by_pair()
+
+
 def pair_logprobs(model, pairs: list[Pair], pad_id: int, device) -> tuple[torch.Tensor,
                                                                         torch.Tensor]:
-    """(log π(y⁺|x), log π(y⁻|x)) of B pairs from one forward pass over the 2B answers."""
+    """(log π(y⁺|x), log π(y⁻|x)) of B pairs: the lean rows (`pair_rows`) or one forward
+    pass over the 2B answers."""
+    rows = pair_rows(model, pairs, device) if not torch.is_grad_enabled() else None
+    if rows is not None:
+        out = torch.zeros(len(pairs), 2, device=device)
+        for mine, values in rows:
+            out[mine] = values
+        return out[:, 0], out[:, 1]
     batch = collate_completions([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
     batch = {k: v.to(device) for k, v in batch.items()}
     logits, labels = forward_logits(model, batch)
@@ -135,6 +171,25 @@ def reference_logprobs(model, has_ref: bool, pairs: list[Pair], pad_id: int, dev
             c, r = pair_logprobs(model, pairs[i:i + batch_size], pad_id, device)
             out.append(torch.stack([c, r], 1))
     return torch.cat(out) if out else torch.zeros(0, 2, device=device)
+
+
+def policy_pass(model, accelerator, cfg: DPOConfig, pairs: list[Pair], ref: torch.Tensor,
+                pad_id: int, device) -> torch.Tensor:
+    """The policy's forward and backward of one micro-batch: backpropagates its loss
+    (divided by grad_accum) and returns log π_θ of chosen and rejected, [B, 2] detached.
+    The loss is a mean over pairs, so the lean rows are backpropagated one at a time
+    (engine.inference.logprobs.backward_by_rows: the same gradient, one row's activations)."""
+    def loss_of(values):
+        return pair_stats(cfg, values[:, 0], values[:, 1], ref[:, 0], ref[:, 1])["loss"] \
+            / cfg.grad_accum
+
+    rows = pair_rows(model, pairs, device) if accelerator.num_processes == 1 else None
+    if rows is not None:
+        return backward_by_rows(rows, ref, loss_of, accelerator.backward)
+    logp_c, logp_r = pair_logprobs(model, pairs, pad_id, device)
+    values = torch.stack([logp_c, logp_r], 1)
+    accelerator.backward(loss_of(values))
+    return values.detach()
 
 
 def pair_stats(cfg: DPOConfig, logp_c, logp_r, ref_c, ref_r) -> dict[str, torch.Tensor]:
@@ -302,13 +357,12 @@ def train_dpo(cfg: DPOConfig, ctx) -> dict:
                     ref = ref_train[mine]
                 else:
                     ref = reference_logprobs(model, has_ref, pairs, pad_id, device, len(pairs))
-                logp_c, logp_r = pair_logprobs(model, pairs, pad_id, device)
-                stats = pair_stats(cfg, logp_c, logp_r, ref[:, 0], ref[:, 1])
+                logp = policy_pass(model, accelerator, cfg, pairs, ref, pad_id, device)
+                stats = pair_stats(cfg, logp[:, 0], logp[:, 1], ref[:, 0], ref[:, 1])
                 if not torch.isfinite(stats["loss"]):
                     raise NonFiniteError(f"step {step}: the {cfg.loss_type} DPO loss is "
                                          f"{float(stats['loss'])} (not finite); lower the "
                                          f"learning rate or check the data")
-                accelerator.backward(stats["loss"] / cfg.grad_accum)
                 for k, v in stats.items():
                     sums[k] = sums.get(k, 0.0) + float(v.detach()) / cfg.grad_accum
                 ctx.check_cancel()
