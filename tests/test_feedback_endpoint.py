@@ -47,7 +47,7 @@ class FakeJudge:
         if "broken" in prompt:
             return 200, b"<html>bad gateway</html>"
         if "Rewrite the answer" in prompt:
-            text = "A better answer."
+            text = "Too vague." if "echo" in prompt else "A better answer."
         elif "Critique the answer" in prompt:
             text = "Too vague."
         elif "garbled" in prompt:
@@ -187,18 +187,25 @@ def test_endpoint_critique_with_a_local_policy(store, judge_server, tiny_model_d
     from engine.runtime.jobs import run_sync
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-
     fake, url = judge_server(delay=0.0)
+    store.create_dataset("qsft", "sft")
+    store.add_rows("qsft", [{"prompt": f"Question {n}?", "response": "-"}
+                            for n in ("one", "echo two", "three")])
     run = run_sync(store, "ai_feedback", {
-        "mode": "critique", "model": str(tiny_model_dir), "limit": 2, "max_new_tokens": 8,
-        "dataset": "cai", "judge_url": url, "judge_model": "m", "concurrency": 2})
+        "mode": "critique", "model": str(tiny_model_dir), "prompts": "qsft",
+        "max_new_tokens": 8, "dataset": "cai", "judge_url": url, "judge_model": "m",
+        "concurrency": 2})
     assert run["status"] == "succeeded", run["error"]
-    assert run["summary"]["pairs_made"] == 2 and run["summary"]["sft_rows_made"] == 2
-    assert fake.requests == 4                      # a critique and a revision per prompt
+    s = run["summary"]
+    assert s["pairs_made"] == 2 and s["sft_rows_made"] == 2
+    # the judge wrote its critique again as the revision: reported, not stored
+    assert [(k["row"], k["reason"]) for k in s["skipped"]] == \
+        [(1, "the revision repeats the critique")]
+    assert fake.requests == 6                      # a critique and a revision per prompt
     for pair, row in zip(store.list_rows("cai"), store.list_rows("cai-sft")):
         assert pair["chosen"] == "A better answer." == row["response"]
         assert pair["meta"]["critique"] == "Too vague." and pair["rejected"] != pair["chosen"]
-    assert fake.auth == [None] * 4                 # no key set: no Authorization header
+    assert fake.auth == [None] * 6                 # no key set: no Authorization header
 
 
 @pytest.mark.parametrize("text, expected", [
