@@ -146,7 +146,11 @@ def run_best_of_n(cfg: BestOfNConfig, ctx) -> dict:
     gold = by_prompt(gold_scorer.score(flat_prompts, flat_answers)) if gold_scorer else None
     curve = best_of_n_curve(proxy, gold, N)
     for row in curve:
-        ctx.metrics(int(row["bon_n"]), row)
+        metrics = {"bon_n": row["bon_n"], "kl_bon": row["kl_bon"],
+                   "bon_proxy_score": row["bon_proxy_score"]}
+        if gold is not None:
+            metrics["bon_gold_score"] = row["bon_gold_score"]
+        ctx.metrics(int(row["bon_n"]), metrics)
     # the samples: one answer of each prompt (n = 1) and the proxy's pick of all N (n = N)
     for step, pick in ((1, lambda p: 0), (N, lambda p: max(range(N), key=lambda i: p[i]))):
         rows = []

@@ -49,7 +49,8 @@ from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                sequence_kl, value_clip_fraction, whiten)
 from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
-from engine.inference.logprobs import answer_rows, backward_by_rows, gather_rows
+from engine.inference.logprobs import (GRAD_ROW_TOKENS, answer_rows, backward_by_rows,
+                                       gather_rows)
 from engine.schema import (ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig,
                            like, setting)
 from engine.training.diversity import diversity
@@ -520,7 +521,7 @@ class PPOTrainer:
         rows = None
         if self.packing and self.accelerator.num_processes == 1:
             rows = answer_rows(self.policy, query, query_mask, response, mask,
-                               self.cfg.temperature, self.row_tokens, entropy=True)
+                               self.cfg.temperature, GRAD_ROW_TOKENS, entropy=True)
         if rows is None:
             logp, _, ent = self.forward(query, query_mask, response, mask, entropy=True)
             self.accelerator.backward(loss_fn(logp))
@@ -680,7 +681,7 @@ class PPOTrainer:
     def rollout_extras(self, ro: Rollout) -> dict[str, float]:
         """A step's answers beyond the reward: their diversity (distinct-1/2 and
         self-similarity), the gold score (sets `ro.gold`) and the ensemble's disagreement."""
-        out = dict(diversity(ro.texts))
+        out = diversity(ro.texts)
         if self.gold is not None:
             ro.gold = self.gold_scores(ro.prompts, ro.texts)
             out["gold_score"] = float(ro.gold.mean())
