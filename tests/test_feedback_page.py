@@ -155,3 +155,17 @@ def test_a_compare_job_makes_pairs_with_sources_and_agreement(store, tiny_model_
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Paires produites"] == "4" and metrics["Accord"] == f"{expected['percent']:.0f}%"
     assert any(c.value == "Sources : IA : 4" for c in at.caption)
+
+
+def test_a_stopped_job_shows_the_pairs_it_kept_and_can_resume(store):
+    rid = store.create_run("ai_feedback", {"mode": "compare", "dataset": "ai-x",
+                                           "prompts": "sample-sft"}, status="cancelled")
+    store.create_dataset("ai-x", "preference")
+    store.add_rows("ai-x", [{"prompt": f"Q{i}?", "chosen": f"A{i}.", "rejected": f"B{i}!",
+                             "meta": {"job_run": rid if i < 3 else rid + 1}}
+                            for i in range(5)], source="ai")
+    at = _page().run()
+    assert not at.exception, at.exception
+    assert any(c.value.startswith("3 pairs stored in ai-x before the job stopped")
+               for c in at.caption)
+    assert at.button(key=f"resume-{rid}").label == "Resume"

@@ -280,10 +280,24 @@ def job_section(store, constitution: tuple[str, int], templates: dict[str, str],
         st.toast(t("feedback.started", id=run_id), icon=":material/play_arrow:")
 
 
+def pairs_so_far(run: dict) -> int:
+    """The pairs a job stored before it stopped (its rows carry meta.job_run)."""
+    name = (run.get("config") or {}).get("dataset")
+    try:
+        rows = D.iter_rows(get_store(), name) if name else []
+        return sum((r.get("meta") or {}).get("job_run") == run["id"] for r in rows)
+    except NotFound:
+        return 0
+
+
 def report(run: dict) -> None:
     """What a finished (or stopped) job made: pairs, skipped rows and their reasons."""
     s = run.get("summary") or {}
     if "pairs_made" not in s:
+        made = pairs_so_far(run)
+        if made:  # a cancelled or failed job: what it stored is kept, a resume goes on
+            st.caption(t("feedback.pairs_so_far", n=made,
+                         dataset=(run.get("config") or {}).get("dataset", "")))
         return
     cols = st.columns(4)
     cols[0].metric(t("feedback.pairs_made"), str(s["pairs_made"]))
