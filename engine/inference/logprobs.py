@@ -41,6 +41,7 @@ from torch import nn
 from engine.inference.packing import fill_rows
 from engine.objectives import entropy_from_logits, logprobs_from_logits
 
+GRAD_ROW_TOKENS = 256     # rows backpropagated one at a time: their activations are the peak
 CHUNK_ELEMENTS = 1 << 22   # logits per chunk (4 M floats, 16 MB): V = 49152 → 85 positions
 
 
