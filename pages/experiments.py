@@ -287,7 +287,9 @@ def group_view(group_id: int, live: bool = False) -> None:
     table = summary.get("table") or []
     if table:
         st.markdown("**" + t("experiments.summary") + "**")
-        st.dataframe(summary_frame(table, view["runs"]), hide_index=True, width="stretch")
+        st.dataframe(summary_frame(table, view["runs"]), hide_index=True, width="stretch",
+                     column_config={column_label("key"): st.column_config.TextColumn(
+                         width="medium")})
     st.markdown("**" + t("experiments.runs") + "**")
     st.dataframe(pd.DataFrame([{
         "run": r["label"], "id": r["run_id"], "stage": stage_name(r["stage"]),
@@ -353,7 +355,9 @@ def xy_chart(df: pd.DataFrame, chart: Chart, title: str) -> None:
     x_title = t("common.step") if chart.x == "step" else metric_label(chart.x)
     if chart.x_transform == "sqrt":
         x_title = "√ " + x_title
-    y_title = metric_label(chart.metrics[0]) if len(chart.metrics) == 1 else ""
+    # the chart's title names what the y axis shows: a long axis title taller than the
+    # plot would push the chart's own title out of its frame
+    y_title = None
     x_enc = {"field": "x", **q, "title": x_title, "scale": {"zero": False}}
     if chart.x == "step":
         x_enc["axis"] = {"format": "d", "tickMinStep": 1}
