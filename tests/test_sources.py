@@ -146,3 +146,17 @@ def test_the_dpo_and_reward_forms_leave_the_share_empty_by_default(store):
         assert at.session_state[f"form.{stage}"]["ai_share"] == 0.25
         at.number_input(key=f"form.{stage}.ai_share.en").set_value(None).run()
         assert at.session_state[f"form.{stage}"]["ai_share"] is None
+
+
+def test_ai_ties_are_never_trained_on():
+    from engine.data.sources import mix_sources
+
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b", "source": "ai",
+             "meta": {"tie": True}},
+            {"prompt": "q", "chosen": "c", "rejected": "d", "source": "ai", "meta": {"tie": False}},
+            {"prompt": "r", "chosen": "e", "rejected": "f", "source": "imported", "meta": {}}]
+    said = []
+    kept = mix_sources(rows, None, 0, "x", said.append)
+    assert [r["prompt"] for r in kept] == ["q", "r"]
+    assert said and "1 pair" in said[0]
+    assert [r["prompt"] for r in mix_sources(rows, 0.5, 0, "x")] == ["q", "r"]

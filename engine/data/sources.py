@@ -70,6 +70,12 @@ def filter_rows(rows: Iterable[dict], classes: str | Iterable[str]) -> list[dict
     return [row for row in rows if source_class(row) in wanted]
 
 
+def is_tie(row: dict) -> bool:
+    """A pair whose AI label is a tie (no preferred answer)."""
+    meta = row.get("meta")
+    return isinstance(meta, dict) and bool(meta.get("tie"))
+
+
 def mix_sources(rows: list[dict], ai_share: float | None, seed: int, dataset: str = "",
                 log: Callable[[str], None] | None = None,
                 field: str = "ai_share") -> list[dict]:
@@ -80,7 +86,16 @@ def mix_sources(rows: list[dict], ai_share: float | None, seed: int, dataset: st
     H / (1 − s)) for A AI rows and H others; the side with rows to spare is subsampled at
     random with `seed` (the run's seed: the same seed keeps the same rows), and the kept
     rows stay in their order. s = 0 keeps only the others, s = 1 only the AI rows. A share
-    that needs a kind the rows lack is a ConfigError naming `field`."""
+    that needs a kind the rows lack is a ConfigError naming `field`.
+
+    Pairs an AI judge kept as ties (`meta.tie`: its two orders disagreed and the job's
+    `order_disagreement` was "tie") say nothing about which answer is better: they are left
+    out of training whatever the share."""
+    ties = [row for row in rows if is_tie(row)]
+    if ties:
+        rows = [row for row in rows if not is_tie(row)]
+        if log is not None:
+            log(f"{len(ties)} pair(s) the AI judge left as ties are not trained on")
     if ai_share is None:
         return rows
     share = float(ai_share)
