@@ -343,3 +343,41 @@ def test_cli_experiment_list_and_an_unknown_recipe(store, capsys):
     assert all({"name", "title", "minutes", "runs", "settings"} <= set(r) for r in listed)
     assert main(["--db", str(store.path), "experiment", "no_such_recipe"]) == 2
     assert "unknown recipe 'no_such_recipe'" in capsys.readouterr().err
+
+
+def test_cancelling_a_cli_sweeps_run_from_another_process_cancels_the_group(store,
+                                                                            tiny_model_dir):
+    """The Runs page of the app (another process) cancels the child the CLI is running: the
+    CLI gets SIGTERM, the child and the group end cancelled, the next run never starts."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+    from tests.test_faults import subprocess_env, wait_until
+
+    toy_sft_dataset(store)
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "engine", "--db", str(store.path), "sweep", "sft",
+         "--vary", "learning_rate=1e-3,2e-3", "--set", f"model={tiny_model_dir}",
+         "--set", "dataset=toy", "--set", "max_steps=100000", "--set", "batch_size=2",
+         "--set", "eval_every=0", "--set", "eval_samples=0"],
+        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        def child_at_step():
+            runs = store.list_runs(stage="sft")
+            return runs and runs[0]["status"] == "running" and (runs[0]["step"] or 0) >= 1 \
+                and runs[0]
+        child = wait_until(child_at_step, 180, "the sweep's first run to train", cli)
+        assert child["pid"] == cli.pid and child["group_key"] == "sft_learning_rate_0.001"
+        assert JobManager(store).cancel(child["id"]) is True
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait(10)
+    assert cli.returncode == 1, err.decode()[-2000:]
+    report = json.loads(out)
+    assert report["group"]["status"] == "cancelled"
+    assert [r["status"] for r in report["runs"]] == ["cancelled", "pending"]
+    assert store.get_run(child["id"])["status"] == "cancelled"
+    assert [r["id"] for r in store.list_runs(stage="sft")] == [child["id"]]
