@@ -363,11 +363,9 @@ def test_cancelling_a_cli_sweeps_run_from_another_process_cancels_the_group(stor
          "--set", "eval_every=0", "--set", "eval_samples=0"],
         cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        def child_at_step():
-            runs = store.list_runs(stage="sft")
-            return runs and runs[0]["status"] == "running" and (runs[0]["step"] or 0) >= 1 \
-                and runs[0]
-        child = wait_until(child_at_step, 180, "the sweep's first run to train", cli)
+        child = wait_until(lambda: next((r for r in store.group_runs(1) if r["status"] ==
+                                         "running" and (r["step"] or 0) >= 1), None),
+                           180, "the sweep's first run to train", cli)
         assert child["pid"] == cli.pid and child["group_key"] == "sft_learning_rate_0.001"
         assert JobManager(store).cancel(child["id"]) is True
         out, err = cli.communicate(timeout=60)
