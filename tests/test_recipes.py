@@ -91,6 +91,15 @@ def test_overoptimization_says_peak_and_fall_only_when_the_gold_score_falls(stor
                                                          -0.4]}, "ppo"))
     out = summarize(store, {}, rising)
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_held_ppo_held"
+    # PPO's batch noise with a KL that goes back and forth (a real 12-step run on the
+    # embedded model): the highest smoothed point is not a peak the numbers show
+    noisy = dict(rising, ppo=_run(store, "ppo", {
+        "kl": [0.0, 1.03, 0.78, 2.65, 3.66, 6.8, 5.45, 4.76, 7.2, 6.72, 5.89, 2.8],
+        "score_mean": [-.29, .72, -.55, -.11, .38, .01, .68, .38, .61, .89, .14, -.02],
+        "gold_score": [-.89, -.6, -.9, -.83, -.49, -.8, -.56, -.74, -.6, -.35, -.76, -1.15]},
+        "ppo"))
+    assert summarize(store, {}, noisy)["sentence"]["key"] == \
+        "recipes.overoptimization.sentence_bon_held_ppo_held"
     # a missing run: no conclusion
     out = summarize(store, {}, {k: v for k, v in rising.items() if k != "ppo"})
     assert out["sentence"]["key"] == "recipes.incomplete"

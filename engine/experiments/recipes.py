@@ -121,6 +121,27 @@ def peak_and_fall(xs: list[float], gold: list[float]) -> dict:
             "fell": fell, "given_back": (100.0 * fall / gain) if gain > 1e-9 else None}
 
 
+def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
+    """`peak_and_fall` for noisy points (one PPO batch each) whose x does not grow
+    steadily: the points sorted by x, the peak taken on their 3-point moving average, and
+    the fall measured from that peak to the mean of the raw points beyond it. `fell` only
+    when at least two points lie beyond the peak and the fall exceeds twice its standard
+    error (the noise: the spread of the points around the moving average)."""
+    pts = sorted(zip(xs, ys))
+    x, y = [p[0] for p in pts], [p[1] for p in pts]
+    sm = smooth(y)
+    i = max(range(len(sm)), key=lambda j: sm[j])
+    tail = y[i + 1:]
+    noise = math.sqrt(sum((a - b) ** 2 for a, b in zip(y, sm)) / max(1, len(y) - 1))
+    fall = sm[i] - (mean(tail) if tail else sm[i])
+    se = noise * math.sqrt(1 / min(3, len(y)) + 1 / max(1, len(tail)))
+    fell = len(tail) >= 2 and fall > max(0.01, 2 * se)
+    gain = sm[i] - sm[0]
+    return {"peak_x": x[i], "peak": sm[i], "first": sm[0], "last": mean(tail) if tail else sm[i],
+            "last_x": x[-1], "fell": fell,
+            "given_back": (100.0 * fall / gain) if gain > 1e-9 else None}
+
+
 # ==========================================================================================
 # 1. Reward over-optimisation (Gao, Schulman & Hilton 2022)
 # ==========================================================================================
@@ -197,8 +218,9 @@ def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dic
     if len(bon_pts) < 2 or len(ppo_pts) < 2:
         return incomplete(runs, ["pairs", "proxy", "bon", "ppo"], table)
     b = peak_and_fall([p[0] for p in bon_pts], [p[2] for p in bon_pts])
-    # PPO's per-step numbers are the mean of one batch: smoothed over three steps first
-    p = peak_and_fall(smooth([q[0] for q in ppo_pts]), smooth([q[2] for q in ppo_pts]))
+    # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
+    # the gold score in order of KL, tested against its own noise
+    p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
     proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
     params = {"bon_proxy0": rnd(bon_pts[0][1]), "bon_proxy1": rnd(bon_pts[-1][1]),
               "bon_peak_kl": rnd(b["peak_x"]), "bon_peak": rnd(b["peak"]),
