@@ -147,13 +147,6 @@ def test_compare_mode_samples_two_answers_and_records_both_orders(store, tiny_mo
     samples = store.get_samples(run["id"])
     assert [x["response"] for x in samples] == [r["chosen"] for r in rows]
     assert all(x["extra"]["rejected"] and x["extra"]["principle"] for x in samples)
-    # AI pairs train like any others
-    for stage in ("reward", "dpo"):
-        trained = run_sync(store, stage, {"model": str(tiny_model_dir),
-                                          "dataset": "ai-preferences", "max_steps": 1,
-                                          "batch_size": 2, "max_length": 64, "save_every": 0,
-                                          "eval_every": 0})
-        assert trained["status"] == "succeeded", (stage, trained["error"])
     # drop: a pair whose orders disagree is reported, not stored
     run = run_sync(store, "ai_feedback", tiny_job(tiny_model_dir, mode="compare",
                                                   dataset="ai-drop"))
@@ -186,6 +179,12 @@ def test_compare_judges_a_preference_datasets_own_pairs(store, tiny_model_dir):
         assert m["agrees_with_input"] == (m["ai_choice"] == "chosen")
         # the label is the mean of the two orders' P(source's chosen is better)
         assert ((m["p_first"] + m["p_second"]) / 2 >= 0.5) == (m["ai_choice"] == "chosen")
+    # AI pairs train like any others (pairs kept as ties would be left out: none here)
+    for stage in ("reward", "dpo"):
+        trained = run_sync(store, stage, {"model": str(tiny_model_dir), "dataset": "ai-vs",
+                                          "max_steps": 1, "batch_size": 2, "max_length": 64,
+                                          "save_every": 0, "eval_every": 0})
+        assert trained["status"] == "succeeded", (stage, trained["error"])
 
 
 def test_resume_after_cancel_keeps_rows_and_does_not_duplicate(store, tiny_model_dir):
