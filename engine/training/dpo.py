@@ -8,8 +8,10 @@ One base model in memory (peft multi-adapter, as PPO):
 - π_ref = the same SFT adapter loaded a second time, frozen ("ref"), or the base with
           adapters disabled when there is no SFT run.
 
-Each step takes B pairs (x, y⁺, y⁻), scores the 2B answers in ONE forward pass of π_θ
-(chosen and rejected concatenated), takes log π_ref of the same answers (a no-grad pass,
+Each step takes B pairs (x, y⁺, y⁻), scores the 2B answers with π_θ (lean rows: each
+pair's prompt computed once for both answers, the LM head chunked on the answer tokens,
+rows of whole pairs backpropagated one at a time, engine.inference.logprobs; a padded pass
+where the model lacks that path), takes log π_ref of the same answers (a no-grad pass,
 or the numbers computed once before training with `precompute_ref`), and minimises
     sigmoid: L = −(1−ε)·log σ(β·h_θ) − ε·log σ(−β·h_θ)       (ε: label smoothing)
     ipo:     L = (h_θ − 1/(2β))²
