@@ -149,7 +149,7 @@ def test_compare_mode_samples_two_answers_and_records_both_orders(store, tiny_mo
     assert all(x["extra"]["rejected"] and x["extra"]["principle"] for x in samples)
     # drop: a pair whose orders disagree is reported, not stored
     run = run_sync(store, "ai_feedback", tiny_job(tiny_model_dir, mode="compare",
-                                                  dataset="ai-drop"))
+                                                  dataset="ai-drop", order_disagreement="drop"))
     s = run["summary"]
     assert s["pairs_made"] + len(s["skipped"]) == 3
     assert all("disagree" in k["reason"] for k in s["skipped"])
@@ -256,3 +256,22 @@ def test_cli_ai_label_prints_one_json_document(store, tiny_model_dir, capsys):
     code = main(["--db", str(store.path), "data", "ai-label", "--mode", "compare",
                  "--dataset", "sample-sft", "--judge", str(tiny_model_dir)])
     assert code != 0
+
+
+def test_the_default_averages_the_two_orders_and_an_even_mean_is_a_tie(store, tiny_model_dir):
+    """The default keeps a pair whose orders disagree, labelled by the mean of both orders
+    (a small judge's position bias cancels); a mean of exactly 1/2 is a tie."""
+    from engine.feedback.jobs import AIFeedbackConfig
+    from engine.runtime.jobs import run_sync
+
+    assert AIFeedbackConfig().order_disagreement == "average"
+    run = run_sync(store, "ai_feedback", tiny_job(tiny_model_dir, mode="compare",
+                                                  dataset="ai-avg"))
+    assert run["status"] == "succeeded", run["error"]
+    rows = store.list_rows("ai-avg")
+    assert run["summary"]["pairs_made"] == len(rows) == 3
+    for r in rows:
+        m = r["meta"]
+        mean = (m["p_first"] + m["p_second"]) / 2
+        assert mean >= 0.5 and (not m["tie"] or mean == 0.5)  # meta rounds to 4 places
+

@@ -50,6 +50,8 @@ class FakeJudge:
             text = "Too vague." if "echo" in prompt else "A better answer."
         elif "Critique the answer" in prompt:
             text = "Too vague."
+        elif "always-a" in prompt:   # a judge with a pure position bias
+            text = "A"
         elif "garbled" in prompt:
             text = "Both have their merits, hard to say."
         else:
@@ -164,6 +166,32 @@ def test_endpoint_judge_retries_reports_bad_rows_and_keeps_the_key_out(
     assert SECRET.encode() not in db_bytes(store)
     # the concurrency limit held (two workers did overlap)
     assert fake.max_active == 2, fake.max_active
+
+
+def test_a_judge_naming_the_same_letter_in_both_orders_gives_a_tie_never_trained_on(
+        store, judge_server):
+    """The default order_disagreement (average): P = 1 then 0 for the same answer average to
+    exactly 1/2, a tie; training leaves ties out."""
+    from engine.data.sources import mix_sources
+    from engine.runtime.jobs import run_sync
+
+    _, url = judge_server(delay=0.0)
+    store.create_dataset("bias", "preference", eval_fraction=0.0)
+    store.add_rows("bias", [{"prompt": "Question always-a?", "chosen": "A GOOD answer.",
+                             "rejected": "A poor answer.", "source": "human"},
+                            {"prompt": "Question plain?", "chosen": "A GOOD answer.",
+                             "rejected": "A poor answer.", "source": "human"}])
+    run = run_sync(store, "ai_feedback", {
+        "model": "/no/such/policy", "mode": "compare", "prompts": "bias", "dataset": "ai-b",
+        "judge_url": url, "judge_model": "m", "retries": 0})
+    assert run["status"] == "succeeded", run["error"]
+    rows = {r["prompt"]: r for r in store.list_rows("ai-b")}
+    biased, fair = rows["Question always-a?"]["meta"], rows["Question plain?"]["meta"]
+    assert biased["tie"] is True and biased["ai_choice"] == "tie"
+    assert biased["order_agreement"] is False and biased["confidence"] == 0.5
+    assert fair["tie"] is False and fair["ai_choice"] == "chosen"
+    kept = mix_sources(store.list_rows("ai-b"), None, 0)
+    assert [r["prompt"] for r in kept] == ["Question plain?"]
 
 
 def test_endpoint_401_is_not_retried_and_says_what_to_fix(store, judge_server, monkeypatch):

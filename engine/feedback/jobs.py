@@ -15,8 +15,9 @@ Two modes, one background job each (progress per prompt, cancel, resume):
   mean of the two orders' P(first answer better), in which a constant position bias
   cancels (`order_disagreement`: drop, tie, average). A small local judge is often
   biased towards one letter in both orders (the embedded 135M model says "A" with
-  P ≈ 0.95 whichever answer is first): "drop" then keeps nothing, "average" keeps its
-  debiased verdict.
+  P ≈ 0.95 whichever answer is first): "drop" then keeps nothing, "average" (the
+  default) keeps its debiased verdict, and a mean of exactly 1/2 (a text judge that
+  answered the same letter twice) is kept as a tie, which training leaves out.
 
 Every row made is stored at once with source "ai" and its provenance in `meta`
 (constitution name and version, principle, judge, mode, templates' hash, confidence,
@@ -59,7 +60,7 @@ class AIFeedbackConfig(StageConfig, SamplingSettings):
     timeout_s: float = setting(60.0, min=0.1, max=3600.0, step=1.0, group=ADVANCED)
     retries: int = setting(3, min=0, max=20, group=ADVANCED)
     concurrency: int = setting(4, min=1, max=64, group=ADVANCED)
-    order_disagreement: str = setting("drop", choices=DISAGREEMENT)
+    order_disagreement: str = setting("average", choices=DISAGREEMENT)
     judge_max_new_tokens: int = setting(96, min=1, max=4096, group=ADVANCED)
     judge_temperature: float = setting(0.0, min=0.0, max=5.0, step=0.05, group=ADVANCED)
     max_new_tokens: int = like("max_new_tokens", 64)
@@ -450,7 +451,9 @@ def _compare(cfg, plan, indices, policy, judge, base_meta, stats):
             skips.append(_skip(i, it, f"the judge's two orders disagree (P(first answer "
                                       f"better) = {p1:.2f} asked first, {p2:.2f} asked second)"))
             continue
-        tie = not agree and cfg.order_disagreement == "tie"
+        # "average" with no preference left (a text judge answering A then A: 1 and 0)
+        # is a tie too: neither answer is better
+        tie = not agree and (cfg.order_disagreement == "tie" or p == 0.5)
         x_wins = p >= 0.5
         chosen, rejected = (x, y) if x_wins else (y, x)
         meta = {**base_meta, "principle": principles[k], "item": i,
