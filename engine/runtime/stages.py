@@ -30,8 +30,10 @@ BUILTIN: dict[str, tuple[str, str, str, bool]] = {
     # a run group (sweep or experiment recipe): runs its planned runs one after another
     "experiment": ("engine.experiments.runner", "ExperimentConfig", "run_experiment", False),
 }
-# training lane, but not a `train` verb of the CLI (it runs other stages' runs)
+# training lane, but not `train` verbs of the CLI: a group runs other stages' runs, and the
+# AI-feedback job makes data (`python -m engine data ai-label`)
 GROUP_STAGES = ("experiment",)
+NOT_TRAIN_VERBS = GROUP_STAGES + ("ai_feedback",)
 
 
 @dataclass
@@ -88,4 +90,4 @@ to_dict = schema.to_dict
 def training_stages() -> list[str]:
     """The stages that train (the `train` verbs of the CLI), without importing them."""
     return [name for name, (_, _, _, light) in BUILTIN.items()
-            if not light and name not in GROUP_STAGES]
+            if not light and name not in NOT_TRAIN_VERBS]
