@@ -396,11 +396,12 @@ def summarize_kl_penalty(store, group: dict, runs: dict[str, dict]) -> dict:
     if any(stats[b]["kl_last"] is None for b in BETAS):
         return incomplete(runs, [beta_key(b) for b in BETAS], table)
     free, mid, tight = stats[0.0], stats[0.05], stats[0.3]
-    params = {"kl_free": free["kl_last"], "kl_mid": mid["kl_last"],
-              "kl_tight": tight["kl_last"], "score_free": free["score_last"],
-              "score_mid": mid["score_last"], "score_tight": tight["score_last"],
-              "d2_free0": free["distinct_2_first"], "d2_free1": free["distinct_2_last"],
-              "d2_tight0": tight["distinct_2_first"], "d2_tight1": tight["distinct_2_last"],
+    params = {"kl_free": rnd(free["kl_last"]), "kl_mid": rnd(mid["kl_last"]),
+              "kl_tight": rnd(tight["kl_last"]), "score_free": rnd(free["score_last"]),
+              "score_mid": rnd(mid["score_last"]), "score_tight": rnd(tight["score_last"]),
+              "d2_free0": rnd(free["distinct_2_first"]), "d2_free1": rnd(free["distinct_2_last"]),
+              "d2_tight0": rnd(tight["distinct_2_first"]),
+              "d2_tight1": rnd(tight["distinct_2_last"]),
               "sim_free": free["self_similarity_last"],
               "sim_tight": tight["self_similarity_last"]}
     # the effect: without the penalty the policy drifts clearly further from the reference
