@@ -118,6 +118,12 @@ def test_clip_kl_and_length_sentences_follow_the_numbers(store):
     out = recipe.summarize(store, {}, runs)
     assert out["sentence"]["key"] == "recipes.clip_epsilon.sentence_shows"
     assert out["sentence"]["params"]["ratio"] == pytest.approx(23.3, abs=0.1)
+    # the sentence's numbers: three significant digits, whole numbers from 1000 up
+    assert out["sentence"]["params"]["kl_inf"] == 0.035
+    assert out["sentence"]["params"]["score_inf"] == 1.0
+    from engine.experiments.recipes import sig
+    assert (sig(223.0463), sig(1074363.0), sig(0.0044123), sig(None)) == (223.0, 1074363,
+                                                                           0.00441, None)
     same = {k: _run(store, "ppo", {"approx_kl": [0.01, 0.01], "clipfrac": [0, 0],
                                    "score_std": [1, 1], "ratio_min": [1, 1], "ratio_max": [1, 1],
                                    "score_mean": [0, 0], "kl": [0, 0]}, k) for k in runs}

@@ -292,6 +292,15 @@ def eps_key(eps: float) -> str:
     return "ppo_eps_inf" if eps >= NO_CLIP else f"ppo_eps_{eps:g}"
 
 
+def sig(x: float | None, digits: int = 3) -> float | int | None:
+    """A number for a sentence: `digits` significant digits, whole numbers from 1000 up."""
+    if x is None:
+        return None
+    if abs(x) >= 1000:
+        return int(round(x))
+    return float(f"{x:.{digits}g}")
+
+
 def plan_clip_epsilon(s: ClipEpsilonSettings) -> list[PlannedRun]:
     base = rule_ppo_config(s, ppo_epochs=s.ppo_epochs, minibatches=s.minibatches)
     return [PlannedRun(eps_key(e), "ppo", {**base, "cliprange": e},
@@ -321,13 +330,14 @@ def summarize_clip_epsilon(store, group: dict, runs: dict[str, dict]) -> dict:
         return incomplete(runs, [eps_key(e) for e in EPSILONS], table)
     lo, mid, inf = stats[0.05], stats[0.2], stats[NO_CLIP]
     ratio = inf["approx_kl_mean"] / max(lo["approx_kl_mean"], 1e-6)
-    params = {"kl_inf": inf["approx_kl_mean"], "kl_inf_max": inf["approx_kl_max"],
-              "kl_lo": lo["approx_kl_mean"], "kl_mid": mid["approx_kl_mean"],
+    params = {"kl_inf": sig(inf["approx_kl_mean"]), "kl_inf_max": sig(inf["approx_kl_max"]),
+              "kl_lo": sig(lo["approx_kl_mean"]), "kl_mid": sig(mid["approx_kl_mean"]),
               "ratio": rnd(ratio, 1), "cf_lo": rnd(100 * lo["clipfrac_mean"], 0),
               "cf_mid": rnd(100 * mid["clipfrac_mean"], 0),
-              "rmin_inf": inf["ratio_min"], "rmax_inf": inf["ratio_max"],
-              "rmin_lo": lo["ratio_min"], "rmax_lo": lo["ratio_max"],
-              "std_inf": inf["score_std_mean"], "std_lo": lo["score_std_mean"]}
+              "rmin_inf": sig(inf["ratio_min"]), "rmax_inf": sig(inf["ratio_max"]),
+              "rmin_lo": sig(lo["ratio_min"]), "rmax_lo": sig(lo["ratio_max"]),
+              "std_inf": inf["score_std_mean"], "std_lo": lo["score_std_mean"],
+              "score_inf": inf["score_last"], "score_lo": lo["score_last"]}
     # the effect: without a clip each update moves the policy clearly further
     shows = ratio >= 1.5 and inf["approx_kl_mean"] > 1e-3
     key = "recipes.clip_epsilon.sentence_shows" if shows else \
