@@ -85,7 +85,7 @@ def ai_dataset(store, name="ai-prefs", flip=(), tie=()):
     rows = []
     for i, p in enumerate(PROMPTS):
         chosen, rejected = (BAD[i], GOOD[i]) if i in flip else (GOOD[i], BAD[i])
-        meta = {"constitution": "helpful-harmless-en", "mode": "compare",
+        meta = {"constitution": "helpful-safe-en", "mode": "compare",
                 **({"label": "tie", "order_agreement": False} if i in tie else {})}
         rows.append({"prompt": p, "chosen": chosen, "rejected": rejected, "meta": meta})
     store.add_rows(name, rows, source="ai")

@@ -22,9 +22,9 @@ def test_shipped_constitutions_versions_and_bad_input(store):
     assert set(con.ensure_shipped(store)) == set(con.SHIPPED)
     assert con.ensure_shipped(store) == []                       # idempotent
     listed = {c["name"]: c for c in con.list_constitutions(store)}
-    assert set(listed) == {"helpful-harmless-en", "helpful-harmless-fr", "concise-factual-en",
+    assert set(listed) == {"helpful-safe-en", "helpful-safe-fr", "concise-factual-en",
                            "concise-factual-fr"}
-    assert listed["helpful-harmless-fr"]["language"] == "fr"
+    assert listed["helpful-safe-fr"]["language"] == "fr"
     assert all(c["version"] == 1 and len(c["principles"]) >= 3 for c in listed.values())
 
     # the same principles keep the version; other principles make a new one
@@ -109,13 +109,13 @@ def test_critique_mode_makes_pairs_and_sft_rows(store, tiny_model_dir):
     pairs, sft = store.list_rows("cai"), store.list_rows("cai-sft")
     assert len(pairs) == s["pairs_made"] and len(sft) == s["sft_rows_made"]
     assert store.get_dataset("cai-sft")["kind"] == "sft"
-    hh = con.get_constitution(store, "helpful-harmless-en")
+    hh = con.get_constitution(store, "helpful-safe-en")
     for pair, row in zip(pairs, sft):
         assert pair["source"] == "ai" and row["source"] == "ai"
         meta = pair["meta"]
         assert META_KEYS <= set(meta) and meta["mode"] == "critique"
         assert meta["job_run"] == run["id"] and meta["judge"] == str(tiny_model_dir)
-        assert (meta["constitution"], meta["constitution_version"]) == ("helpful-harmless-en", 1)
+        assert (meta["constitution"], meta["constitution_version"]) == ("helpful-safe-en", 1)
         assert meta["principle"] in hh["principles"] and meta["critique"].strip()
         assert meta["templates"] == tpl.templates_hash(tpl.DEFAULTS)
         assert pair["chosen"] != pair["rejected"]

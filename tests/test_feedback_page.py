@@ -44,8 +44,8 @@ def _texts(at) -> list[str]:
 
 
 @pytest.mark.parametrize("lang, start, constitution", [
-    ("en", "Start the AI feedback job", "helpful-harmless-en"),
-    ("fr", "Lancer la tâche de retour d'IA", "helpful-harmless-fr")])
+    ("en", "Start the AI feedback job", "helpful-safe-en"),
+    ("fr", "Lancer la tâche de retour d'IA", "helpful-safe-fr")])
 def test_the_section_renders_in_both_languages(store, lang, start, constitution):
     at = _page(lang).run()
     assert not at.exception, at.exception
@@ -82,15 +82,15 @@ def test_constitution_edit_saves_a_new_version(store):
     from engine.feedback import constitutions as C
 
     at = _page().run()
-    key = "fb_principles_helpful-harmless-en_1"
+    key = "fb_principles_helpful-safe-en_1"
     at.text_area(key=key).input(at.text_area(key=key).value + "\nNever invent a source.")
     at.button(key="fb_save_constitution").click().run()
     assert not at.exception, at.exception
-    assert C.get_constitution(store, "helpful-harmless-en")["version"] == 2
-    assert C.get_constitution(store, "helpful-harmless-en")["principles"][-1] == \
+    assert C.get_constitution(store, "helpful-safe-en")["version"] == 2
+    assert C.get_constitution(store, "helpful-safe-en")["principles"][-1] == \
         "Never invent a source."
-    assert at.selectbox(key="fb_version_helpful-harmless-en").value == 2
-    assert any("Saved helpful-harmless-en version 2" in s.value for s in at.success)
+    assert at.selectbox(key="fb_version_helpful-safe-en").value == 2
+    assert any("Saved helpful-safe-en version 2" in s.value for s in at.success)
 
 
 def _voted_pairs(store) -> list[dict]:
@@ -120,7 +120,7 @@ def test_a_compare_job_makes_pairs_with_sources_and_agreement(store, tiny_model_
     assert get_manager(store).wait(rid, 300) == "succeeded", store.get_run(rid)["error"]
     cfg = store.get_run(rid)["config"]
     assert cfg["judge"] == str(tiny_model_dir) and cfg["prompts"] == "votes"
-    assert cfg["constitution"] == "helpful-harmless-en" and cfg["constitution_version"] == 1
+    assert cfg["constitution"] == "helpful-safe-en" and cfg["constitution_version"] == 1
 
     at.session_state["dataset"] = "ai-votes"
     at.run()

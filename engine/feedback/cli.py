@@ -42,7 +42,7 @@ def add_parser(data_subparsers) -> None:
         "ai-label", help="AI feedback: critique-and-revise pairs or AI preference labels")
     p.add_argument("--mode", choices=("critique", "compare"), required=True)
     p.add_argument("--prompts", help="SFT or preference dataset of prompts (default: sample-sft)")
-    p.add_argument("--constitution", help="constitution name (default: helpful-harmless-en)")
+    p.add_argument("--constitution", help="constitution name (default: helpful-safe-en)")
     p.add_argument("--limit", type=int, help="how many prompts (default: 16)")
     p.add_argument("--dataset", required=True, help="the preference dataset to add pairs to")
     p.add_argument("--judge", help="a run id (its adapter judges) or a model folder/hub id "

@@ -3,7 +3,7 @@
 A constitution is stored in SQLite (the `constitutions` table, through
 storage.constitutions); saving one with other principles makes a new version, so every
 AI-made pair can name the exact version it was judged by. Four samples ship in
-assets/constitutions/ (helpful and harmless; concise and factual; English and French) and
+assets/constitutions/ (helpful and safe; concise and factual; English and French) and
 are added to a database when absent (`ensure_shipped`, idempotent: a user's later
 versions are kept).
 """
@@ -16,9 +16,9 @@ from engine.schema import ConfigError
 from storage import constitutions as db
 
 ASSETS = Path(__file__).resolve().parent.parent.parent / "assets" / "constitutions"
-SHIPPED = ("helpful-harmless-en", "helpful-harmless-fr", "concise-factual-en",
+SHIPPED = ("helpful-safe-en", "helpful-safe-fr", "concise-factual-en",
            "concise-factual-fr")
-DEFAULT = "helpful-harmless-en"
+DEFAULT = "helpful-safe-en"
 LANGUAGES = ("en", "fr")
 OFFERED_KEY = "constitutions_offered"
 
