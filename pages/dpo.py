@@ -9,9 +9,10 @@ import streamlit as st
 from engine.inference.models import display_name
 from engine.objectives import LATEX
 from engine.training.dpo import DPOConfig
-from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
+from ui.common import (datasets_or_hint, get_store, job_panel,
                        model_spec, run_label, translated_choice)
 from ui.i18n import t
+from ui.rl_diagnostics import chart_with_formulas
 from ui.stage_page import PageFields, StagePage
 
 store = get_store()
@@ -48,18 +49,6 @@ def page_fields() -> PageFields | None:
 # -- one run ---------------------------------------------------------------------------------
 def _fmt(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _chart(names: list[str], title: str, formulas: list[str], run_id: int, smoothing: float,
-           caption: str | None = None, rule: float | None = None) -> None:
-    chart, eq = st.columns([3, 2])
-    with chart:
-        line_chart(metrics_frame(run_id, names), title, smoothing=smoothing, rule=rule)
-    with eq:
-        for formula in formulas:
-            st.latex(formula)
-        if caption:
-            st.caption(caption)
 
 
 def samples_table(run_id: int) -> None:
@@ -101,18 +90,18 @@ def run_view(run_id: int) -> dict:
 
     smoothing = st.slider(t("dpo.smoothing"), 0.0, 0.95, 0.0, 0.05, key=f"dpo_smooth_{run_id}")
     loss_formula = LATEX["ipo_loss" if cfg.get("loss_type") == "ipo" else "dpo_loss"]
-    _chart(["loss", "eval_loss"], t("dpo.chart_loss"), [loss_formula, LATEX["dpo_margin"]],
-           run_id, smoothing, t("dpo.loss_caption"))
-    _chart(["reward_chosen", "reward_rejected", "reward_margin"], t("dpo.chart_rewards"),
-           [LATEX["dpo_implicit_reward"]], run_id, smoothing, t("dpo.rewards_caption"), rule=0.0)
-    _chart(["reward_accuracy", "eval_reward_accuracy"], t("dpo.chart_accuracy"),
-           [LATEX["dpo_reward_accuracy"]], run_id, smoothing, rule=0.5)
-    _chart(["logp_chosen", "logp_rejected"], t("dpo.chart_logp"),
-           [LATEX["sequence_logprobs"]], run_id, smoothing, t("dpo.logp_caption"))
+    chart = chart_with_formulas
+    chart(run_id, ["loss", "eval_loss"], t("dpo.chart_loss"),
+          [loss_formula, LATEX["dpo_margin"]], t("dpo.loss_caption"), smoothing)
+    chart(run_id, ["reward_chosen", "reward_rejected", "reward_margin"], t("dpo.chart_rewards"),
+          [LATEX["dpo_implicit_reward"]], t("dpo.rewards_caption"), smoothing, rule=0.0)
+    chart(run_id, ["reward_accuracy", "eval_reward_accuracy"], t("dpo.chart_accuracy"),
+          [LATEX["dpo_reward_accuracy"]], None, smoothing, rule=0.5)
+    chart(run_id, ["logp_chosen", "logp_rejected"], t("dpo.chart_logp"),
+          [LATEX["sequence_logprobs"]], t("dpo.logp_caption"), smoothing)
     estimator = cfg.get("kl_estimator", defaults.kl_estimator)
-    _chart(["kl_to_ref"], t("dpo.chart_kl"),
-           [LATEX["kl_k3" if estimator == "k3" else "kl_k1"]], run_id, 0.0,
-           t("dpo.kl_caption"))
+    chart(run_id, ["kl_to_ref"], t("dpo.chart_kl"),
+          [LATEX["kl_k3" if estimator == "k3" else "kl_k1"]], t("dpo.kl_caption"))
     samples_table(run_id)
     with st.expander(t("dpo.config")):
         st.json(cfg)
