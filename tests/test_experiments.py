@@ -379,3 +379,16 @@ def test_cancelling_a_cli_sweeps_run_from_another_process_cancels_the_group(stor
     assert [r["status"] for r in report["runs"]] == ["cancelled", "pending"]
     assert store.get_run(child["id"])["status"] == "cancelled"
     assert [r["id"] for r in store.list_runs(stage="sft")] == [child["id"]]
+
+
+def test_a_sweep_whose_runs_all_end_alike_says_so_instead_of_naming_a_best():
+    from engine.experiments.runner import sweep_sentence
+
+    group = {"stage": "ppo", "config": {"vary": {"cliprange": [0.2, 1e6]}}}
+    same = [{"key": "a", "cliprange": 0.2, "status": "succeeded", "score_mean": 0.375},
+            {"key": "b", "cliprange": 1e6, "status": "succeeded", "score_mean": 0.375}]
+    out = sweep_sentence(group, same)
+    assert out["key"] == "experiments.sweep_same" and out["params"]["value"] == "0.375"
+    differ = [dict(same[0]), dict(same[1], score_mean=0.5)]
+    out = sweep_sentence(group, differ)
+    assert out["key"] == "experiments.sweep_best_high" and out["params"]["best"] == "0.5"

@@ -189,6 +189,9 @@ def sweep_sentence(group: dict, table: list[dict]) -> dict | None:
         return ", ".join(f"{k}={value_text(row[k])}" for k in varied if k in row) or row["key"]
 
     best, worst = rows[0], rows[-1]
+    if f"{best[metric]:.4g}" == f"{worst[metric]:.4g}":  # no run did better than another
+        return {"key": "experiments.sweep_same",
+                "params": {"metric": metric, "value": f"{best[metric]:.4g}", "n": len(rows)}}
     return {"key": f"experiments.sweep_best_{better}",
             "params": {"metric": metric, "best": f"{best[metric]:.4g}", "best_run": label(best),
                        "worst": f"{worst[metric]:.4g}", "worst_run": label(worst),
