@@ -70,7 +70,8 @@ def cmd_train(args) -> int:
     data = stages.apply_overrides(data, args.set)
     store = store_of(args)
     t0 = time.perf_counter()
-    run = run_sync(store, args.stage, data, name=args.name)
+    run = run_sync(store, args.stage, data, name=args.name, run_id=args.run_id,
+                   resume=args.resume)
     if not run.get("main", True):  # another process of `accelerate launch`: main reports
         return 0
     out = {"run_id": run["id"], "status": run["status"], "seconds": round(time.perf_counter() - t0, 2),
@@ -110,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (dotted for nested, JSON values)")
     p.add_argument("--name")
+    # the processes a run of several processes launches (engine.runtime.launch) run the
+    # run the job engine created: its id, and whether they continue it from a checkpoint
+    p.add_argument("--run-id", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     for name in CLI_MODULES:

@@ -17,3 +17,8 @@ class NonFiniteError(RuntimeError):
 class CheckpointError(RuntimeError):
     """A checkpoint that must not or cannot be loaded (an old pickle checkpoint, a file
     that is not what it claims to be); the run fails with this message, nothing is run."""
+
+
+class TrackerError(RuntimeError):
+    """An experiment tracker (TensorBoard, MLflow) that cannot be used when the run starts;
+    the run fails with this message unless its settings say to warn and go on."""

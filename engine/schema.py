@@ -130,6 +130,12 @@ class SamplingSettings:
     max_new_tokens: int = setting(48, min=1, max=4096)
 
 
+# "none", or the trackers a run reports to, as TRL and transformers name them
+REPORT_TO = ("none", "tensorboard", "mlflow", "tensorboard,mlflow")
+# the accelerate config files the project ships (configs/accelerate/<name>.yaml)
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+
+
 @dataclass
 class TrainConfig(StageConfig):
     """What every training stage shares."""
@@ -148,6 +154,69 @@ class TrainConfig(StageConfig):
     save_every: int = setting(10, min=0, max=10_000_000, group=ADVANCED)
     keep_checkpoints: int = setting(2, min=0, max=1000, group=ADVANCED)
     lora: LoraSettings = setting(factory=LoraSettings, group=ADVANCED)
+    # several processes (engine.runtime.launch) and experiment trackers (engine.runtime.trackers)
+    processes: int = setting(1, min=1, max=1024)
+    accelerate_config: str = setting("", group=ADVANCED)
+    report_to: str = setting("none", choices=REPORT_TO, group=ADVANCED)
+    tracker_experiment: str = setting("", group=ADVANCED)
+    tracking_uri: str = setting("", group=ADVANCED)
+    tracker_artifacts: bool = setting(False, group=ADVANCED)
+    tracker_errors: str = setting("fail", choices=("fail", "warn"), group=ADVANCED)
+
+    def check(self) -> None:
+        super().check()
+        check_processes(self.processes)
+        if self.accelerate_config:
+            accelerate_config_path(self.accelerate_config)  # ConfigError when missing
+            if self.processes < 2:
+                raise ConfigError("accelerate_config", "an accelerate config file is used "
+                                                       "by runs of 2 or more processes")
+
+
+def max_processes() -> int:
+    """Processes a run may use here: the GPUs on a GPU machine, else the CPU cores."""
+    import os
+
+    if _has_cuda():
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    try:
+        return max(1, len(os.sched_getaffinity(0)))  # the cores this process may use
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def check_processes(processes: int) -> None:
+    """At most one process per GPU (per CPU core without one). Inside a launch (WORLD_SIZE
+    set) the launcher has decided already: nothing to check."""
+    import os
+
+    if processes <= 1 or int(os.environ.get("WORLD_SIZE") or 1) > 1:
+        return
+    most = max_processes()
+    if processes > most:
+        raise ConfigError("processes", f"{processes} processes, but this machine has {most} "
+                                       f"{'GPU(s)' if _has_cuda() else 'CPU core(s)'}")
+
+
+def _has_cuda() -> bool:
+    from engine.inference.models import pick_device
+
+    return pick_device().type == "cuda"
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A shipped preset by name (configs/accelerate/<name>.yaml) or a file's path."""
+    preset = ACCELERATE_CONFIGS / f"{name}.yaml"
+    if preset.is_file():
+        return preset
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    shipped = sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))
+    raise ConfigError("accelerate_config", f"{name!r} is neither a shipped config "
+                                           f"({', '.join(shipped)}) nor a file")
 
 
 SCHEDULES = ("cosine", "linear", "constant")

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from engine.runtime import stages
 # re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
-from engine.errors import CheckpointError, JobCancelled, NonFiniteError  # noqa: F401
+from engine.errors import CheckpointError, JobCancelled, NonFiniteError, TrackerError  # noqa: F401
 from engine.inference.models import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
@@ -38,7 +38,8 @@ class JobContext:
     """What a running stage sees: storage, its folder, progress, cancel."""
 
     def __init__(self, store: Store, run_id: int, config: Any, resume: bool = False,
-                 cancel_event: threading.Event | None = None, may_write: bool = True):
+                 cancel_event: threading.Event | None = None, may_write: bool = True,
+                 agree: Callable[[bool], bool] | None = None):
         self.store = store
         self.run_id = run_id
         self.config = config
@@ -47,6 +48,10 @@ class JobContext:
         # Under `accelerate launch` the other processes get may_write=False: they never
         # write, whatever the stage sets is_main_process to.
         self.may_write = may_write
+        # under `accelerate launch`: whether ANY process was asked to cancel (a collective
+        # every process calls at the same point), so that all of them stop together
+        self.agree = agree
+        self.trackers = None  # engine.runtime.trackers.Trackers of the main process
         self._main = True  # stages on accelerate set is_main_process; only main writes
         self._run_dir: Path | None = None
         self._paced = False  # whether this attempt's first step report was recorded
@@ -71,7 +76,11 @@ class JobContext:
         return self.cancel_event.is_set()
 
     def check_cancel(self) -> None:
-        if self.cancel_event.is_set():
+        asked = self.cancel_event.is_set()
+        if self.agree is not None:
+            asked = self.agree(asked)
+        if asked:
+            self.cancel_event.set()
             raise JobCancelled(f"run {self.run_id} cancelled")
 
     # -- writing -----------------------------------------------------------------
@@ -104,8 +113,10 @@ class JobContext:
                     f"step {step}: {name} is {value} (not finite); lower the learning rate "
                     f"or check the data")
         if self.is_main_process:
-            self.store.log_metrics(self.run_id, step, {k: v for k, v in clean.items()
-                                                       if math.isfinite(v)})
+            finite = {k: v for k, v in clean.items() if math.isfinite(v)}
+            self.store.log_metrics(self.run_id, step, finite)
+            if self.trackers is not None:  # after the database: a tracker never loses a row
+                self.trackers.metrics(step, finite)
 
     def samples(self, step: int, rows: list[dict]) -> None:
         if self.is_main_process and rows:
@@ -137,30 +148,44 @@ def config_dict(config: Any) -> dict:
 
 
 def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool = False,
-            cancel_event: threading.Event | None = None) -> str:
-    """Run one stage function as run `run_id`, recording its outcome. Returns the status."""
-    ctx = JobContext(store, run_id, config, resume=resume, cancel_event=cancel_event)
+            cancel_event: threading.Event | None = None,
+            agree: Callable[[bool], bool] | None = None,
+            stopped: Callable[[], bool] | None = None) -> str:
+    """Run one stage function as run `run_id`, recording its outcome. Returns the status.
+
+    `agree`: see JobContext (several processes). `stopped`: whether the process was told
+    to stop from outside (the launcher, when another process of the launch failed): an
+    error after that makes the run `interrupted` (resumable), not `failed`."""
+    from engine.runtime import trackers
+
+    ctx = JobContext(store, run_id, config, resume=resume, cancel_event=cancel_event,
+                     agree=agree)
     store.claim_run(run_id)
     ctx.log("resumed" if resume else "started")
+    summary: dict = {}
+    error = None
     try:
+        ctx.trackers = trackers.open_for(ctx)
         summary = fn(config, ctx) or {}
+        status, message, level = "succeeded", "finished", "info"
     except (JobCancelled, KeyboardInterrupt):
-        store.finish_run(run_id, "cancelled")
-        ctx.log("cancelled; the last checkpoint is kept")
-        return "cancelled"
-    except (NonFiniteError, CheckpointError) as exc:
-        store.finish_run(run_id, "failed", error=str(exc))
-        ctx.log(str(exc), "error")
-        return "failed"
+        status, message, level = "cancelled", "cancelled; the last checkpoint is kept", "info"
+    except (NonFiniteError, CheckpointError, TrackerError) as exc:
+        status, message, level, error = "failed", str(exc), "error", str(exc)
     except BaseException as exc:  # noqa: BLE001 - a failed job must never kill the app
-        tb = traceback.format_exc()
-        store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n{tb}")
-        ctx.log(f"{type(exc).__name__}: {exc}", "error")
-        return "failed"
-    store.update_run(run_id, progress=1.0)  # before: a failing write cannot undo the success
-    store.finish_run(run_id, "succeeded", summary=summary)
-    ctx.log("finished")
-    return "succeeded"
+        error = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
+        status, message, level = "failed", f"{type(exc).__name__}: {exc}", "error"
+        if stopped is not None and stopped():
+            status = "interrupted"
+            message = f"interrupted (another process of the launch stopped): {message}"
+    if status == "succeeded":  # before: a failing write cannot undo the success
+        store.update_run(run_id, progress=1.0)
+    store.finish_run(run_id, status, error=error,
+                     summary=summary if status == "succeeded" else None)
+    ctx.log(message, level)
+    if ctx.trackers is not None:  # after the run's own records
+        ctx.trackers.finish(status, summary)
+    return status
 
 
 # runs a stage executes inline (the runs of a run group, engine.experiments.runner), by id
@@ -243,8 +268,13 @@ class JobManager:
                 return
             if self.store.get_run(run_id)["status"] != "queued":
                 return  # cancelled while queued from another process
-            execute(self.store, run_id, config, spec.function(), resume=resume,
-                    cancel_event=cancel)
+            if launched(config):  # several processes: `accelerate launch` (engine.runtime.launch)
+                from engine.runtime.launch import run_launched
+
+                run_launched(self.store, run_id, spec.name, config, resume=resume, cancel=cancel)
+            else:
+                execute(self.store, run_id, config, spec.function(), resume=resume,
+                        cancel_event=cancel)
         except BaseException as exc:  # noqa: BLE001 - e.g. the stage failed to import
             self.store.finish_run(run_id, "failed", error=f"{type(exc).__name__}: {exc}\n\n"
                                                           f"{traceback.format_exc()}")
@@ -410,22 +440,33 @@ def get_manager(store: Store | None = None) -> JobManager:
 
 
 def run_sync(store: Store, stage: str, config: Any = None, *, name: str | None = None,
-             parents: list[int] | None = None) -> dict:
+             parents: list[int] | None = None, run_id: int | None = None,
+             resume: bool = False) -> dict:
     """Run a stage in the calling thread (the headless CLI): same code the pages use.
 
     Under `accelerate launch`/torchrun (WORLD_SIZE > 1) every process calls this; the run
-    is recorded once: see run_distributed.
+    is recorded once: see run_distributed. A config asking for several processes
+    (`processes` ≥ 2) outside a launch starts one (engine.runtime.launch) and waits for it.
+    `run_id`: an existing queued run to run (the launched processes get it), `resume`: it
+    continues from its last checkpoint.
     """
     spec = stages.get(stage)
     config = spec.make_config(config)
     if world_size() > 1:
-        return run_distributed(store, stage, config, name=name, parents=parents)
-    run_id = store.create_run(stage, config_dict(config), name=name, parents=parents,
-                              model=getattr(config, "model", None),
-                              dataset=getattr(config, "dataset", None))
+        return run_distributed(store, stage, config, name=name, parents=parents,
+                               run_id=run_id, resume=resume)
+    if run_id is None:
+        run_id = store.create_run(stage, config_dict(config), name=name, parents=parents,
+                                  model=getattr(config, "model", None),
+                                  dataset=getattr(config, "dataset", None))
     cancel = threading.Event()
     with sigterm_cancels(cancel):  # Cancel on the Runs page of another process sends SIGTERM
-        execute(store, run_id, config, spec.function(), cancel_event=cancel)
+        if launched(config):
+            from engine.runtime.launch import run_launched
+
+            run_launched(store, run_id, stage, config, resume=resume, cancel=cancel)
+        else:
+            execute(store, run_id, config, spec.function(), resume=resume, cancel_event=cancel)
     return store.get_run(run_id)
 
 
@@ -434,12 +475,22 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE") or 1)
 
 
+def launched(config: Any) -> bool:
+    """Whether a run of `config` starts its own `accelerate launch` (2+ processes asked for,
+    and this process is not one of a launch already)."""
+    return int(getattr(config, "processes", 1) or 1) > 1 and world_size() == 1
+
+
 def run_distributed(store: Store, stage: str, config: Any, *, name: str | None = None,
-                    parents: list[int] | None = None) -> dict:
-    """One run over several processes. The main process creates the run row, broadcasts
-    its id, and records the run exactly as `execute` does; every other process runs the
-    same stage with a JobContext that never writes (may_write=False) and returns
-    {"id", "status", "main": False} without touching storage."""
+                    parents: list[int] | None = None, run_id: int | None = None,
+                    resume: bool = False) -> dict:
+    """One run over several processes. The main process creates the run row (or takes
+    `run_id`, queued or claimed by the launching job engine), broadcasts its id, and records
+    the run exactly as `execute` does; every other process runs the same stage with a
+    JobContext that never writes (may_write=False) and returns {"id", "status", "main":
+    False} without touching storage. Cancel (SIGTERM to the main process) stops every
+    process at the same check (JobContext.agree); SIGTERM from the launcher, when another
+    process failed, makes the run `interrupted`."""
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list
 
@@ -455,26 +506,57 @@ def run_distributed(store: Store, stage: str, config: Any, *, name: str | None =
         from engine.inference.models import ensure_embedded_cache
 
         ensure_embedded_cache()  # convert once per node before the other processes load it
+    if hasattr(config, "processes"):
+        config.processes = state.num_processes  # a resume relaunches as many
     box = [None]
     if state.is_main_process:
-        box[0] = store.create_run(stage, config_dict(config), name=name, parents=parents,
-                                  model=getattr(config, "model", None),
-                                  dataset=getattr(config, "dataset", None))
-    run_id = int(broadcast_object_list(box, from_process=0)[0])
+        if run_id is None:
+            box[0] = store.create_run(stage, config_dict(config), name=name, parents=parents,
+                                      model=getattr(config, "model", None),
+                                      dataset=getattr(config, "dataset", None))
+        elif store.get_run(run_id)["status"] in ACTIVE_STATES:
+            box[0] = int(run_id)
+        else:
+            box[0] = -1  # cancelled before the processes were up: nothing to run
+    got = int(broadcast_object_list(box, from_process=0)[0])
+    if got < 0:
+        return {**store.get_run(run_id), "main": state.is_main_process}
+    agree = _any_process(state.device)
     if state.is_main_process:
-        # the launcher stops every process with SIGTERM when one fails: record it as failed
-        previous = signal.signal(signal.SIGTERM, _terminated)
+        cancel, stopped = threading.Event(), []
+
+        def on_sigterm(signum, frame):
+            if stopped:
+                raise KeyboardInterrupt("SIGTERM twice: stopping now")
+            stopped.append(signum)
+            cancel.set()  # every process stops at its next check; no storage write here
+
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
-            execute(store, run_id, config, spec.function())
+            execute(store, got, config, spec.function(), resume=resume, cancel_event=cancel,
+                    agree=agree, stopped=lambda: bool(stopped))
         finally:
             signal.signal(signal.SIGTERM, previous)
-        return {**store.get_run(run_id), "main": True}
-    ctx = JobContext(store, run_id, config, may_write=False)
-    summary = spec.function()(config, ctx) or {}
-    return {"id": run_id, "status": "succeeded", "summary": summary, "error": None,
+        return {**store.get_run(got), "main": True}
+    ctx = JobContext(store, got, config, resume=resume, may_write=False, agree=agree)
+    try:
+        summary = spec.function()(config, ctx) or {}
+    except JobCancelled:
+        return {"id": got, "status": "cancelled", "summary": {}, "error": None, "main": False}
+    return {"id": got, "status": "succeeded", "summary": summary, "error": None,
             "main": False}
 
 
-def _terminated(signum, frame):
-    raise SystemExit("stopped by the launcher (SIGTERM): another process of this launch "
-                     "failed or was stopped")
+def _any_process(device) -> Callable[[bool], bool]:
+    """A collective: True on every process when any process passes True."""
+    import torch
+    import torch.distributed as dist
+
+    def agree(flag: bool) -> bool:
+        if not dist.is_initialized():
+            return flag
+        t = torch.tensor([1 if flag else 0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
+    return agree
