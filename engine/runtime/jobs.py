@@ -150,12 +150,12 @@ def config_dict(config: Any) -> dict:
 def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool = False,
             cancel_event: threading.Event | None = None,
             agree: Callable[[bool], bool] | None = None,
-            stopped: Callable[[], bool] | None = None) -> str:
+            stopped: Callable[[BaseException], bool] | None = None) -> str:
     """Run one stage function as run `run_id`, recording its outcome. Returns the status.
 
-    `agree`: see JobContext (several processes). `stopped`: whether the process was told
-    to stop from outside (the launcher, when another process of the launch failed): an
-    error after that makes the run `interrupted` (resumable), not `failed`."""
+    `agree`: see JobContext (several processes). `stopped(error)`: whether an error comes
+    from outside the stage (another process of the launch died, the launcher stopped this
+    one): the run is then `interrupted` (resumable), not `failed`."""
     from engine.runtime import trackers
 
     ctx = JobContext(store, run_id, config, resume=resume, cancel_event=cancel_event,
@@ -175,7 +175,7 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
     except BaseException as exc:  # noqa: BLE001 - a failed job must never kill the app
         error = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"
         status, message, level = "failed", f"{type(exc).__name__}: {exc}", "error"
-        if stopped is not None and stopped():
+        if stopped is not None and stopped(exc):
             status = "interrupted"
             message = f"interrupted (another process of the launch stopped): {message}"
     if status == "succeeded":  # before: a failing write cannot undo the success
@@ -534,7 +534,7 @@ def run_distributed(store: Store, stage: str, config: Any, *, name: str | None =
         previous = signal.signal(signal.SIGTERM, on_sigterm)
         try:
             execute(store, got, config, spec.function(), resume=resume, cancel_event=cancel,
-                    agree=agree, stopped=lambda: bool(stopped))
+                    agree=agree, stopped=lambda exc: bool(stopped) or _peer_lost(exc))
         finally:
             signal.signal(signal.SIGTERM, previous)
         return {**store.get_run(got), "main": True}
@@ -545,6 +545,18 @@ def run_distributed(store: Store, stage: str, config: Any, *, name: str | None =
         return {"id": got, "status": "cancelled", "summary": {}, "error": None, "main": False}
     return {"id": got, "status": "succeeded", "summary": summary, "error": None,
             "main": False}
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """Whether an error is the communication backend's (gloo, NCCL): another process of the
+    launch is gone, as when it crashed or was killed."""
+    import torch.distributed as dist
+
+    dist_error = getattr(dist, "DistError", None)
+    if dist_error is not None and isinstance(exc, dist_error):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(k in text for k in ("gloo", "NCCL", "nccl"))
 
 
 def _any_process(device) -> Callable[[bool], bool]:

@@ -102,6 +102,8 @@ def run_launched(store, run_id: int, stage: str, config: Any, resume: bool = Fal
             break
         except subprocess.TimeoutExpired:
             pass
+        except KeyboardInterrupt:  # Ctrl-C in the CLI: the launch (its own session) cancels
+            cancel.set()
         if cancel.is_set() and not asked:
             asked = True
             _stop(proc, store.get_run(run_id))
