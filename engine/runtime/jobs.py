@@ -10,6 +10,11 @@ and the same cores. Workers write to storage only; pages poll storage.
 Cancel: a run of this process's queue is cancelled through its threading.Event; a run
 started by the headless CLI (another process) is sent SIGTERM, which `run_sync` turns
 into the same cancel (see JobManager.cancel).
+
+A training run whose `processes` setting is 2 or more is run by the worker (or the CLI)
+through `accelerate launch` (engine.runtime.launch.run_launched); its processes record it
+through `run_distributed`. Trackers (report_to: engine.runtime.trackers) are opened by
+`execute` and receive every metric after the database does.
 """
 from __future__ import annotations
 

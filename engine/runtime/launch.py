@@ -12,9 +12,10 @@ Cancel: the launcher's rank 0 is sent SIGTERM; it asks every process to stop at 
 point of the step (JobContext.check_cancel agrees across processes), the last finished
 step is saved, and the run ends `cancelled`. Before rank 0 has claimed the run (still
 starting), the whole process group is stopped instead. When the launch ends and the run is
-still active (a process was killed before it could record anything), the run becomes
-`cancelled` if a cancel was asked, else `interrupted`; Resume continues it from its last
-checkpoint with the same number of processes.
+still active (nobody could record its end), the run becomes `cancelled` if a cancel was
+asked, `failed` if its processes never started it (the launcher itself failed: a bad
+accelerate config, a missing package), else `interrupted` (a process was killed); Resume
+continues it from its last checkpoint with the same number of processes.
 """
 from __future__ import annotations
 
@@ -113,13 +114,19 @@ def run_launched(store, run_id: int, stage: str, config: Any, resume: bool = Fal
             store.finish_run(run_id, "cancelled")
             store.log(run_id, "cancelled before the processes had started training")
         else:
+            # the processes never started the run (no rank 0 claimed it): the launch itself
+            # failed (a bad accelerate config, a missing package), and resuming cannot help
+            started = run.get("pid") != proc.pid
+            status = "interrupted" if started else "failed"
+            what = "before the run was recorded as finished" if started else \
+                "before its processes started the run"
             tail = log_path.read_text(errors="replace")[-LOG_TAIL:]
-            store.finish_run(run_id, "interrupted",
-                             error=f"the launch ended (exit code {proc.returncode}) before "
-                                   f"the run was recorded as finished; launch.log ends "
-                                   f"with:\n\n{tail}")
-            store.log(run_id, f"interrupted: the launch ended with exit code "
-                              f"{proc.returncode}", "error")
+            last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+            store.finish_run(run_id, status, error=f"the launch ended (exit code "
+                                                   f"{proc.returncode}) {what}: {last}\n\n"
+                                                   f"launch.log ends with:\n{tail}")
+            store.log(run_id, f"{status}: the launch ended with exit code {proc.returncode} "
+                              f"{what}", "error")
     return store.get_run(run_id)["status"]
 
 
