@@ -63,6 +63,26 @@ def model_spec() -> str:
     return st.session_state.get("model_spec") or EMBEDDED
 
 
+def device_caption(draw) -> None:
+    """`draw(device_summary)` once torch is imported; before that (the first page load of a
+    fresh server, while engine.inference.specs.warm_up imports it in the background) a
+    "detecting…" caption, polled, and the page rerun once the device is known."""
+    from engine.inference.specs import device_summary_if_loaded
+
+    dev = device_summary_if_loaded()
+    if dev is not None:
+        draw(dev)
+        return
+
+    @st.fragment(run_every=0.5)
+    def detecting() -> None:
+        if device_summary_if_loaded() is not None:
+            st.rerun(scope="app")
+        st.caption(t("app.device_detecting"))
+
+    detecting()
+
+
 def status_label(status: str) -> str:
     return f"{STATUS_ICONS.get(status, '')} {t('common.status_' + status)}"
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 from engine.runtime import stages
 # re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
 from engine.errors import CheckpointError, JobCancelled, NonFiniteError  # noqa: F401
-from engine.inference.models import run_dir as _run_dir
+from engine.inference.specs import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
 
