@@ -17,7 +17,7 @@ from storage.db import ACTIVE_STATES
 from ui import feedback
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)
-from ui.i18n import t
+from ui.i18n import t, tn
 
 PAGE_ROWS = 200
 PROMPT_OPTIONS = 1000  # prompts offered for a vote (a select box of 30k entries is unusable)
@@ -280,6 +280,13 @@ def import_tab() -> None:
             refused = True
     path = st.text_input(t("data.local_path"), key=f"import_path_{version}",
                          help=t("data.local_path_help")).strip()
+    # the name follows the file chosen (upload or path) until the person types one of their own
+    filename = uploaded.name if uploaded is not None else path
+    auto = D.default_name(filename) if filename else ""
+    name_key, auto_key = f"import_name_{version}", f"import_name_auto_{version}"
+    if st.session_state.get(name_key, "") in ("", st.session_state.get(auto_key, "")):
+        st.session_state[name_key] = auto
+    st.session_state[auto_key] = auto
     cols = st.columns(3)
     kind = translated_choice(cols[0].selectbox, t("data.kind"), ["auto", *D.KINDS],
                              "import_kind", lambda k: t("data.kind_" + k))
@@ -288,10 +295,8 @@ def import_tab() -> None:
     max_chars = cols[2].number_input(t("data.max_chars"), 100, 1_000_000, D.DEFAULT_MAX_CHARS,
                                      step=1000, key="import_max_chars")
     source = uploaded if uploaded is not None else (path or None)
-    filename = uploaded.name if uploaded is not None else path
-    name = st.text_input(t("data.import_name"), key=f"import_name_{version}",
-                         placeholder=D.default_name(filename) if filename else "").strip()
-    target = name or (D.default_name(filename) if filename else "")
+    name = st.text_input(t("data.import_name"), key=name_key).strip()
+    target = name or auto
     mode = "new"
     if target and target in {d["name"] for d in D.list_datasets(store)}:
         st.warning(t("data.exists", name=target))
@@ -541,8 +546,10 @@ def collect_tab() -> None:
             st.info(t("data.collect_waiting"))
         target = (st.session_state.get("collect_target") or "").strip() or "human-preferences"
         counts = collect.vote_counts(store, target)
-        st.caption(t("data.collect_counts", name=target, a=counts["a"] + counts["b"],
-                     tie=counts["tie"], both_bad=counts["both_bad"]))
+        st.caption(t("data.collect_counts", name=target,
+                     a=tn("data.collect_pairs", counts["a"] + counts["b"]),
+                     tie=tn("data.collect_ties", counts["tie"]),
+                     both_bad=tn("data.collect_both_bad", counts["both_bad"])))
 
 
 tab_datasets, tab_import, tab_collect, tab_feedback = st.tabs(
