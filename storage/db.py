@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -125,6 +125,7 @@ class Store:
             self._create_v1(db)
             self._add_v2(db)
             self._add_v3(db)
+            self._add_v4(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     @staticmethod
@@ -191,6 +192,12 @@ class Store:
                            ("attempt_time", float), ("cancel_requested", float)):
             if name not in have:
                 db["runs"].add_column(name, kind)
+
+    @staticmethod
+    def _add_v4(db: sqlite_utils.Database) -> None:
+        """The time of a run's latest step report (the ETA counts down from it)."""
+        if "step_time" not in db["runs"].columns_dict:
+            db["runs"].add_column("step_time", float)
 
     @staticmethod
     def _add_v3(db: sqlite_utils.Database) -> None:
@@ -468,7 +475,8 @@ class Store:
         `claimed` is this attempt's start, and its pace starts afresh."""
         now = _now()
         self.update_run(run_id, status="running", started=self.get_run(run_id)["started"] or now,
-                        claimed=now, attempt_step=None, attempt_time=None, finished=None,
+                        claimed=now, attempt_step=None, attempt_time=None, step_time=None,
+                        finished=None,
                         error=None, pid=os.getpid(), host=socket.gethostname())
 
     def request_cancel(self, run_id: int) -> None:

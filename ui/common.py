@@ -131,17 +131,23 @@ def run_label(run: dict) -> str:
 
 
 def eta_text(run: dict, now: float | None = None) -> str:
-    """About how long the steps left take, at this attempt's pace: from its first step report
-    (`attempt_step` at `attempt_time`, so loading, evaluating before training and an earlier
-    attempt's steps are left out) to now. Empty until a step has completed in this attempt,
-    and once the last step is done (what follows has no estimate: see progress_text)."""
+    """About how long the steps left take, at this attempt's pace: from the start of its step
+    loop (`attempt_step` at `attempt_time`: `JobContext.steps_begin`, else its first step
+    report, so loading, evaluating before training and an earlier attempt's steps are left
+    out) to its latest step report (`step_time`). Between two reports it counts down from
+    that report, but never below the whole steps after the current one: it never counts up
+    while a step runs. Empty until a step has completed in this attempt, and once the last
+    step is done (what follows has no estimate: see progress_text)."""
     step, total = run.get("step") or 0, run.get("total_steps") or 0
     base_step, base_time = run.get("attempt_step"), run.get("attempt_time")
     if run["status"] != "running" or not total or step >= total or base_time is None \
             or base_step is None or step <= base_step:
         return ""
-    pace = max(0.0, (now or time.time()) - base_time) / (step - base_step)
-    return t("common.eta", seconds=max(1, round(pace * (total - step))))
+    now = now or time.time()
+    last = run.get("step_time") or now  # (a run stored before step_time: paced up to now)
+    pace = max(0.0, last - base_time) / (step - base_step)
+    left = max(pace * (total - step) - max(0.0, now - last), pace * (total - step - 1))
+    return t("common.eta", seconds=max(1, round(left)))
 
 
 def progress_text(run: dict) -> str:
