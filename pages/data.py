@@ -107,6 +107,9 @@ def new_dataset_form() -> None:
                 st.rerun()
 
 
+LENGTH_CHART_HEIGHT = 240  # pixels, title and axes included
+
+
 def length_chart(stats: dict) -> None:
     """One histogram of lengths (characters) per field: prompt, response or chosen/rejected."""
     fields = [name for name, values in stats["lengths"].items() if values]
@@ -116,9 +119,12 @@ def length_chart(stats: dict) -> None:
             x=alt.X("chars:Q", bin=alt.Bin(maxbins=25), title=t("data.chars")),
             y=alt.Y("count():Q", title=t("data.count")),
             tooltip=[alt.Tooltip("count():Q", title=t("data.count"))],
-        ).properties(height=150, title=t("data.length_of", field=t("data.field_" + name)))
+        ).properties(title=t("data.length_of", field=t("data.field_" + name)))
         with col:
-            st.altair_chart(chart, width="stretch")
+            # the element's height, title and axes included (a height set on the chart
+            # itself was shared with them: its bars were squeezed into ~25 px)
+            st.altair_chart(chart.configure_axis(labelOverlap=True), width="stretch",
+                            height=LENGTH_CHART_HEIGHT)
 
 
 def stats_section(ds: dict) -> dict:

@@ -326,6 +326,9 @@ def _chart_frame(df: pd.DataFrame, smoothing: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+LEGEND_ROW_PX = 30  # a legend line under a chart
+
+
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
                height: int = 220, rule: float | None = None):
     """A metric line chart: series named by `metric_label` (legend and tooltip), smoothed by
@@ -342,10 +345,15 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
     num = {"type": "quantitative"}
     x = {"field": "step", **num, "title": t("common.step"),
          "axis": {"format": "d", "tickMinStep": 1}}
-    # one series: the title names it, a legend would only squeeze the plot
-    color = {"field": "series", "type": "nominal", "title": None}
-    if df["series"].nunique() == 1:
+    # one series: the title names it, a legend would only squeeze the plot; several: under
+    # the plot, one per line, never cut ("Eval score, held-out pro…" at Vega's 160 px)
+    color = {"field": "series", "type": "nominal", "title": None,
+             "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 0}}
+    series = df["series"].nunique()
+    if series == 1:
         color["legend"] = None
+    else:  # the chart's height holds the legend too (Streamlit fits the whole into it)
+        height += LEGEND_ROW_PX * series
     tooltip = [{"field": "series", "type": "nominal", "title": t("common.series")},
                {"field": "step", **num, "title": t("common.step")},
                {"field": "value", **num, "format": ".4g", "title": t("common.value")}]
