@@ -288,7 +288,13 @@ def delete_form(run: dict) -> None:
 
 
 with tab_open:
-    if rows:
+    # the run open here stays open when an action on it (Resume, Cancel) takes it out of
+    # the filter: the view jumped to another run (a resumed #8 is no longer "cancelled")
+    kept = st.session_state.get("runs_open")
+    if kept not in by_id and kept in {r["id"] for r in all_rows}:
+        by_id = {kept: next(r for r in all_rows if r["id"] == kept), **by_id}
+        st.caption(t("runs.open_outside_filter", id=kept))
+    if by_id:
         wanted = st.session_state.pop("runs_open_next", None)
         if wanted in by_id:
             st.session_state["runs_open"] = wanted

@@ -195,9 +195,12 @@ class Store:
 
     @staticmethod
     def _add_v4(db: sqlite_utils.Database) -> None:
-        """The time of a run's latest step report (the ETA counts down from it)."""
-        if "step_time" not in db["runs"].columns_dict:
-            db["runs"].add_column("step_time", float)
+        """The time of a run's latest step report (the ETA counts down from it) and the
+        seconds its earlier attempts ran (a resumed run's duration leaves out its pauses)."""
+        have = set(db["runs"].columns_dict)
+        for name in ("step_time", "earlier_seconds"):
+            if name not in have:
+                db["runs"].add_column(name, float)
 
     @staticmethod
     def _add_v3(db: sqlite_utils.Database) -> None:
@@ -485,9 +488,15 @@ class Store:
         self.update_run(run_id, cancel_requested=_now())
 
     def requeue_run(self, run_id: int) -> None:
-        """Queue a finished run again (a resume): at the back of its queue, no cancel asked."""
+        """Queue a finished run again (a resume): at the back of its queue, no cancel asked.
+        The attempt that ended is added to `earlier_seconds` (the time it sat stopped is not)."""
+        run = self.get_run(run_id)
+        earlier = run.get("earlier_seconds") or 0.0
+        began = run.get("claimed") or run.get("started")
+        if run.get("finished") and began:
+            earlier += max(0.0, run["finished"] - began)
         self.update_run(run_id, status="queued", error=None, finished=None, enqueued=_now(),
-                        cancel_requested=None)
+                        cancel_requested=None, earlier_seconds=earlier)
 
     def finish_run(self, run_id: int, status: str, error: str | None = None,
                    summary: dict | None = None) -> None:
