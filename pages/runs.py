@@ -14,7 +14,8 @@ from engine.runtime.jobs import queue_positions
 from storage import NotFound
 from storage.db import RUN_STATES
 from ui.common import (SMOOTH_MIN_POINTS, get_jobs, get_store, job_panel, line_chart,
-                       metric_label, metrics_frame, status_text, translated_choice)
+                       metric_label, metrics_frame, stage_label, status_text,
+                       translated_choice)
 from ui.i18n import t, tn
 
 MAX_SAMPLES = 500
@@ -24,10 +25,6 @@ MAX_CHARTS = 4
 store = get_store()
 
 
-def stage_label(stage: str) -> str:
-    key = f"runs.stage_{stage}"
-    text = t(key)
-    return stage if text == key else text
 
 
 def when(ts: float | None) -> str:

@@ -119,6 +119,14 @@ def queue_text(queue: dict | None) -> str:
     return head + " · " + t("common.queue_position", n=queue["position"])
 
 
+def stage_label(stage: str) -> str:
+    """A stage as the interface names it ("reward" → "Reward model"); an unknown stage (a
+    test's, a new one's) keeps its own name."""
+    key = f"runs.stage_{stage}"
+    text = t(key)
+    return stage if text == key else text
+
+
 def run_name(run: dict) -> str:
     """#id and name only: for selectors drawn outside a live fragment, where a status
     would go stale while the run moves on."""
