@@ -10,7 +10,6 @@ import streamlit as st
 from engine.data import collect
 from engine import data as D
 from engine.data.records import conversation_from_text, conversation_text
-from engine.inference.chat import prompt_text as short_prompt
 from engine.inference.models import display_name
 from storage import NotFound
 from storage.db import ACTIVE_STATES
@@ -441,8 +440,43 @@ def _vote(run_id: int, choice: str) -> None:
             _submit_pair()
 
 
+def _follow_pending(sources: dict) -> None:
+    """A new session (a new tab) starts where the newest pair still waiting for a vote was
+    sampled: its source, and its prompts (typed or a dataset's), so `_offer_pending` offers
+    it at once (it came back only after picking that same dataset again)."""
+    if st.session_state.get("collect_followed"):
+        return
+    st.session_state["collect_followed"] = True
+    if "collect_prompt_ds" in st.session_state or "collect_run" in st.session_state:
+        return  # this session chose already
+    waiting = [r for r in (collect.pending_pair(store, src, model_spec()) for src in sources) if r]
+    if not waiting:
+        return
+    run = store.get_run(max(waiting))
+    cfg = run["config"] or {}
+    st.session_state["collect_source"] = str(cfg.get("source") or "base")
+    dataset = cfg.get("prompt_dataset")
+    if dataset == "":
+        st.session_state["collect_origin"] = "typed"
+    elif dataset and dataset in {d["name"] for d in D.list_datasets(store)}:
+        st.session_state["collect_origin"] = "dataset"
+        st.session_state["collect_prompt_ds"] = dataset
+
+
+def prompt_option(prompt, n: int = 100) -> str:
+    """A prompt in the prompt list: a string as it is; a chat as all its turns on one line
+    ("User: … · Assistant: … · User: …"), its middle left out when long, so that its
+    first and last turns both show (the list showed the last user turn only)."""
+    text = " ".join(conversation_text(prompt, roles(), " · ").split())
+    if len(text) <= n or not isinstance(prompt, list):
+        return clip(text, n)
+    head = n // 2 - 2
+    return text[:head] + " … " + text[-(n - head - 3):]
+
+
 def collect_settings() -> None:
     sources = collect.model_sources(store)
+    _follow_pending(sources)
     sources["base"] = t("data.source_base", model=display_name(model_spec()))
     translated_choice(st.selectbox, t("data.collect_source"), list(sources), "collect_source",
                       sources.get)
@@ -465,7 +499,7 @@ def collect_settings() -> None:
                 st.session_state[key] = 0  # rows deleted meanwhile, or a stale label
             choice = st.selectbox(
                 t("data.collect_prompt"), list(range(len(prompts))), key=key,
-                format_func=lambda i: f"{i + 1}. {clip(short_prompt(prompts[i]))}")
+                format_func=lambda i: f"{i + 1}. {prompt_option(prompts[i])}")
             if isinstance(choice, int):
                 positions[ds] = choice
     else:
