@@ -163,7 +163,9 @@ def progress_text(run: dict) -> str:
     last step of a running stage, its phase ("finishing: evaluating") and no estimate."""
     step, total = run.get("step") or 0, run.get("total_steps") or 0
     parts = [t("common.progress", step=step, total=total)]
-    message = run.get("message") if run["status"] != "succeeded" else None  # stale then
+    # a phase is news only while the run is on: a cancelled run "evaluating before
+    # training", or a finished one "saving the adapter", would be stale
+    message = run.get("message") if run["status"] in ACTIVE_STATES else None
     if run["status"] == "running" and step >= total:
         parts.append(t("common.finishing", phase=message) if message
                      else t("common.finishing_plain"))
@@ -218,7 +220,9 @@ def live_job_panel(run_id: int, seen_key: str, show_log: bool = True) -> None:
     @st.fragment(run_every=1.0 if active else None)
     def panel() -> None:
         run = job_panel(run_id, show_log=show_log)
-        if run["status"] not in ACTIVE_STATES and st.session_state.get(seen_key) != run_id:
+        # (a run seen ending before and resumed since ends again: `active` says so)
+        if run["status"] not in ACTIVE_STATES and (active or st.session_state.get(seen_key)
+                                                   != run_id):
             st.session_state[seen_key] = run_id
             st.rerun(scope="app")
 
