@@ -40,8 +40,10 @@ _warm_up_thread: threading.Thread | None = None
 def device_summary_if_loaded() -> dict | None:
     """`models.device_summary()` once torch is imported (by a run, a page, or `warm_up`);
     None before, so a caller can say "detecting" instead of waiting for the import."""
-    if "torch" not in sys.modules or (_warm_up_thread is not None and _warm_up_thread.is_alive()):
+    warming = _warm_up_thread is not None and _warm_up_thread.is_alive()
+    if warming or ("torch" not in sys.modules and _warm_up_thread is None):
         return None  # (torch half-imported by the warm-up thread is not usable yet)
+    # loaded, or a warm-up that ended without it: importing here says why (no endless poll)
     from engine.inference.models import device_summary
 
     return device_summary()
