@@ -5,8 +5,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from engine.inference.models import ModelLoadError, device_summary, resolve
-from ui.common import get_jobs, get_store
+from engine.inference.specs import warm_up
+from ui.common import device_caption, get_jobs, get_store
 from ui.i18n import LANGUAGES, current_language, t
 
 st.set_page_config(page_title="RLHF Lab", page_icon=":material/science:", layout="wide")
@@ -17,6 +17,8 @@ st.html("<style>.katex-display { overflow-x: auto; overflow-y: hidden; }</style>
 @st.cache_data(show_spinner=False, ttl=10)
 def model_problem(spec: str) -> str | None:
     """Why a typed model spec cannot be used (None when it looks loadable)."""
+    from engine.inference.models import ModelLoadError, resolve  # (imports torch)
+
     try:
         path, _ = resolve(spec)
         if Path(path).is_dir():
@@ -65,8 +67,8 @@ def sidebar() -> None:
             problem = model_problem(value.strip()) if value.strip() else None
             if problem:
                 st.error(t("app.model_invalid", error=problem), icon=":material/error:")
-        dev = device_summary()
-        st.caption(t("app.device", device=dev["device"], dtype=dev["dtype"]))
+        device_caption(lambda dev: st.caption(t("app.device", device=dev["device"],
+                                                  dtype=dev["dtype"])))
         st.caption(t("app.database", path=str(get_store().path)))
 
 
@@ -88,4 +90,9 @@ pages = [
 page = st.navigation(pages)
 sidebar()
 get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
-page.run()
+try:
+    page.run()
+finally:
+    # torch (seconds to import) loads after the first page is drawn, not before: the
+    # device line says "detecting…" until then (device_caption)
+    warm_up()

@@ -10,7 +10,7 @@ from engine import data as D
 from engine.data.collect import model_sources
 from engine.inference.models import display_name
 from ui.common import (get_jobs, get_store, live_job_panel, model_spec, run_label,
-                       translated_choice, translated_radio)
+                       stage_label, translated_choice, translated_radio)
 from ui.i18n import t, tn
 
 store, jobs = get_store(), get_jobs()
@@ -130,7 +130,7 @@ with tab_results:
         table = pd.DataFrame([{
             t("compare.col_model"): s["model"],
             t("compare.col_method"): t("compare.method_base") if s["method"] == "base"
-            else s["method"].upper(),
+            else stage_label(s["method"]),
             t("compare.col_answers"): s["answers"],
             t("compare.col_reward"): _fmt(s["mean_reward"]), "distinct-1": s["distinct_1"],
             "distinct-2": s["distinct_2"], t("compare.col_length"): s["mean_length"],
@@ -143,6 +143,8 @@ with tab_results:
             t("compare.col_corr"): st.column_config.TextColumn(
                 t("compare.col_corr"), help=t("compare.corr_undefined"))})
         st.caption(t("compare.metrics_help"))
+        if any((o.get("kl") or 0) < 0 for o in outputs):
+            st.caption(t("compare.kl_negative"))
         if any(s["reward_length_corr"] is None for s in summary):
             st.caption(t("compare.corr_undefined"))
         scored = [o for o in outputs if o.get("reward") is not None]
@@ -161,7 +163,9 @@ with tab_results:
         shown = items[:50]
         for item in shown:
             with st.container(border=True):
-                st.markdown(f"**{item['prompt_index'] + 1}.** {item['prompt']}")
+                # answers and prompts as text: a model's "2. **" is no Markdown to render
+                st.markdown(f"**{item['prompt_index'] + 1}.**")
+                st.text(item["prompt"])
                 cols = st.columns(len(models))
                 for col, model in zip(cols, models):
                     row = item["answers"].get(model)
@@ -170,7 +174,7 @@ with tab_results:
                         if row is None:
                             st.caption("—")
                             continue
-                        st.markdown(row["response"] or t("compare.empty_answer"))
+                        st.text(row["response"] or t("compare.empty_answer"))
                         length = row.get("length")
                         st.caption(t("compare.answer_stats", reward=_fmt(row.get("reward")),
                                      kl=_fmt(row.get("kl")), tokens="—" if length is None
@@ -201,14 +205,15 @@ with tab_vote:
             if pending:
                 item = pending[0]
                 with st.container(border=True):
-                    st.markdown(f"**{t('compare.prompt')}** {short_prompt(item['prompt'], 400)}")
+                    st.markdown(f"**{t('compare.prompt')}**")
+                    st.text(short_prompt(item["prompt"], 400))
                     ca, cb = st.columns(2)
                     with ca:
                         st.markdown(f"#### {t('compare.answer_a')}")
-                        st.markdown(item["response_a"] or t("compare.empty_answer"))
+                        st.text(item["response_a"] or t("compare.empty_answer"))
                     with cb:
                         st.markdown(f"#### {t('compare.answer_b')}")
-                        st.markdown(item["response_b"] or t("compare.empty_answer"))
+                        st.text(item["response_b"] or t("compare.empty_answer"))
                     b1, b2, b3 = st.columns(3)
                     key = f"{vid}-{item['prompt_index']}-{len(votes)}"
                     for col, choice, icon in ((b1, "a", ":material/arrow_back:"),

@@ -10,14 +10,13 @@ import streamlit as st
 from engine.data import collect
 from engine import data as D
 from engine.data.records import conversation_from_text, conversation_text
-from engine.inference.chat import prompt_text as short_prompt
 from engine.inference.models import display_name
 from storage import NotFound
 from storage.db import ACTIVE_STATES
 from ui import feedback
 from ui.common import (get_jobs, get_store, job_panel, model_spec, translated_choice,
                        translated_radio)
-from ui.i18n import t
+from ui.i18n import t, tn
 
 PAGE_ROWS = 200
 PROMPT_OPTIONS = 1000  # prompts offered for a vote (a select box of 30k entries is unusable)
@@ -107,6 +106,9 @@ def new_dataset_form() -> None:
                 st.rerun()
 
 
+LENGTH_CHART_HEIGHT = 240  # pixels, title and axes included
+
+
 def length_chart(stats: dict) -> None:
     """One histogram of lengths (characters) per field: prompt, response or chosen/rejected."""
     fields = [name for name, values in stats["lengths"].items() if values]
@@ -116,9 +118,12 @@ def length_chart(stats: dict) -> None:
             x=alt.X("chars:Q", bin=alt.Bin(maxbins=25), title=t("data.chars")),
             y=alt.Y("count():Q", title=t("data.count")),
             tooltip=[alt.Tooltip("count():Q", title=t("data.count"))],
-        ).properties(height=150, title=t("data.length_of", field=t("data.field_" + name)))
+        ).properties(title=t("data.length_of", field=t("data.field_" + name)))
         with col:
-            st.altair_chart(chart, width="stretch")
+            # the element's height, title and axes included (a height set on the chart
+            # itself was shared with them: its bars were squeezed into ~25 px)
+            st.altair_chart(chart.configure_axis(labelOverlap=True), width="stretch",
+                            height=LENGTH_CHART_HEIGHT)
 
 
 def stats_section(ds: dict) -> dict:
@@ -280,6 +285,13 @@ def import_tab() -> None:
             refused = True
     path = st.text_input(t("data.local_path"), key=f"import_path_{version}",
                          help=t("data.local_path_help")).strip()
+    # the name follows the file chosen (upload or path) until the person types one of their own
+    filename = uploaded.name if uploaded is not None else path
+    auto = D.default_name(filename) if filename else ""
+    name_key, auto_key = f"import_name_{version}", f"import_name_auto_{version}"
+    if st.session_state.get(name_key, "") in ("", st.session_state.get(auto_key, "")):
+        st.session_state[name_key] = auto
+    st.session_state[auto_key] = auto
     cols = st.columns(3)
     kind = translated_choice(cols[0].selectbox, t("data.kind"), ["auto", *D.KINDS],
                              "import_kind", lambda k: t("data.kind_" + k))
@@ -288,10 +300,8 @@ def import_tab() -> None:
     max_chars = cols[2].number_input(t("data.max_chars"), 100, 1_000_000, D.DEFAULT_MAX_CHARS,
                                      step=1000, key="import_max_chars")
     source = uploaded if uploaded is not None else (path or None)
-    filename = uploaded.name if uploaded is not None else path
-    name = st.text_input(t("data.import_name"), key=f"import_name_{version}",
-                         placeholder=D.default_name(filename) if filename else "").strip()
-    target = name or (D.default_name(filename) if filename else "")
+    name = st.text_input(t("data.import_name"), key=name_key).strip()
+    target = name or auto
     mode = "new"
     if target and target in {d["name"] for d in D.list_datasets(store)}:
         st.warning(t("data.exists", name=target))
@@ -430,8 +440,43 @@ def _vote(run_id: int, choice: str) -> None:
             _submit_pair()
 
 
+def _follow_pending(sources: dict) -> None:
+    """A new session (a new tab) starts where the newest pair still waiting for a vote was
+    sampled: its source, and its prompts (typed or a dataset's), so `_offer_pending` offers
+    it at once (it came back only after picking that same dataset again)."""
+    if st.session_state.get("collect_followed"):
+        return
+    st.session_state["collect_followed"] = True
+    if "collect_prompt_ds" in st.session_state or "collect_run" in st.session_state:
+        return  # this session chose already
+    waiting = [r for r in (collect.pending_pair(store, src, model_spec()) for src in sources) if r]
+    if not waiting:
+        return
+    run = store.get_run(max(waiting))
+    cfg = run["config"] or {}
+    st.session_state["collect_source"] = str(cfg.get("source") or "base")
+    dataset = cfg.get("prompt_dataset")
+    if dataset == "":
+        st.session_state["collect_origin"] = "typed"
+    elif dataset and dataset in {d["name"] for d in D.list_datasets(store)}:
+        st.session_state["collect_origin"] = "dataset"
+        st.session_state["collect_prompt_ds"] = dataset
+
+
+def prompt_option(prompt, n: int = 100) -> str:
+    """A prompt in the prompt list: a string as it is; a chat as all its turns on one line
+    ("User: … · Assistant: … · User: …"), its middle left out when long, so that its
+    first and last turns both show (the list showed the last user turn only)."""
+    text = " ".join(conversation_text(prompt, roles(), " · ").split())
+    if len(text) <= n or not isinstance(prompt, list):
+        return clip(text, n)
+    head = n // 2 - 2
+    return text[:head] + " … " + text[-(n - head - 3):]
+
+
 def collect_settings() -> None:
     sources = collect.model_sources(store)
+    _follow_pending(sources)
     sources["base"] = t("data.source_base", model=display_name(model_spec()))
     translated_choice(st.selectbox, t("data.collect_source"), list(sources), "collect_source",
                       sources.get)
@@ -454,7 +499,7 @@ def collect_settings() -> None:
                 st.session_state[key] = 0  # rows deleted meanwhile, or a stale label
             choice = st.selectbox(
                 t("data.collect_prompt"), list(range(len(prompts))), key=key,
-                format_func=lambda i: f"{i + 1}. {clip(short_prompt(prompts[i]))}")
+                format_func=lambda i: f"{i + 1}. {prompt_option(prompts[i])}")
             if isinstance(choice, int):
                 positions[ds] = choice
     else:
@@ -541,8 +586,10 @@ def collect_tab() -> None:
             st.info(t("data.collect_waiting"))
         target = (st.session_state.get("collect_target") or "").strip() or "human-preferences"
         counts = collect.vote_counts(store, target)
-        st.caption(t("data.collect_counts", name=target, a=counts["a"] + counts["b"],
-                     tie=counts["tie"], both_bad=counts["both_bad"]))
+        st.caption(t("data.collect_counts", name=target,
+                     a=tn("data.collect_pairs", counts["a"] + counts["b"]),
+                     tie=tn("data.collect_ties", counts["tie"]),
+                     both_bad=tn("data.collect_both_bad", counts["both_bad"])))
 
 
 tab_datasets, tab_import, tab_collect, tab_feedback = st.tabs(

@@ -71,13 +71,17 @@ def run_view(run_id: int) -> dict:
     run = job_panel(run_id)
     cfg = run.get("config") or {}
     last = store.last_metrics(run_id)
-    first = {m["name"]: m["value"] for m in store.get_metrics(run_id, ["eval_reward_accuracy"])
-             if m["step"] == 0}
-    acc, acc0 = last.get("eval_reward_accuracy"), first.get("eval_reward_accuracy")
+    acc = last.get("eval_reward_accuracy")
+    # compared with chance (50%), not with step 0: before training π_θ = π_ref, every implicit
+    # reward is 0 and no pair is ranked right (0%), so "+43%" from there overstated a 43%
+    # that is worse than a coin
     c = st.columns(4)
     c[0].metric(t("dpo.m_loss"), _fmt(last.get("loss")))
     c[1].metric(t("dpo.m_accuracy"), "—" if acc is None else f"{acc:.0%}",
-                delta=None if acc is None or acc0 is None else f"{acc - acc0:+.0%}",
+                delta=None if acc is None
+                else t("dpo.vs_chance", points=f"{round(100 * (acc - 0.5)):+d}"),
+                delta_color="off" if acc is not None and round(100 * (acc - 0.5)) == 0
+                else "normal",
                 help=t("dpo.m_accuracy_help"))
     c[2].metric(t("dpo.m_margin"), _fmt(last.get("eval_reward_margin")),
                 help=t("dpo.m_margin_help"))

@@ -7,7 +7,8 @@ import streamlit as st
 from engine.export import (EXPORTABLE_STAGES, ExportConfig, UnsafePathError,
                            default_export_name, exports_root, resolve_export_dir, zip_folder)
 from engine.gguf_export import QUANTS, GGUFExportError, estimate, gguf_arch, human_bytes
-from ui.common import get_jobs, get_store, live_job_panel, run_label, translated_choice
+from ui.common import (get_jobs, get_store, live_job_panel, run_label, stage_label,
+                       translated_choice)
 from ui.i18n import t
 
 store, jobs = get_store(), get_jobs()
@@ -29,7 +30,9 @@ def gguf_estimates(spec: str) -> dict:
 
 
 st.title(":material/inventory_2: " + t("export.title"))
-st.caption(t("export.intro"))
+stage_names = [stage_label(s) for s in EXPORTABLE_STAGES]  # every stage listed below
+st.caption(t("export.intro", stages=t("export.stages_list", first=", ".join(stage_names[:-1]),
+                                      last=stage_names[-1])))
 
 runs = {}
 for stage in EXPORTABLE_STAGES:
@@ -40,7 +43,7 @@ if not runs:
 else:
     ordered = sorted(runs, reverse=True)
     run_id = translated_choice(st.selectbox, t("export.run"), ordered, "export_run",
-                               lambda i: f"{runs[i]['stage'].upper()} · {run_label(runs[i])}")
+                               lambda i: f"{stage_label(runs[i]['stage'])} · {run_label(runs[i])}")
     run = runs[run_id]
     out_dir = st.text_input(t("export.out_dir"), key="export_out",
                             placeholder=default_export_name(run),
@@ -76,6 +79,10 @@ else:
 job_id = st.session_state.get("export_job")
 if job_id:  # when it ends, the new export is listed below
     live_job_panel(job_id, "export_seen", show_log=False)
+    # ... and shown, once (the viewer kept showing the previous one)
+    if st.session_state.get("export_shown") != job_id \
+            and store.get_run(job_id)["status"] == "succeeded":
+        st.session_state["export_shown"] = st.session_state["export_pick"] = job_id
 
 # -- finished exports ---------------------------------------------------------------------------
 st.subheader(t("export.done_title"))

@@ -10,7 +10,8 @@ from engine.training import rewards_builtin
 from engine.inference.models import display_name
 from engine.objectives import LATEX
 from engine.training.ppo import CLIPFRAC_WARN, KL_WARN, RATIO_HIST_EDGES, PPOConfig
-from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
+from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metric_label,
+                       metrics_frame,
                        model_spec, run_label, translated_choice, translated_radio)
 from ui.i18n import t
 from ui.rl_diagnostics import challenges, eos_warning, reward_model_choices
@@ -222,7 +223,9 @@ def run_view(run_id: int) -> dict:
     with tab_reward:
         _chart_with_formula(
             ["score_mean", "rlhf_reward", "non_score_reward"], t("ppo.chart_reward"),
-            LATEX["per_token_rewards"], run_id, smoothing, t("ppo.reward_caption"))
+            LATEX["per_token_rewards"], run_id, smoothing,
+            t("ppo.reward_caption", score=metric_label("score_mean"),
+              non_score=metric_label("non_score_reward"), rlhf=metric_label("rlhf_reward")))
         _chart_with_formula(
             ["kl"], t("ppo.chart_kl"),
             LATEX["sequence_kl"], run_id, smoothing, t("ppo.kl_caption"),
@@ -268,7 +271,9 @@ def run_view(run_id: int) -> dict:
         with eq:
             st.latex(LATEX["gae_advantages"])
             st.caption(t("ppo.gae_caption", gamma=cfg.get("gamma", defaults.gamma),
-                         lam=cfg.get("lam", defaults.lam)))
+                         lam=cfg.get("lam", defaults.lam),
+                         adv=metric_label("advantage_std_raw"),
+                         value=metric_label("value_mean"), ret=metric_label("return_mean")))
         _chart_with_formula(
             ["explained_variance"], t("ppo.chart_ev"),
             LATEX["explained_variance"],
@@ -286,7 +291,8 @@ def run_view(run_id: int) -> dict:
             line_chart(metrics_frame(run_id, ["time_generate", "time_score", "time_train"]),
                        t("ppo.chart_time"), y_title=t("ppo.seconds_axis"))
         with eq:
-            st.caption(t("ppo.time_caption"))
+            st.caption(t("ppo.time_caption", generate=metric_label("time_generate"),
+                         score=metric_label("time_score"), train=metric_label("time_train")))
     samples_table(run_id)
     with st.expander(t("ppo.config")):
         st.json(cfg)

@@ -10,7 +10,7 @@ from engine.inference.tryout import ScoreTextConfig
 from ui.common import (datasets_or_hint, get_jobs, get_store, job_of_session, job_panel,
                        line_chart, metrics_frame, model_spec, runs_options,
                        translated_choice)
-from ui.i18n import t, tn
+from ui.i18n import LANGUAGES, t, tn
 from ui.stage_page import PageFields, StagePage
 
 store = get_store()
@@ -203,10 +203,14 @@ else:
     default = ids.index(run_id) if run_id in ids else 0
     scorer_run = translated_choice(st.selectbox, t("reward.tester_run"), ids,
                                    "reward_tester_run", labels.get, index=default)
-    prompt = st.text_area(t("reward.tester_prompt"), key="reward_tester_prompt",
-                          placeholder=t("reward.tester_prompt_placeholder"), height=80)
-    answers = st.text_area(t("reward.tester_answers"), key="reward_tester_answers",
-                           placeholder=t("reward.tester_answers_placeholder"), height=140,
+    # the example is filled in as real text (a grey placeholder looked filled in, and "Score
+    # and rank" then said "write a prompt"); it follows the language until it is edited
+    for key, example in (("reward_tester_prompt", "reward.tester_prompt_example"),
+                         ("reward_tester_answers", "reward.tester_answers_example")):
+        if st.session_state.get(key) in (None, *(t(example, lang) for lang in LANGUAGES)):
+            st.session_state[key] = t(example)
+    prompt = st.text_area(t("reward.tester_prompt"), key="reward_tester_prompt", height=80)
+    answers = st.text_area(t("reward.tester_answers"), key="reward_tester_answers", height=140,
                            help=t("reward.tester_answers_help"))
     if st.button(t("reward.tester_score"), icon=":material/sort:", key="reward_tester_go"):
         lines = [a.strip() for a in (answers or "").splitlines() if a.strip()]

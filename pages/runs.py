@@ -14,7 +14,8 @@ from engine.runtime.jobs import queue_positions
 from storage import NotFound
 from storage.db import RUN_STATES
 from ui.common import (SMOOTH_MIN_POINTS, get_jobs, get_store, job_panel, line_chart,
-                       metric_label, metrics_frame, status_text, translated_choice)
+                       metric_label, metrics_frame, stage_label, status_text,
+                       translated_choice)
 from ui.i18n import t, tn
 
 MAX_SAMPLES = 500
@@ -24,10 +25,6 @@ MAX_CHARTS = 4
 store = get_store()
 
 
-def stage_label(stage: str) -> str:
-    key = f"runs.stage_{stage}"
-    text = t(key)
-    return stage if text == key else text
 
 
 def when(ts: float | None) -> str:
@@ -288,7 +285,13 @@ def delete_form(run: dict) -> None:
 
 
 with tab_open:
-    if rows:
+    # the run open here stays open when an action on it (Resume, Cancel) takes it out of
+    # the filter: the view jumped to another run (a resumed #8 is no longer "cancelled")
+    kept = st.session_state.get("runs_open")
+    if kept not in by_id and kept in {r["id"] for r in all_rows}:
+        by_id = {kept: next(r for r in all_rows if r["id"] == kept), **by_id}
+        st.caption(t("runs.open_outside_filter", id=kept))
+    if by_id:
         wanted = st.session_state.pop("runs_open_next", None)
         if wanted in by_id:
             st.session_state["runs_open"] = wanted

@@ -47,10 +47,14 @@ def run_view(run_id: int) -> dict:
     if before is None and not evals.empty:
         before = float(evals.sort_values("step")["value"].iloc[0])
     eval_now = last.get("eval_loss")
+    # a change only once an evaluation after training began exists (at step 0 the loss
+    # before training is the only one: "+0.000" there is no change, and no measurement)
+    trained = not evals.empty and evals["step"].max() > 0
     c = st.columns(4)
     c[0].metric(t("sft.train_loss"), _fmt(last.get("train_loss")))
     c[1].metric(t("sft.eval_loss"), _fmt(eval_now),
-                delta=None if eval_now is None or before is None else f"{eval_now - before:+.3f}",
+                delta=None if eval_now is None or before is None or not trained
+                else f"{eval_now - before:+.3f}",
                 delta_color="inverse", help=t("sft.eval_loss_help", before=_fmt(before)))
     c[2].metric(t("sft.tokens_per_s"), _fmt(summary.get("tokens_per_s")
                                             or last.get("tokens_per_s"), 0))

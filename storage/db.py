@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -125,6 +125,7 @@ class Store:
             self._create_v1(db)
             self._add_v2(db)
             self._add_v3(db)
+            self._add_v4(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     @staticmethod
@@ -191,6 +192,15 @@ class Store:
                            ("attempt_time", float), ("cancel_requested", float)):
             if name not in have:
                 db["runs"].add_column(name, kind)
+
+    @staticmethod
+    def _add_v4(db: sqlite_utils.Database) -> None:
+        """The time of a run's latest step report (the ETA counts down from it) and the
+        seconds its earlier attempts ran (a resumed run's duration leaves out its pauses)."""
+        have = set(db["runs"].columns_dict)
+        for name in ("step_time", "earlier_seconds"):
+            if name not in have:
+                db["runs"].add_column(name, float)
 
     @staticmethod
     def _add_v3(db: sqlite_utils.Database) -> None:
@@ -468,7 +478,8 @@ class Store:
         `claimed` is this attempt's start, and its pace starts afresh."""
         now = _now()
         self.update_run(run_id, status="running", started=self.get_run(run_id)["started"] or now,
-                        claimed=now, attempt_step=None, attempt_time=None, finished=None,
+                        claimed=now, attempt_step=None, attempt_time=None, step_time=None,
+                        finished=None,
                         error=None, pid=os.getpid(), host=socket.gethostname())
 
     def request_cancel(self, run_id: int) -> None:
@@ -477,9 +488,15 @@ class Store:
         self.update_run(run_id, cancel_requested=_now())
 
     def requeue_run(self, run_id: int) -> None:
-        """Queue a finished run again (a resume): at the back of its queue, no cancel asked."""
+        """Queue a finished run again (a resume): at the back of its queue, no cancel asked.
+        The attempt that ended is added to `earlier_seconds` (the time it sat stopped is not)."""
+        run = self.get_run(run_id)
+        earlier = run.get("earlier_seconds") or 0.0
+        began = run.get("claimed") or run.get("started")
+        if run.get("finished") and began:
+            earlier += max(0.0, run["finished"] - began)
         self.update_run(run_id, status="queued", error=None, finished=None, enqueued=_now(),
-                        cancel_requested=None)
+                        cancel_requested=None, earlier_seconds=earlier)
 
     def finish_run(self, run_id: int, status: str, error: str | None = None,
                    summary: dict | None = None) -> None:

@@ -174,8 +174,8 @@ def test_compare_page_shows_columns_and_blind_vote(store):
     store.add_comparison_outputs(cid, _outputs(n=3))
     at = _app().run()
     assert not at.exception, at.exception
-    text = " ".join(m.value for m in at.markdown)
-    assert "sft#1 says 2" in text and "base says 0" in text  # answers in columns
+    text = " ".join(x.value for x in at.text)  # answers in columns, as plain text
+    assert "sft#1 says 2" in text and "base says 0" in text
     frames = [d.value for d in at.dataframe]
     assert any("distinct-2" in f.columns for f in frames)
     # blind vote: answers shown as A and B, the vote stored with the real names

@@ -63,6 +63,26 @@ def model_spec() -> str:
     return st.session_state.get("model_spec") or EMBEDDED
 
 
+def device_caption(draw) -> None:
+    """`draw(device_summary)` once torch is imported; before that (the first page load of a
+    fresh server, while engine.inference.specs.warm_up imports it in the background) a
+    "detecting…" caption, polled, and the page rerun once the device is known."""
+    from engine.inference.specs import device_summary_if_loaded
+
+    dev = device_summary_if_loaded()
+    if dev is not None:
+        draw(dev)
+        return
+
+    @st.fragment(run_every=0.5)
+    def detecting() -> None:
+        if device_summary_if_loaded() is not None:
+            st.rerun(scope="app")
+        st.caption(t("app.device_detecting"))
+
+    detecting()
+
+
 def status_label(status: str) -> str:
     return f"{STATUS_ICONS.get(status, '')} {t('common.status_' + status)}"
 
@@ -99,6 +119,14 @@ def queue_text(queue: dict | None) -> str:
     return head + " · " + t("common.queue_position", n=queue["position"])
 
 
+def stage_label(stage: str) -> str:
+    """A stage as the interface names it ("reward" → "Reward model"); an unknown stage (a
+    test's, a new one's) keeps its own name."""
+    key = f"runs.stage_{stage}"
+    text = t(key)
+    return stage if text == key else text
+
+
 def run_name(run: dict) -> str:
     """#id and name only: for selectors drawn outside a live fragment, where a status
     would go stale while the run moves on."""
@@ -111,17 +139,23 @@ def run_label(run: dict) -> str:
 
 
 def eta_text(run: dict, now: float | None = None) -> str:
-    """About how long the steps left take, at this attempt's pace: from its first step report
-    (`attempt_step` at `attempt_time`, so loading, evaluating before training and an earlier
-    attempt's steps are left out) to now. Empty until a step has completed in this attempt,
-    and once the last step is done (what follows has no estimate: see progress_text)."""
+    """About how long the steps left take, at this attempt's pace: from the start of its step
+    loop (`attempt_step` at `attempt_time`: `JobContext.steps_begin`, else its first step
+    report, so loading, evaluating before training and an earlier attempt's steps are left
+    out) to its latest step report (`step_time`). Between two reports it counts down from
+    that report, but never below the whole steps after the current one: it never counts up
+    while a step runs. Empty until a step has completed in this attempt, and once the last
+    step is done (what follows has no estimate: see progress_text)."""
     step, total = run.get("step") or 0, run.get("total_steps") or 0
     base_step, base_time = run.get("attempt_step"), run.get("attempt_time")
     if run["status"] != "running" or not total or step >= total or base_time is None \
             or base_step is None or step <= base_step:
         return ""
-    pace = max(0.0, (now or time.time()) - base_time) / (step - base_step)
-    return t("common.eta", seconds=max(1, round(pace * (total - step))))
+    now = now or time.time()
+    last = run.get("step_time") or now  # (a run stored before step_time: paced up to now)
+    pace = max(0.0, last - base_time) / (step - base_step)
+    left = max(pace * (total - step) - max(0.0, now - last), pace * (total - step - 1))
+    return t("common.eta", seconds=max(1, round(left)))
 
 
 def progress_text(run: dict) -> str:
@@ -129,7 +163,9 @@ def progress_text(run: dict) -> str:
     last step of a running stage, its phase ("finishing: evaluating") and no estimate."""
     step, total = run.get("step") or 0, run.get("total_steps") or 0
     parts = [t("common.progress", step=step, total=total)]
-    message = run.get("message") if run["status"] != "succeeded" else None  # stale then
+    # a phase is news only while the run is on: a cancelled run "evaluating before
+    # training", or a finished one "saving the adapter", would be stale
+    message = run.get("message") if run["status"] in ACTIVE_STATES else None
     if run["status"] == "running" and step >= total:
         parts.append(t("common.finishing", phase=message) if message
                      else t("common.finishing_plain"))
@@ -184,7 +220,9 @@ def live_job_panel(run_id: int, seen_key: str, show_log: bool = True) -> None:
     @st.fragment(run_every=1.0 if active else None)
     def panel() -> None:
         run = job_panel(run_id, show_log=show_log)
-        if run["status"] not in ACTIVE_STATES and st.session_state.get(seen_key) != run_id:
+        # (a run seen ending before and resumed since ends again: `active` says so)
+        if run["status"] not in ACTIVE_STATES and (active or st.session_state.get(seen_key)
+                                                   != run_id):
             st.session_state[seen_key] = run_id
             st.rerun(scope="app")
 
@@ -300,6 +338,9 @@ def _chart_frame(df: pd.DataFrame, smoothing: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
+LEGEND_ROW_PX = 30  # a legend line under a chart
+
+
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
                height: int = 220, rule: float | None = None):
     """A metric line chart: series named by `metric_label` (legend and tooltip), smoothed by
@@ -316,10 +357,15 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
     num = {"type": "quantitative"}
     x = {"field": "step", **num, "title": t("common.step"),
          "axis": {"format": "d", "tickMinStep": 1}}
-    # one series: the title names it, a legend would only squeeze the plot
-    color = {"field": "series", "type": "nominal", "title": None}
-    if df["series"].nunique() == 1:
+    # one series: the title names it, a legend would only squeeze the plot; several: under
+    # the plot, one per line, never cut ("Eval score, held-out pro…" at Vega's 160 px)
+    color = {"field": "series", "type": "nominal", "title": None,
+             "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 0}}
+    series = df["series"].nunique()
+    if series == 1:
         color["legend"] = None
+    else:  # the chart's height holds the legend too (Streamlit fits the whole into it)
+        height += LEGEND_ROW_PX * series
     tooltip = [{"field": "series", "type": "nominal", "title": t("common.series")},
                {"field": "step", **num, "title": t("common.step")},
                {"field": "value", **num, "format": ".4g", "title": t("common.value")}]

@@ -27,7 +27,7 @@ from engine.inference.models import display_name
 from engine.objectives import LATEX
 from engine.schema import ConfigError
 from storage import NotFound
-from ui.common import (get_store, live_job_panel, model_spec, run_label, translated_choice,
+from ui.common import (get_store, live_job_panel, model_spec, run_name, translated_choice,
                        translated_radio)
 from ui.forms import settings_form, start_button
 from ui.i18n import current_language, t
@@ -328,8 +328,10 @@ def jobs_view(store) -> None:
     ids = list(by_id)
     if st.session_state.get(RUN_KEY) not in ids:
         st.session_state[RUN_KEY] = ids[0]
+    # no status in the selector: it is drawn outside the live panel below and kept saying
+    # "running" after the job succeeded; the panel shows the status
     run_id = translated_choice(st.selectbox, t("feedback.view_run"), ids, RUN_KEY,
-                               lambda i: run_label(by_id[i]))
+                               lambda i: run_name(by_id[i]))
     live_job_panel(run_id, f"{RUN_KEY}_seen")
     try:
         report(store.get_run(run_id))

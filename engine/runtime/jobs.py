@@ -34,7 +34,7 @@ from typing import Any, Callable
 from engine.runtime import stages
 # re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
 from engine.errors import CheckpointError, JobCancelled, NonFiniteError, TrackerError  # noqa: F401
-from engine.inference.models import run_dir as _run_dir
+from engine.inference.specs import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
 
@@ -60,6 +60,7 @@ class JobContext:
         self._main = True  # stages on accelerate set is_main_process; only main writes
         self._run_dir: Path | None = None
         self._paced = False  # whether this attempt's first step report was recorded
+        self._last_step: int | None = None
 
     @property
     def is_main_process(self) -> bool:
@@ -97,6 +98,9 @@ class JobContext:
         if not self.is_main_process:
             return
         fields: dict[str, Any] = {"step": int(step)}
+        if step != self._last_step:  # the ETA counts down from the latest step's report
+            self._last_step = int(step)
+            fields["step_time"] = time.time()
         if step > 0 and not self._paced:
             # the ETA's pace counts from this attempt's first step report: loading the model,
             # evaluating before training or the steps of an earlier attempt are not steps
@@ -108,6 +112,14 @@ class JobContext:
         if message is not None:
             fields["message"] = message
         self.store.update_run(self.run_id, **fields)
+
+    def steps_begin(self, step: int) -> None:
+        """The stage's step loop starts now, at `step` (loading the model and evaluating
+        before training are over): the ETA's pace counts from here, so a run has an
+        estimate from its first step on (a 2-step run too), not from its second."""
+        if self.is_main_process:
+            self._paced = True
+            self.store.update_run(self.run_id, attempt_step=int(step), attempt_time=time.time())
 
     def metrics(self, step: int, values: dict[str, float]) -> None:
         """Store metrics of one step; a non-finite loss stops the run with a clear error."""

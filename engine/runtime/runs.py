@@ -55,13 +55,22 @@ def key_metric(run: dict) -> tuple[str | None, float | None]:
 
 
 def duration(run: dict, now: float | None = None) -> float | None:
-    """Seconds from the first start to finish (to now while it is running); a resumed run
-    keeps its first start, so this counts every attempt (and the pauses between them)."""
+    """Seconds the run ran: its earlier attempts (`earlier_seconds`, added by each resume)
+    and this one, from its claim to its finish (to now while it is running). The time a
+    run sat cancelled or interrupted before a resume is not counted; a run queued again
+    after a resume shows its earlier attempts only."""
     started = run.get("started")
     if not started:
         return None
-    end = run.get("finished") or (now or time.time() if run.get("status") == "running" else None)
-    return None if end is None else max(0.0, end - started)
+    earlier = run.get("earlier_seconds") or 0.0
+    began = run.get("claimed") or started
+    if run.get("status") == "running":
+        end = now or time.time()
+    elif run.get("finished"):
+        end = run["finished"]
+    else:
+        return earlier or None
+    return earlier + max(0.0, end - began)
 
 
 def is_light(stage: str) -> bool:

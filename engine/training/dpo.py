@@ -343,6 +343,7 @@ def train_dpo(cfg: DPOConfig, ctx) -> dict:
     lengths = [max(len(c.input_ids), len(r.input_ids)) for c, r in train] \
         if cfg.group_by_length else None
     done = start
+    ctx.steps_begin(start)
     try:
         for step in range(start + 1, total + 1):
             ctx.check_cancel()

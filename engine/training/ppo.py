@@ -879,6 +879,7 @@ def run_steps(trainer, cfg, ctx, score: str, label: str,
         first = prev[0]["value"] if prev else None
     last: dict[str, float] = {}
     times: list[float] = []
+    ctx.steps_begin(start)
     for step in range(start + 1, cfg.max_steps + 1):
         ctx.check_cancel()
         metrics, rows = trainer.step(step)

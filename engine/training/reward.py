@@ -506,6 +506,7 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     pair_lengths = ([max(len(c.input_ids), len(r.input_ids)) for c, r in train_pairs]
                     if cfg.group_by_length else None)
     train_seconds, steps_done = 0.0, 0
+    ctx.steps_begin(step)
     while step < total:
         ctx.check_cancel()
         t_step = time.perf_counter()

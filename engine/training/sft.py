@@ -214,6 +214,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
     global_batch = per_process * cfg.grad_accum * accelerator.num_processes
     lengths = [len(e.input_ids) for e in train] if cfg.group_by_length else None
     done = start  # the last finished optimizer step
+    ctx.steps_begin(start)
     try:
         for step in range(start + 1, total + 1):
             ctx.check_cancel()
