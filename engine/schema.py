@@ -130,6 +130,28 @@ class SamplingSettings:
     max_new_tokens: int = setting(48, min=1, max=4096)
 
 
+CHECKPOINTING = ("auto", "on", "off")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def check_quantization(quantization: str) -> None:
+    """A quantised base needs a CUDA device and bitsandbytes: refused here, before anything
+    loads, on a CPU or MPS device (ConfigError naming `quantization`)."""
+    if quantization in (None, "none"):
+        return
+    from engine.inference.models import pick_device
+
+    device = pick_device()
+    if device.type != "cuda":
+        raise ConfigError("quantization", f"{quantization} needs a CUDA GPU (bitsandbytes); "
+                          f"this run's device is {device.type}: set quantization=none")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quantization", f"{quantization} needs the bitsandbytes package: "
+                          f"pip install bitsandbytes, or set quantization=none")
+
+
 @dataclass
 class TrainConfig(StageConfig):
     """What every training stage shares."""
@@ -148,6 +170,15 @@ class TrainConfig(StageConfig):
     save_every: int = setting(10, min=0, max=10_000_000, group=ADVANCED)
     keep_checkpoints: int = setting(2, min=0, max=1000, group=ADVANCED)
     lora: LoraSettings = setting(factory=LoraSettings, group=ADVANCED)
+    # memory (engine.memory): recompute each layer's activations in the backward pass instead
+    # of keeping them ("auto": only when the estimate says the run would not fit without it)
+    gradient_checkpointing: str = setting("auto", choices=CHECKPOINTING, group=ADVANCED)
+    # the frozen base in 4 or 8 bits (QLoRA through bitsandbytes; CUDA only)
+    quantization: str = setting("none", choices=QUANTIZATIONS, group=ADVANCED)
+
+    def check(self) -> None:
+        super().check()
+        check_quantization(self.quantization)
 
 
 SCHEDULES = ("cosine", "linear", "constant")
