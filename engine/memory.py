@@ -30,6 +30,7 @@ total within ±25% of the measured peak for every training stage) and checked on
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -103,6 +104,11 @@ def model_shape(spec: str | None, config: Any = None) -> ModelShape:
                       per_layer)
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_shape(spec: str) -> ModelShape:
+    return model_shape(spec)
+
+
 @dataclass
 class Workload:
     """The sequences of a run's passes: what the stage's settings make of its data."""
@@ -156,9 +162,6 @@ def free_memory(device) -> int | None:
     free = None
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        fraction = getattr(torch.cuda, "_rlhf_lab_fraction", None)
-        if fraction:  # set_per_process_memory_fraction caps what this process may take
-            free = min(free, int(fraction * _total))
     else:
         try:
             import psutil
@@ -221,12 +224,17 @@ def _longest(store, cfg, spec: str | None) -> tuple[int | None, int | None]:
 def workload(stage: str, cfg, store=None) -> Workload:
     """The passes a stage's settings make: sequences and lengths with and without gradients."""
     longest, prompt_longest = _longest(store, cfg, getattr(cfg, "model", None))
-    if stage in ("sft", "reward", "dpo"):
+    if stage == "dpo":  # lean rows: one pair (prompt once) of ROW_TOKENS at a time, the LM
+        # head chunked over the scored positions (engine.training.dpo)
+        from engine.training.dpo import ROW_TOKENS
+
+        L = min(cfg.max_length, longest) if longest else cfg.max_length
+        row = max(ROW_TOKENS, 2 * L)
+        return Workload(1, row, 0, 1, row, 0)
+    if stage in ("sft", "reward"):
         L = min(cfg.max_length, longest) if longest else cfg.max_length
         seqs = cfg.batch_size * (1 if stage == "sft" else 2)
-        logits = 0 if stage == "reward" else L
-        nograd = seqs if stage == "dpo" else 0   # the reference pass
-        return Workload(seqs, L, logits, nograd, L if nograd else 0, logits if nograd else 0)
+        return Workload(seqs, L, L if stage == "sft" else 0)
     if stage in ("ppo", "grpo"):
         P = min(cfg.max_prompt_length, prompt_longest) if prompt_longest \
             else cfg.max_prompt_length
@@ -268,7 +276,7 @@ def estimate(stage: str, cfg, store=None, device=None, shape: ModelShape | None 
     from engine.inference.models import pick_device, pick_dtype
 
     device = torch.device(device) if device is not None else pick_device()
-    shape = shape or model_shape(cfg.model)
+    shape = shape or _cached_shape(cfg.model or "embedded")
     work = workload(stage, cfg, store)
     if free == "measure":
         free = free_memory(device)
@@ -285,9 +293,15 @@ def estimate(stage: str, cfg, store=None, device=None, shape: ModelShape | None 
 
 
 def _total(shape: ModelShape, work: Workload, cfg, device, checkpointing: bool) -> dict:
+    import torch
+
     from engine.inference.models import pick_dtype
 
-    dtype = pick_dtype(device)
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        dtype = torch.bfloat16  # an estimate for a (bf16) GPU asked on a machine without one
+    else:
+        dtype = pick_dtype(device)
     s = bytes_per_param(dtype)
     quant = getattr(cfg, "quantization", "none")
     h, i, Lyr, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
@@ -345,7 +359,8 @@ def advice(est: Estimate, cfg) -> list[str]:
 
 def refusal(est: Estimate, cfg) -> str:
     parts = ", ".join(f"{k} {v / GB:.2f}" for k, v in est.parts.items() if v)
-    return (f"this run needs about {est.total / GB:.1f} GB ({parts} GB) but the device "
+    ck = ", with gradient checkpointing" if est.checkpointing else ""
+    return (f"this run needs about {est.total / GB:.1f} GB ({parts} GB{ck}) but the device "
             f"({est.device}) has {est.free / GB:.1f} GB free; try " + "; ".join(advice(est, cfg)))
 
 
