@@ -43,7 +43,7 @@ MB = 2 ** 20
 # output, the MLP's gate/up/act; LoRA dropout keeps its output and mask per target)
 ACT_H, ACT_I, ACT_DROPOUT = 3.0, 3.0, 1.75
 LOGIT_COPIES = 3          # logits, log-softmax, their gradient
-WORKING = 0.5             # buffers allocated and freed within a pass, × activations
+WORKING = 0.3             # buffers allocated and freed within a pass, × activations
 CPU_RUNTIME = 200 * MB    # transformers, peft, accelerate and the tokenizer beside torch
 CUDA_CONTEXT = 600 * MB   # the CUDA context and kernels, outside torch's allocator
 NF4_BYTES = 0.5 + 0.127 / 8
@@ -182,11 +182,11 @@ def bytes_per_param(dtype) -> int:
 
 
 # -- the workload of each stage -------------------------------------------------------------
-def _longest(store, cfg, spec: str | None) -> tuple[int | None, int | None]:
-    """(longest prompt + answer, longest prompt) of the run's dataset in tokens, or Nones
-    when the dataset or the tokenizer is not at hand."""
+def _longest(store, cfg, spec: str | None) -> tuple[int | None, int | None, int | None]:
+    """(longest prompt + answer, longest prompt, longest answer) of the run's dataset in
+    tokens, or Nones when the dataset or the tokenizer is not at hand."""
     if store is None or not getattr(cfg, "dataset", None):
-        return None, None
+        return None, None, None
     try:
         from engine.data import curation
         from engine.inference.chat import encode_prompt
@@ -196,11 +196,11 @@ def _longest(store, cfg, spec: str | None) -> tuple[int | None, int | None]:
         rows = list(rows)
         tok = load_tokenizer(spec)
     except Exception:  # noqa: BLE001 - no data or no tokenizer yet: the settings' bounds
-        return None, None
+        return None, None, None
     if not rows:
-        return None, None
+        return None, None, None
     overhead = len(encode_prompt(tok, "")) + 2  # the template's own tokens, EOS
-    longest, prompt_longest = 0, 0
+    longest, prompt_longest, answer_longest = 0, 0, 0
     texts = []
     for r in rows:
         prompt = r.get("prompt")
@@ -217,13 +217,14 @@ def _longest(store, cfg, spec: str | None) -> tuple[int | None, int | None]:
         prompt_longest = max(prompt_longest, p)
         for _ in answers:
             longest = max(longest, p + len(ids[pos]))
+            answer_longest = max(answer_longest, len(ids[pos]) + 2)
             pos += 1
-    return longest or None, prompt_longest or None
+    return longest or None, prompt_longest or None, answer_longest or None
 
 
 def workload(stage: str, cfg, store=None) -> Workload:
     """The passes a stage's settings make: sequences and lengths with and without gradients."""
-    longest, prompt_longest = _longest(store, cfg, getattr(cfg, "model", None))
+    longest, prompt_longest, answer = _longest(store, cfg, getattr(cfg, "model", None))
     if stage == "dpo":  # lean rows: one pair (prompt once) of ROW_TOKENS at a time, the LM
         # head chunked over the scored positions (engine.training.dpo)
         from engine.training.dpo import ROW_TOKENS
@@ -234,7 +235,8 @@ def workload(stage: str, cfg, store=None) -> Workload:
     if stage in ("sft", "reward"):
         L = min(cfg.max_length, longest) if longest else cfg.max_length
         seqs = cfg.batch_size * (1 if stage == "sft" else 2)
-        return Workload(seqs, L, L if stage == "sft" else 0)
+        # SFT's LM head runs over the response window only (engine.training.sft)
+        return Workload(seqs, L, min(L, answer or L) if stage == "sft" else 0)
     if stage in ("ppo", "grpo"):
         P = min(cfg.max_prompt_length, prompt_longest) if prompt_longest \
             else cfg.max_prompt_length
