@@ -64,10 +64,10 @@ def build(shape: dict, tokenizer_dir: str, out: Path, device: str, smoke: bool) 
     if (out / "config.json").exists():
         return out
     shape = dict(shape)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     if smoke:  # the same architecture, 2 thin layers: checks the script, not the numbers
         shape.update(num_hidden_layers=2, hidden_size=128, intermediate_size=256,
-                     num_attention_heads=4, num_key_value_heads=2)
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+                     num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok))
     config = AutoConfig.for_model(**shape, bos_token_id=tok.bos_token_id,
                                   eos_token_id=tok.eos_token_id,
                                   pad_token_id=tok.pad_token_id or 0)
@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, shape_key, stage, settings in RUNS:
         if wanted and name not in wanted:
             continue
-        if args.smoke and settings.get("quantization", "none") != "none":
-            settings = {**settings, "quantization": "none"}  # bitsandbytes needs CUDA
+        if args.smoke:  # bitsandbytes needs CUDA; short answers on a CPU
+            settings = {**settings, "quantization": "none",
+                        "max_new_tokens": min(16, settings.get("max_new_tokens", 16))}
         t0 = time.perf_counter()
         folder = build(shapes[shape_key], args.tokenizer, work / shape_key, device, args.smoke)
         build_s = time.perf_counter() - t0
