@@ -160,3 +160,12 @@ def test_cli_prints_the_estimate_and_trains_nothing(lab_home, embedded_dir):
     listed = subprocess.run([sys.executable, "-m", "engine", "runs", "list", "--json"], cwd=ROOT,
                             env=env, capture_output=True, text=True, timeout=120)
     assert json.loads(listed.stdout) == []
+
+
+def test_the_stage_page_shows_the_estimate_beside_the_free_memory(tiny_model_dir):
+    from tests.conftest import app_with_model
+
+    at = app_with_model(tiny_model_dir, "pages/sft.py")
+    assert not at.exception, at.exception
+    text = " ".join(c.value for c in at.caption)
+    assert "Memory estimate:" in text and "GB free on cpu" in text, text
