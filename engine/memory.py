@@ -35,6 +35,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from engine.errors import MemoryEstimateError  # noqa: F401 - raised by check_fits
+
 GB = 2 ** 30
 MB = 2 ** 20
 
@@ -146,10 +148,6 @@ class Estimate:
         out["parts_gb"] = {k: round(v / GB, 3) for k, v in self.parts.items()}
         out["fits"] = self.fits
         return out
-
-
-class MemoryEstimateError(RuntimeError):
-    """A run whose estimate exceeds the device's free memory: refused before it loads."""
 
 
 # -- the device ---------------------------------------------------------------------------

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from engine.runtime import stages
 # re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
-from engine.errors import CheckpointError, JobCancelled, NonFiniteError  # noqa: F401
+from engine.errors import (CheckpointError, JobCancelled, MemoryEstimateError,  # noqa: F401
+                           NonFiniteError)
 from engine.inference.models import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
@@ -148,7 +149,7 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
         store.finish_run(run_id, "cancelled")
         ctx.log("cancelled; the last checkpoint is kept")
         return "cancelled"
-    except (NonFiniteError, CheckpointError) as exc:
+    except (NonFiniteError, CheckpointError, MemoryEstimateError) as exc:
         store.finish_run(run_id, "failed", error=str(exc))
         ctx.log(str(exc), "error")
         return "failed"
