@@ -37,6 +37,7 @@ from typing import Any
 
 from engine.errors import MemoryEstimateError  # noqa: F401 - raised by check_fits
 
+STAGES = ("sft", "reward", "dpo", "ppo", "grpo")  # the stages estimated (every one that trains)
 GB = 2 ** 30
 MB = 2 ** 20
 

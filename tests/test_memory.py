@@ -69,6 +69,8 @@ def test_estimate_is_within_25_percent_of_the_measured_peak(stage, store, lab_ho
     cfg = stages.get(stage).make_config(settings)
     est = memory.estimate(stage, cfg, store, device="cpu", free=None)
     peak = measured_peak(stage, settings, lab_home)
+    print(f"\n{stage}: estimate {est.total / 2**20:.0f} MiB, measured {peak / 2**20:.0f} MiB, "
+          f"ratio {est.total / peak:.2f}")
     assert 0.75 * peak <= est.total <= 1.25 * peak, (
         f"{stage}: estimate {est.total / 2**20:.0f} MiB, measured {peak / 2**20:.0f} MiB, "
         f"parts {est.to_json()['parts_gb']}")

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
+from engine import memory
 from engine.runtime import stages
 from engine.runtime.runs import ACTIVE_STATES
 from ui.common import get_store, model_spec, run_label, run_picker, translated_choice
@@ -58,8 +59,6 @@ def start_and_prompts(prefix: str, datasets: list[dict], default_dataset: str
 def memory_estimate(stage: str, config) -> None:
     """The run's memory estimate (engine.memory) beside the device's free memory, and a
     warning when it would not fit (the run is refused at its start then)."""
-    from engine import memory
-
     try:
         est = memory.estimate(stage, config, get_store())
     except Exception as exc:  # noqa: BLE001 - an estimate never breaks the page
@@ -99,7 +98,7 @@ class StagePage:
             return
         cls = stages.get(self.stage).config_cls
         config, _ = settings_form(cls, self.stage, fixed=own.values, defaults=own.defaults)
-        if config is not None:
+        if config is not None and self.stage in memory.STAGES:
             memory_estimate(self.stage, config)
         name = st.text_input(t(f"{self.stage}.run_name"),
                              placeholder=t(f"{self.stage}.run_name_placeholder"),
