@@ -19,8 +19,9 @@ parameters counted on the `meta` device: nothing is loaded) and the run's settin
     generation   the KV cache of sampling (2 · layers · kv_heads · head_dim per token) and
                  the no-grad scoring passes (reward, reference, old log-probs): the
                  largest of them, since they run one after another
-    working      buffers the passes allocate and free (WORKING × activations): what the
-                 allocator holds at the peak beyond what autograd keeps
+    working      buffers the passes allocate and free (WORKING × activations on a GPU):
+                 what the caching allocator holds at the peak beyond what autograd keeps
+                 (on the CPU counted in `runtime`, a measured constant)
 
 `length` is the longest sequence the run will see: max_length, or, with a store, the
 longest tokenised row of the dataset when that is shorter (a batch pads to its longest row).
@@ -46,8 +47,14 @@ MB = 2 ** 20
 # output, the MLP's gate/up/act; LoRA dropout keeps its output and mask per target)
 ACT_H, ACT_I, ACT_DROPOUT = 3.0, 3.0, 1.75
 LOGIT_COPIES = 3          # logits, log-softmax, their gradient
-WORKING = 0.3             # buffers allocated and freed within a pass, × activations
-CPU_RUNTIME = 200 * MB    # transformers, peft, accelerate and the tokenizer beside torch
+# buffers allocated and freed within a pass, × activations: what the CUDA caching allocator
+# keeps beyond live tensors (not yet measured: bench/gpu_fit.py); on the CPU it is in
+# CPU_RUNTIME, measured
+WORKING = {"cuda": 0.3}
+# transformers, peft, accelerate and the tokenizer beside torch (190 MB measured), and what
+# the CPU allocator holds beyond live tensors at a run's peak (fitted on the embedded model:
+# SFT, reward and DPO's peaks each sit 450–600 MB above weights + activations + logits)
+CPU_RUNTIME = 550 * MB
 CUDA_CONTEXT = 600 * MB   # the CUDA context and kernels, outside torch's allocator
 NF4_BYTES = 0.5 + 0.127 / 8
 INT8_BYTES = 1.0 + 4 / 64
@@ -333,7 +340,8 @@ def _total(shape: ModelShape, work: Workload, cfg, device, checkpointing: bool) 
     runtime = CUDA_CONTEXT if str(device).startswith("cuda") else CPU_RUNTIME
     return {"runtime": int(runtime), "weights": int(weights), "adapters": int(adapters),
             "activations": int(activations), "logits": int(logits),
-            "generation": int(max(cache, nograd)), "working": int(WORKING * activations)}
+            "generation": int(max(cache, nograd)),
+            "working": int(WORKING.get(device.type, 0.0) * activations)}
 
 
 def _has_reference_adapter(cfg) -> bool:
