@@ -171,3 +171,15 @@ def test_the_stage_page_shows_the_estimate_beside_the_free_memory(tiny_model_dir
     assert not at.exception, at.exception
     text = " ".join(c.value for c in at.caption)
     assert "Memory estimate:" in text and "GB free on cpu" in text, text
+
+
+def test_the_model_card_says_a_qlora_adapter_loads_on_the_plain_base():
+    from engine.export import model_card
+
+    run = {"id": 3, "name": "grpo-3", "stage": "grpo", "status": "succeeded", "parents": [],
+           "config": {"model": "/models/qwen", "quantization": "4bit", "max_steps": 4}}
+    card = model_card(run, "/models/qwen", "/models/qwen", {}, [], None, None)
+    assert "4bit quantised base" in card and "unquantised base" in card
+    plain = model_card(dict(run, config={"model": "/models/qwen"}), "/models/qwen",
+                       "/models/qwen", {}, [], None, None)
+    assert "quantised" not in plain
