@@ -39,6 +39,52 @@ def _language_chosen() -> None:
     st.session_state["lang"] = st.session_state["lang_select"]
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def found_models(folders: tuple[str, ...]) -> list[dict]:
+    from engine.inference.catalog import find_models
+
+    return find_models(list(folders))
+
+
+def model_details(info: dict) -> None:
+    """Parameters, architecture, size on disk and the chat template of a listed model."""
+    from engine.inference.catalog import human_count, human_size
+    from engine.inference.chat import FALLBACK_TEMPLATE
+
+    st.caption(t("app.model_details", parameters=human_count(info["parameters"]),
+                 architecture=info["architecture"], size=human_size(info["size_bytes"]),
+                 template=t("app.template_yes" if info["chat_template"] else "app.template_no")))
+    if not info["chat_template"]:
+        st.warning(t("app.no_chat_template"), icon=":material/warning:")
+        with st.expander(t("app.default_template")):
+            st.code(FALLBACK_TEMPLATE, language="jinja2")
+
+
+def found_model_picker() -> None:
+    """The models of the Hugging Face cache and of the user's folders, and a folder to add."""
+    from engine.inference.catalog import add_user_folder, hf_cache_dir, user_folders
+
+    models = found_models(tuple(user_folders()))
+    if models:
+        by_spec = {m["spec"]: m for m in models}
+        spec = st.selectbox(t("app.model_found_input"), list(by_spec), key="model_found",
+                            format_func=lambda s: f"{by_spec[s]['name']}")
+        st.session_state["model_spec"] = spec
+        model_details(by_spec[spec])
+    else:
+        st.session_state["model_spec"] = "embedded"
+        st.info(t("app.no_models_found", cache=str(hf_cache_dir())), icon=":material/search:")
+    with st.form("add_model_folder", clear_on_submit=True, border=False):
+        folder = st.text_input(t("app.add_folder"), placeholder="/path/to/models")
+        if st.form_submit_button(t("app.add_folder_button")) and folder.strip():
+            try:
+                add_user_folder(folder.strip())
+                found_models.clear()
+                st.rerun()
+            except ValueError as exc:
+                st.error(t("app.add_folder_error", error=str(exc)), icon=":material/error:")
+
+
 def sidebar() -> None:
     with st.sidebar:
         lang = current_language()
@@ -48,7 +94,7 @@ def sidebar() -> None:
                      index=list(LANGUAGES).index(lang), format_func=LANGUAGES.get,
                      key="lang_select", on_change=_language_chosen)
         st.subheader(t("app.model"))
-        kinds = ["embedded", "folder", "hub"]
+        kinds = ["embedded", "found", "folder", "hub"]
         # the widget's key carries the language: its translated option labels would not match
         # the browser's remembered choice after a language switch (no option shown selected);
         # the choice itself lives in "model_kind"
@@ -59,6 +105,8 @@ def sidebar() -> None:
         if kind == "embedded":
             st.session_state["model_spec"] = "embedded"
             st.caption(t("app.embedded_caption"))
+        elif kind == "found":
+            found_model_picker()
         else:
             value = st.text_input(t("app.model_" + kind + "_input"), key="model_value",
                                   placeholder="/path/to/model" if kind == "folder"
@@ -67,6 +115,12 @@ def sidebar() -> None:
             problem = model_problem(value.strip()) if value.strip() else None
             if problem:
                 st.error(t("app.model_invalid", error=problem), icon=":material/error:")
+            elif kind == "folder" and value.strip():
+                from engine.inference.catalog import describe_model
+
+                info = describe_model(Path(value.strip()).expanduser())
+                if info is not None:
+                    model_details(info)
         device_caption(lambda dev: st.caption(t("app.device", device=dev["device"],
                                                   dtype=dev["dtype"])))
         st.caption(t("app.database", path=str(get_store().path)))

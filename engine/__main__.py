@@ -51,7 +51,7 @@ def train_help(stage: str | None) -> str:
 
     names = stages.training_stages()
     head = ("usage: python -m engine train STAGE [--config FILE.json] [--set KEY=VALUE ...] "
-            "[--name NAME]\n\nSTAGE: " + " | ".join(names) + "\n")
+            "[--name NAME] [--estimate]\n\nSTAGE: " + " | ".join(names) + "\n")
     if stage is None:
         return head + "\n`python -m engine train STAGE --help` lists the stage's settings.\n"
     cls = stages.get(stage).config_cls
@@ -69,6 +69,12 @@ def cmd_train(args) -> int:
     data = json.loads(Path(args.config).read_text()) if args.config else {}
     data = stages.apply_overrides(data, args.set)
     store = store_of(args)
+    if args.estimate:  # the memory the run would need, nothing trained or stored
+        from engine import memory
+
+        cfg = stages.get(args.stage).make_config(data)
+        print_json(memory.estimate(args.stage, cfg, store).to_json())
+        return 0
     t0 = time.perf_counter()
     run = run_sync(store, args.stage, data, name=args.name, run_id=args.run_id,
                    resume=args.resume)
@@ -115,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     # run the job engine created: its id, and whether they continue it from a checkpoint
     p.add_argument("--run-id", type=int, help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--estimate", action="store_true",
+                   help="print the run's memory estimate as JSON; train nothing")
     p.set_defaults(func=cmd_train)
 
     for name in CLI_MODULES:

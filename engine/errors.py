@@ -14,6 +14,11 @@ class NonFiniteError(RuntimeError):
     """A loss became NaN or infinite; the run fails with the step and the loss named."""
 
 
+class MemoryEstimateError(RuntimeError):
+    """A run whose memory estimate (engine.memory) exceeds the device's free memory: refused
+    before its model loads; the message says what to change."""
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that must not or cannot be loaded (an old pickle checkpoint, a file
     that is not what it claims to be); the run fails with this message, nothing is run."""

@@ -307,6 +307,11 @@ def model_card(run: dict, base_name: str, base_spec: str, metrics: dict[str, flo
                   "model = PeftModel.from_pretrained(base, \"path/to/adapter\")",
                   f"tokenizer = AutoTokenizer.from_pretrained(\"{local_base or base_name}\")"]
     lines += ["```", ""]
+    quant = (run.get("config") or {}).get("quantization") or "none"
+    if quant != "none":
+        lines += [f"Trained on a {quant} quantised base (QLoRA, bitsandbytes); the adapter is "
+                  f"plain PEFT and loads as above on the unquantised base (bf16 or fp32), or on "
+                  f"a base loaded with the same quantisation.", ""]
     if stage == "reward":
         lines += ["This is a reward model: r(x, y) is the linear head in "
                   "`reward_head.safetensors` (weight, bias; normalisation mean/std when "

@@ -134,6 +134,26 @@ class SamplingSettings:
 REPORT_TO = ("none", "tensorboard", "mlflow", "tensorboard,mlflow")
 # the accelerate config files the project ships (configs/accelerate/<name>.yaml)
 ACCELERATE_CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+CHECKPOINTING = ("auto", "on", "off")
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def check_quantization(quantization: str) -> None:
+    """A quantised base needs a CUDA device and bitsandbytes: refused here, before anything
+    loads, on a CPU or MPS device (ConfigError naming `quantization`)."""
+    if quantization in (None, "none"):
+        return
+    from engine.inference.models import pick_device
+
+    device = pick_device()
+    if device.type != "cuda":
+        raise ConfigError("quantization", f"{quantization} needs a CUDA GPU (bitsandbytes); "
+                          f"this run's device is {device.type}: set quantization=none")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("quantization", f"{quantization} needs the bitsandbytes package: "
+                          f"pip install bitsandbytes, or set quantization=none")
 
 
 @dataclass
@@ -163,8 +183,15 @@ class TrainConfig(StageConfig):
     tracker_artifacts: bool = setting(False, group=ADVANCED)
     tracker_errors: str = setting("fail", choices=("fail", "warn"), group=ADVANCED)
 
+    # memory (engine.memory): recompute each layer's activations in the backward pass instead
+    # of keeping them ("auto": only when the estimate says the run would not fit without it)
+    gradient_checkpointing: str = setting("auto", choices=CHECKPOINTING, group=ADVANCED)
+    # the frozen base in 4 or 8 bits (QLoRA through bitsandbytes; CUDA only)
+    quantization: str = setting("none", choices=QUANTIZATIONS, group=ADVANCED)
+
     def check(self) -> None:
         super().check()
+        check_quantization(self.quantization)
         check_processes(self.processes)
         if self.accelerate_config:
             accelerate_config_path(self.accelerate_config)  # ConfigError when missing

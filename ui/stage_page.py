@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import streamlit as st
 
+from engine import memory
 from engine.runtime import stages
 from engine.runtime.runs import ACTIVE_STATES
 from ui.common import get_store, model_spec, run_label, run_picker, translated_choice
@@ -55,6 +56,29 @@ def start_and_prompts(prefix: str, datasets: list[dict], default_dataset: str
     return sft_choice, dataset, model
 
 
+def memory_estimate(stage: str, config) -> None:
+    """The run's memory estimate (engine.memory) beside the device's free memory, and a
+    warning when it would not fit (the run is refused at its start then)."""
+    try:
+        est = memory.estimate(stage, config, get_store())
+    except Exception as exc:  # noqa: BLE001 - an estimate never breaks the page
+        st.caption(t("common.memory_unknown", error=str(exc)[:200]))
+        return
+    parts = " · ".join(t("common.memory_part", name=k, gb=f"{v / memory.GB:.2f}")
+                       for k, v in est.parts.items() if v)
+    free = "?" if est.free is None else f"{est.free / memory.GB:.1f}"
+    text = t("common.memory_estimate", gb=f"{est.total / memory.GB:.2f}", free=free,
+             device=est.device)
+    if est.checkpointing:
+        text += " " + t("common.memory_checkpointing")
+    if est.fits:
+        st.caption(f":material/memory: {text}", help=parts)
+    else:
+        st.warning(text + " " + t("common.memory_too_big", advice="; ".join(
+            memory.advice(est, config))), icon=":material/memory:")
+        st.caption(parts)
+
+
 @dataclass
 class StagePage:
     stage: str                                   # the engine stage ("sft", "reward", ...)
@@ -74,6 +98,8 @@ class StagePage:
             return
         cls = stages.get(self.stage).config_cls
         config, _ = settings_form(cls, self.stage, fixed=own.values, defaults=own.defaults)
+        if config is not None and self.stage in memory.STAGES:
+            memory_estimate(self.stage, config)
         name = st.text_input(t(f"{self.stage}.run_name"),
                              placeholder=t(f"{self.stage}.run_name_placeholder"),
                              key=f"form.{self.stage}.run_name")

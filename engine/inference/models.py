@@ -192,9 +192,27 @@ class LoadedModel:
                 "architecture": self.model.config.model_type}
 
 
+def quantization_config(quantization: str):
+    """bitsandbytes' settings for a 4-bit (NF4, double quantisation, bf16 compute: QLoRA)
+    or 8-bit base; None for "none"."""
+    if quantization in (None, "none"):
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ValueError(f"quantization {quantization!r}: expected none, 4bit or 8bit")
+
+
 def load_base(spec: str | None = None, device: torch.device | str | None = None,
-              dtype: torch.dtype | None = None) -> LoadedModel:
-    """Load a fresh copy of a base causal LM and its tokenizer, on the chosen device."""
+              dtype: torch.dtype | None = None, quantization: str = "none") -> LoadedModel:
+    """Load a fresh copy of a base causal LM and its tokenizer, on the chosen device
+    (`quantization` "4bit"/"8bit": the weights quantised by bitsandbytes on a CUDA device,
+    checked first by engine.schema.check_quantization)."""
     from transformers import AutoModelForCausalLM
 
     spec = spec or EMBEDDED
@@ -203,12 +221,23 @@ def load_base(spec: str | None = None, device: torch.device | str | None = None,
     dtype = dtype or pick_dtype(device)
     path, kwargs = resolve(spec)
     tokenizer = load_tokenizer(spec)
+    quant = quantization_config(quantization)
+    if quant is not None:
+        if device.type != "cuda":
+            raise ModelLoadError(f"quantization={quantization} needs a CUDA device, not "
+                                 f"{device.type}")
+        # placed on the GPU while loading: a quantised model cannot be moved afterwards
+        kwargs = {**kwargs, "quantization_config": quant,
+                  "device_map": {"": device.index if device.index is not None
+                                 else torch.cuda.current_device()}}
+        dtype = torch.bfloat16
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False,
                                                      **kwargs)
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"cannot load a causal language model from {spec!r}: {exc}") from exc
-    model.to(device)
+    if quant is None:
+        model.to(device)
     model.config.pad_token_id = tokenizer.pad_token_id
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -216,6 +245,47 @@ def load_base(spec: str | None = None, device: torch.device | str | None = None,
     model.eval()
     return LoadedModel(model, tokenizer, spec, display_name(spec), device, dtype,
                        time.perf_counter() - t0)
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Keep only each decoder layer's input in the forward pass and recompute the layer in
+    the backward pass (non-reentrant torch.utils.checkpoint; the RNG state is replayed, so
+    dropout draws the same masks): the same loss and gradients with far less activation
+    memory. transformers checkpoints a layer only while it is in training mode; the stages
+    that train in eval mode (DPO, PPO, GRPO: no dropout, so log-probs match) keep that flag
+    on the layers themselves, never on the modules inside them that hold dropout."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    for module in model.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.train = _train_keeping_flag.__get__(module)
+            module.training = True
+
+
+def _train_keeping_flag(self, mode: bool = True):
+    """nn.Module.train for a checkpointed layer: its children follow `mode`, its own flag
+    (which only decides checkpointing: the layer has no dropout of its own) stays on."""
+    for child in self.children():
+        child.train(mode)
+    self.training = True
+    return self
+
+
+def prepare_for_training(model, quantization: str = "none", checkpointing: bool = False):
+    """The base before its adapter: PEFT's k-bit preparation for a quantised base (frozen
+    weights, fp32 norms and embeddings), and gradient checkpointing when asked for."""
+    if quantization not in (None, "none"):
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if checkpointing:
+        enable_gradient_checkpointing(model)
+    return model
 
 
 def build_tiny_model(folder: str | os.PathLike, tokenizer_dir: str | os.PathLike, seed: int = 0,

@@ -33,7 +33,8 @@ from typing import Any, Callable
 
 from engine.runtime import stages
 # re-exported: `from engine.runtime.jobs import JobCancelled` keeps working
-from engine.errors import CheckpointError, JobCancelled, NonFiniteError, TrackerError  # noqa: F401
+from engine.errors import (CheckpointError, JobCancelled, MemoryEstimateError,  # noqa: F401
+                           NonFiniteError, TrackerError)
 from engine.inference.specs import run_dir as _run_dir
 from storage import Store
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, owner_process
@@ -187,7 +188,7 @@ def execute(store: Store, run_id: int, config: Any, fn: Callable, resume: bool =
         status, message, level = "succeeded", "finished", "info"
     except (JobCancelled, KeyboardInterrupt):
         status, message, level = "cancelled", "cancelled; the last checkpoint is kept", "info"
-    except (NonFiniteError, CheckpointError, TrackerError) as exc:
+    except (NonFiniteError, CheckpointError, TrackerError, MemoryEstimateError) as exc:
         status, message, level, error = "failed", str(exc), "error", str(exc)
     except BaseException as exc:  # noqa: BLE001 - a failed job must never kill the app
         error = f"{type(exc).__name__}: {exc}\n\n{traceback.format_exc()}"

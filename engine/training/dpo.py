@@ -36,7 +36,6 @@ from engine.errors import JobCancelled, NonFiniteError
 from engine.inference.chat import IGNORE_INDEX, Encoded, collate_completions, prompt_text
 from engine.inference.generate import SamplingConfig, generate
 from engine.inference.logprobs import Scored, backward_by_rows, sequence_rows
-from engine.inference.models import load_base
 from engine.objectives import (dpo_implicit_reward, dpo_loss, ipo_loss, kl_k1, kl_k3,
                                pairwise_accuracy, sequence_logprobs)
 from engine.data.sources import mix_sources
@@ -260,7 +259,7 @@ def train_dpo(cfg: DPOConfig, ctx) -> dict:
     sft_path = tu.sft_adapter_path(ctx.store, cfg.sft_run, cfg.model) \
         if cfg.sft_run is not None else None
 
-    loaded = load_base(cfg.model, device)
+    loaded, _ = tu.load_training_base("dpo", cfg, ctx.store, device, ctx.log)
     ctx.check_cancel()
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id

@@ -127,8 +127,10 @@ class GRPOTrainer(PPOTrainer):
                            top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
                            max_prompt_length=cfg.max_prompt_length, batch_size=cfg.batch_size,
                            minibatches=1, max_grad_norm=cfg.max_grad_norm,
+                           gradient_checkpointing=cfg.gradient_checkpointing,
+                           quantization=cfg.quantization,
                            **{f.name: getattr(cfg, f.name) for f in fields(RLSettings)})
-        super().__init__(shared, store, log=log, accelerator=accelerator)
+        super().__init__(shared, store, log=log, accelerator=accelerator, stage=("grpo", cfg))
         self.cfg = cfg
         self.scorers: dict[str, object] = {
             name: rewards_builtin.BuiltinScorer(name, cfg.reward_params.get(name))

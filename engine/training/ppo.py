@@ -40,7 +40,7 @@ from engine.training import rewards_builtin, train_utils
 from engine.training import reward as reward_mod
 from engine.inference.chat import collate_prompts, encode_prompt
 from engine.errors import NonFiniteError
-from engine.inference.models import add_lora, adapter_dir, load_adapter, load_base
+from engine.inference.models import add_lora, adapter_dir, load_adapter
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                clipped_policy_loss, clipped_value_loss, conservative_reward,
                                entropy_from_logits,
@@ -318,14 +318,18 @@ class PPOTrainer:
 
     POLICY, REF, REWARD = "policy", "ref", "reward"
 
-    def __init__(self, cfg: PPOConfig, store, log=lambda msg: None, accelerator=None):
+    def __init__(self, cfg: PPOConfig, store, log=lambda msg: None, accelerator=None,
+                 stage: tuple | None = None):
+        """`stage`: (name, settings) the memory estimate reads (GRPO passes its own)."""
         cfg.validate()
         self.cfg, self.store, self.log = cfg, store, log
         check_reward_runs(store, cfg)  # before any model loads
         train_utils.seed_everything(cfg.seed)
         self.accelerator = accelerator or train_utils.make_accelerator()
         self.device = self.accelerator.device
-        loaded = load_base(cfg.model, self.device)
+        name, settings = stage or ("ppo", cfg)
+        loaded, self.memory = train_utils.load_training_base(name, settings, store,
+                                                             self.device, log)
         self.base_spec = cfg.model
         self.tokenizer = loaded.tokenizer
         model = loaded.model

@@ -459,7 +459,7 @@ def train_reward(cfg: RewardConfig, ctx) -> dict:
     ctx.log(f"{len(train_rows)} training pairs, {len(eval_rows)} evaluation pairs")
 
     ctx.progress(0, None, "loading model")
-    loaded = load_base(cfg.model, device=device)
+    loaded, _ = tu.load_training_base("reward", cfg, ctx.store, device, ctx.log)
     tok = loaded.tokenizer
     train_pairs = [encode_pair(tok, r, cfg.max_length) for r in train_rows]
     eval_pairs = [encode_pair(tok, r, cfg.max_length) for r in eval_rows]

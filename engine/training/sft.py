@@ -27,7 +27,7 @@ from engine.training import train_utils as tu
 from engine.inference.chat import IGNORE_INDEX, Encoded, collate_completions, encode_completion
 from engine.errors import JobCancelled
 from engine.inference.generate import SamplingConfig, generate
-from engine.inference.models import add_lora, load_base
+from engine.inference.models import add_lora
 from engine.objectives import response_nll, sft_loss
 from engine.schema import ADVANCED, SupervisedConfig, like, setting
 
@@ -149,7 +149,7 @@ def train_sft(cfg: SFTConfig, ctx) -> dict:
     if not train_rows:
         raise ValueError(f"dataset {cfg.dataset!r} has no train rows")
 
-    loaded = load_base(cfg.model, accelerator.device)
+    loaded, _ = tu.load_training_base("sft", cfg, ctx.store, accelerator.device, ctx.log)
     ctx.check_cancel()
     tokenizer = loaded.tokenizer
     pad_id = tokenizer.pad_token_id

@@ -589,3 +589,20 @@ def reference_mode(model, has_ref: bool):
     else:
         with model.disable_adapter():
             yield
+
+
+def load_training_base(stage: str, cfg, store, device, log=None):
+    """The base model of a training run, after its memory check (engine.memory): a run whose
+    estimate exceeds the device's free memory is refused here, before anything loads
+    (MemoryEstimateError naming what to change); `gradient_checkpointing="auto"` is on when
+    the estimate says the run would not fit without it. The base comes quantised when
+    `quantization` asks for it, prepared for k-bit training, checkpointed when on.
+    Returns (LoadedModel, Estimate)."""
+    from engine import memory
+    from engine.inference.models import load_base, prepare_for_training
+
+    est = memory.check_fits(stage, cfg, store, device, log=log)
+    quantization = getattr(cfg, "quantization", "none")
+    loaded = load_base(cfg.model, device, quantization=quantization)
+    loaded.model = prepare_for_training(loaded.model, quantization, est.checkpointing)
+    return loaded, est
