@@ -17,7 +17,7 @@ from engine.runtime import stages
 from engine.schema import ConfigError
 from storage import NotFound
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, RUN_STATES
-from ui.common import get_jobs, get_store, metric_label, model_spec, status_label
+from ui.common import STATUS_ICONS, get_jobs, get_store, metric_label, model_spec, status_label
 from ui.forms import settings_form
 from ui.i18n import catalogue, t, tn
 
@@ -40,7 +40,13 @@ def recipe_text(name: str, part: str) -> str:
 
 
 def stage_name(stage: str | None) -> str:
-    return text_of(f"experiments.stage_{stage}", f"runs.stage_{stage}") if stage else "—"
+    """A stage's name in words (a stage the catalogues do not know: its own name, spaced)."""
+    if not stage:
+        return "—"
+    for key in (f"experiments.stage_{stage}", f"runs.stage_{stage}"):
+        if key in catalogue("en"):
+            return t(key)
+    return stage.replace("_", " ")
 
 
 def column_label(name: str) -> str:
@@ -72,12 +78,22 @@ def summary_frame(table: list[dict], runs: list[dict]) -> pd.DataFrame:
     if "status" in df.columns:
         df = df.assign(status=df["status"].map(
             lambda v: t(f"common.status_{v}") if v in RUN_STATES else t("experiments.pending")))
+    if "run_id" in df.columns:   # an id, not a quantity; none yet: a dash, not "None"
+        df["run_id"] = df["run_id"].map(lambda v: "—" if _missing(v) else f"#{int(v)}")
+    for c in df.columns:   # a run not run yet has no values: dashes, the others as numbers
+        if df[c].map(_missing).any():
+            df[c] = df[c].map(lambda v: "—" if _missing(v)
+                              else f"{v:.4g}" if isinstance(v, float) else v)
     names, used = {}, set()
     for c in df.columns:
         label = column_label(c)
         names[c] = label if label not in used else c
         used.add(names[c])
     return df.rename(columns=names)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def flash() -> None:
@@ -233,7 +249,8 @@ def group_list() -> int | None:
         return None
     st.dataframe(pd.DataFrame([{
         "id": g["id"], "name": g["name"], "kind": group_kind(g),
-        "status": t(f"common.status_{g['status']}"), "runs": f"{g['done']}/{g['total']}"}
+        "status": t("common.status_cancelling") if g["cancelling"]
+        else t(f"common.status_{g['status']}"), "runs": f"{g['done']}/{g['total']}"}
         for g in groups]), hide_index=True, width="stretch",
         height=min(260, 38 + 35 * len(groups)), column_config={
             "id": st.column_config.NumberColumn("#", width="small"),
@@ -243,9 +260,14 @@ def group_list() -> int | None:
             "runs": st.column_config.TextColumn(t("experiments.col_runs"))})
     ids = [g["id"] for g in groups]
     names = {g["id"]: f"#{g['id']} {g['name']} · {group_kind(g)}" for g in groups}
-    want = st.session_state.get(OPEN_KEY)
-    return st.selectbox(t("experiments.open"), ids, format_func=names.get, key="exp_pick",
-                        index=ids.index(want) if want in ids else 0)
+    # a group just started is shown, whatever was picked before (the widget's own state
+    # would otherwise keep the old one); a picked group deleted since: the newest
+    want = st.session_state.pop(OPEN_KEY, None)
+    if want in ids:
+        st.session_state["exp_pick"] = want
+    elif st.session_state.get("exp_pick") not in ids:
+        st.session_state.pop("exp_pick", None)
+    return st.selectbox(t("experiments.open"), ids, format_func=names.get, key="exp_pick")
 
 
 def group_view(group_id: int, live: bool = False) -> None:
@@ -255,12 +277,14 @@ def group_view(group_id: int, live: bool = False) -> None:
         st.info(t("experiments.group_gone"), icon=":material/info:")
         return
     group = view["group"]
+    stopping = bool(group.get("cancelling"))   # asked: it stops at the end of a step
     cols = st.columns([4, 1])
-    cols[0].markdown(f"**#{group['id']} {group['name']}** · {group_kind(group)} · "
-                     f"{status_label(group['status'])}")
+    state = f"{STATUS_ICONS['cancelled']} {t('common.status_cancelling')}" if stopping \
+        else status_label(group["status"])
+    cols[0].markdown(f"**#{group['id']} {group['name']}** · {group_kind(group)} · {state}")
     jobs = get_jobs()
     if group["status"] in ACTIVE_STATES:
-        if cols[1].button(t("common.cancel"), key=f"exp_cancel_{group_id}"):
+        if cols[1].button(t("common.cancel"), key=f"exp_cancel_{group_id}", disabled=stopping):
             runner.cancel_group(jobs, store, group_id)
             st.rerun(scope="app")
     elif group["status"] in RESUMABLE_STATES:
@@ -269,9 +293,14 @@ def group_view(group_id: int, live: bool = False) -> None:
             st.rerun(scope="app")
     running = next((r for r in view["runs"] if r["status"] == "running"), None)
     text = t("experiments.progress", done=group["done"], total=group["total"])
-    if running is not None:
+    if stopping:
+        text += " · " + t("common.status_cancelling")
+    elif running is not None and running["total_steps"]:
         text += " · " + t("experiments.progress_run", label=running["label"],
-                          step=running["step"] or 0, total=running["total_steps"] or "?")
+                          step=running["step"] or 0, total=running["total_steps"])
+    elif running is not None:   # its number of steps is not known yet: what it does
+        text += " · " + t("experiments.progress_run_starting", label=running["label"],
+                          message=running["message"] or t("experiments.starting"))
     st.progress(min(1.0, group["progress"]), text=text)
     summary = view["summary"] or {}
     sentence = summary.get("sentence")
@@ -292,13 +321,14 @@ def group_view(group_id: int, live: bool = False) -> None:
                          width="medium")})
     st.markdown("**" + t("experiments.runs") + "**")
     st.dataframe(pd.DataFrame([{
-        "run": r["label"], "id": r["run_id"], "stage": stage_name(r["stage"]),
+        "run": r["label"], "id": f"#{r['run_id']}" if r["run_id"] else "—",
+        "stage": stage_name(r["stage"]),
         "status": t(f"common.status_{r['status']}") if r["status"] != "pending"
         else t("experiments.pending"),
-        "steps": f"{r['step'] or 0}/{r['total_steps'] or '—'}" if r["run_id"] else "—"}
+        "steps": f"{r['step'] or 0}/{r['total_steps']}" if r["total_steps"] else "—"}
         for r in view["runs"]]), hide_index=True, width="stretch", column_config={
             "run": st.column_config.TextColumn(t("experiments.col_run")),
-            "id": st.column_config.NumberColumn("#", width="small"),
+            "id": st.column_config.TextColumn("#", width="small"),
             "stage": st.column_config.TextColumn(t("experiments.col_stage")),
             "status": st.column_config.TextColumn(t("experiments.col_status")),
             "steps": st.column_config.TextColumn(t("experiments.col_steps"))})

@@ -101,6 +101,9 @@ def run_experiment(config: ExperimentConfig, ctx: jobs.JobContext) -> dict:
                 ids[planned.key] = run_id
             else:
                 problems[planned.key] = f"{status}: {error}" if error else status
+        # a cancel asked during the last run, which finished its work anyway: the group
+        # still ends cancelled, as asked (a resume only writes the summary)
+        ctx.check_cancel()
         ctx.progress(n, n, f"{n}/{n}")
         summary = summarize_group(store, store.get_group(group_id))
         summary["problems"] = problems
@@ -297,13 +300,17 @@ def run_group_sync(store: Store, group_id: int) -> dict:
 
 
 def cancel_group(manager: jobs.JobManager, store: Store, group_id: int) -> bool:
-    """Cancel the group's experiment run (and so the child in flight)."""
+    """Cancel the group's experiment run (and so the child in flight). Both show as
+    cancelling (`cancel_requested`) at once, until the child's step ends."""
     group = store.get_group(group_id)
     run = _run_or_none(store, group.get("run_id"))
     if run is not None and run["status"] in ACTIVE_STATES:
         if manager.cancel(run["id"]):
             if run["status"] == "queued" or group["status"] == "queued":
                 store.update_group(group_id, status="cancelled")
+            for child in store.group_runs(group_id):
+                if child["status"] == "running":
+                    store.request_cancel(child["id"])
             return True
         return False
     if group["status"] in ACTIVE_STATES:  # nobody runs it any more
@@ -335,6 +342,15 @@ def _run_or_none(store: Store, run_id: int | None) -> dict | None:
         return None
 
 
+def cancelling(store: Store, group: dict) -> bool:
+    """A cancel was asked and the group's experiment run has not stopped yet."""
+    if group["status"] not in ACTIVE_STATES:
+        return False
+    run = _run_or_none(store, group.get("run_id"))
+    return run is not None and run["status"] in ACTIVE_STATES \
+        and bool(run.get("cancel_requested"))
+
+
 def effective_status(store: Store, group: dict) -> str:
     """The group's status; an active group whose experiment run stopped (a crash, a
     deleted run) shows that run's state (`interrupted` when it is gone)."""
@@ -353,6 +369,7 @@ def list_groups(store: Store) -> list[dict]:
     out = []
     for group in store.list_groups():
         group["status"] = effective_status(store, group)
+        group["cancelling"] = cancelling(store, group)
         group["total"] = len((group["config"] or {}).get("plan", []))
         group["done"] = group["counts"].get("succeeded", 0)
         out.append(group)
@@ -360,11 +377,12 @@ def list_groups(store: Store) -> list[dict]:
 
 
 def group_view(store: Store, group_id: int) -> dict:
-    """What a group's page shows: the group (status, done/total, progress), one row per
-    planned run (its run, or none yet / deleted), the metric rows the charts draw
+    """What a group's page shows: the group (status, cancelling, done/total, progress), one
+    row per planned run (its run, or none yet / deleted), the metric rows the charts draw
     ({key, label, run_id, step, name, value}), the charts and the summary."""
     group = store.get_group(group_id)
     group["status"] = effective_status(store, group)
+    group["cancelling"] = cancelling(store, group)
     plan = plan_of(group)
     runs = latest_by_key(store, group_id)
     charts = charts_of(group)
