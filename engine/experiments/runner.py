@@ -122,6 +122,13 @@ def run_experiment(config: ExperimentConfig, ctx: jobs.JobContext) -> dict:
     return {"group_id": group_id, "runs": n, "run_ids": ids}
 
 
+def _parents(config: Any) -> list[int]:
+    """The finished runs a config names (its SFT run, reward models, ...): a child's lineage."""
+    data = jobs.config_dict(config)
+    return sorted({i for k, v in data.items() if k.endswith(("_run", "_runs"))
+                   for i in _run_ids(v)})
+
+
 def _run_child(ctx: jobs.JobContext, group: dict, planned: PlannedRun, existing: dict | None,
                ids: dict[str, int]) -> tuple[str, int | None, str | None]:
     """Run (or resume) one planned run inline; (status, run id, first line of its error)."""
@@ -139,7 +146,7 @@ def _run_child(ctx: jobs.JobContext, group: dict, planned: PlannedRun, existing:
         run_id = store.create_run(
             planned.stage, jobs.config_dict(config),
             name=f"{group['name']} · {planned.label or planned.key}",
-            parents=[ids[r] for r in refs_of(planned.config)],
+            parents=[ids[r] for r in refs_of(planned.config)] + _parents(config),
             model=getattr(config, "model", None), dataset=getattr(config, "dataset", None),
             group_id=group["id"], group_key=planned.key)
     else:
@@ -167,7 +174,42 @@ def summarize_group(store: Store, group: dict) -> dict:
         recipe = get_recipe(group["recipe"])
         return dict(recipe.summarize(store, group, runs) or {})
     table = sweep_table(store, group, runs)
-    return {"table": table, "sentence": sweep_sentence(group, table)}
+    base = (group.get("config") or {}).get("base") or {}
+    return {"table": table, "sentence": sweep_sentence(group, table),
+            "page_settings": page_settings(store, group.get("stage") or "", base)}
+
+
+def _run_ids(value: Any) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def page_settings(store: Store, stage: str, config: dict) -> list[dict]:
+    """The settings a stage's page chooses itself (its runs, dataset and reward: schema
+    widget "page", the model aside) as a sweep's runs got them: one {name, value, runs}
+    each, `runs` the [{id, name}] of a setting naming runs (`*_run`, `*_runs`; name None:
+    deleted since). The Experiments page and the summary say from these what the runs
+    started from and were scored by (e.g. SFT run #7, reward model #10)."""
+    try:
+        cls = stages.get(stage).config_cls
+    except (KeyError, ImportError):
+        return []
+    full = schema.to_dict(schema.from_dict(cls, config)) if config else schema.to_dict(cls())
+    out = []
+    for info in schema.describe(cls):
+        if info.meta.widget != "page" or info.name == "model":
+            continue
+        value = full.get(info.name, info.default)
+        item: dict[str, Any] = {"name": info.name, "value": value}
+        if info.name.endswith(("_run", "_runs")):
+            item["runs"] = []
+            for run_id in _run_ids(value):
+                try:
+                    item["runs"].append({"id": run_id, "name": store.get_run(run_id)["name"]})
+                except NotFound:
+                    item["runs"].append({"id": run_id, "name": None})
+        out.append(item)
+    return out
 
 
 # a sweep's sentence names its best and worst run by the stage's key metric
