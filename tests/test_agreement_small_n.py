@@ -98,10 +98,12 @@ def test_the_engine_calls_a_position_driven_judge_so(store):
     assert half["share"] == 0.5 and half["driven"] is False
 
 
-@pytest.mark.parametrize("lang, warn, interval", [
-    ("en", "Position decides these labels", "95% interval of κ: 0.02 to 1.00"),
-    ("fr", "C'est la position qui décide", "Intervalle à 95 % de κ : de 0.02 à 1.00")])
-def test_the_page_warns_above_the_agreement(store, lang, warn, interval):
+@pytest.mark.parametrize("lang, warn, interval, job", [
+    ("en", "Position decides these labels", "95% interval of κ: 0.02 to 1.00",
+     "disagreed on 100% of pairs"),
+    ("fr", "C'est la position qui décide", "Intervalle à 95 % de κ : de 0.02 à 1.00",
+     "se contredisent sur 100%")])
+def test_the_page_warns_above_the_agreement(store, lang, warn, interval, job):
     import streamlit as st
 
     from ui.i18n import t
@@ -114,6 +116,7 @@ def test_the_page_warns_above_the_agreement(store, lang, warn, interval):
     assert not at.exception, at.exception
     warnings = [w.value for w in at.warning]
     assert any(warn in w and "4" in w for w in warnings), warnings
+    assert any(job in w for w in warnings), warnings     # the job's report says it too
     assert any(interval in c.value for c in at.caption), [c.value for c in at.caption]
     assert not [s.value for s in at.success if "every pair" in s.value or
                 "toutes les paires" in s.value]          # no green "they agree" any more
