@@ -401,8 +401,9 @@ def group_view(group_id: int, live: bool = False) -> None:
     st.dataframe(pd.DataFrame([{
         "run": r["label"], "id": f"#{r['run_id']}" if r["run_id"] else "—",
         "stage": stage_name(r["stage"]),
-        "status": t(f"common.status_{r['status']}") if r["status"] != "pending"
-        else t("experiments.pending"),
+        "status": t("experiments.pending") if r["status"] == "pending"
+        else t("common.status_cancelling") if r["status"] in ACTIVE_STATES
+        and r.get("cancel_requested") else t(f"common.status_{r['status']}"),
         "steps": f"{r['step'] or 0}/{r['total_steps']}" if r["total_steps"] else "—"}
         for r in view["runs"]]), hide_index=True, width="stretch", column_config={
             "run": st.column_config.TextColumn(t("experiments.col_run")),

@@ -61,6 +61,8 @@ def test_the_page_shows_cancelling_at_once_and_disables_the_button(store, tiny_m
         assert any("cancelling" in p.proto.text for p in at.get("progress"))
         listed = [df.value for df in at.dataframe if "kind" in df.value.columns]
         assert listed and listed[0]["status"].tolist() == ["cancelling…"]
+        runs = [df.value for df in at.dataframe if "stage" in df.value.columns][0]
+        assert runs["status"].tolist() == ["cancelling…"]     # its run in flight too
     finally:
         assert jobs.wait(exp_id, 30) == "cancelled"
     at.run()

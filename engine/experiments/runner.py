@@ -445,7 +445,7 @@ def group_view(store: Store, group_id: int) -> dict:
                "error": None}
         if run is not None:
             row.update({k: run.get(k) for k in ("step", "total_steps", "message", "summary",
-                                                "error", "status")},
+                                                "error", "status", "cancel_requested")},
                        run_id=run["id"], progress=float(run.get("progress") or 0.0))
             done += run["status"] == "succeeded"
             if run["status"] == "running":
