@@ -423,9 +423,12 @@ def agreement_section(store) -> None:
     if res["ties_dropped"]:
         st.caption(t("feedback.ties_dropped", n=res["ties_dropped"]))
     formulas = st.columns(3)
-    for col, name in zip(formulas, ("cohen_kappa", "wilson_interval", "kappa_interval")):
-        with col:
-            st.latex(LATEX[name])
+    with formulas[0]:
+        st.latex(LATEX["cohen_kappa"])
+    with formulas[1]:
+        st.latex(LATEX["wilson_interval"])
+    with formulas[2]:
+        st.latex(LATEX["kappa_interval"])
     if not res["disagreements"]:
         if position["driven"]:
             st.info(t("feedback.no_disagreements_by_position"), icon=":material/info:")
