@@ -513,6 +513,35 @@ def kappa_standard_error(p_o: float, p_e: float, n: int) -> float | None:
     return (p_o * (1.0 - p_o) / (n * (1.0 - p_e) ** 2)) ** 0.5
 
 
+@equation(r"p_o^{\pm} = \frac{\hat p + \frac{z^2}{2n} \pm z\sqrt{\frac{\hat p(1-\hat p)}{n}"
+          r" + \frac{z^2}{4n^2}}}{1 + \frac{z^2}{n}},\quad \hat p = \frac{a}{n},\ z = 1.96")
+def wilson_interval(agree: int, n: int, z: float = 1.959963984540054
+                    ) -> tuple[float, float] | None:
+    """p± = (p̂ + z²/2n ± z·sqrt(p̂(1 − p̂)/n + z²/4n²)) / (1 + z²/n), p̂ = agree/n: Wilson's
+    (1927) score interval of a proportion (95% with z = 1.96). Unlike p̂ ± z·SE it keeps its
+    width where p̂ is 0 or 1 and n is small (4 of 4: 0.510 to 1). None when n = 0."""
+    if n <= 0:
+        return None
+    p = agree / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z / denom * (p * (1.0 - p) / n + z * z / (4 * n * n)) ** 0.5
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+@equation(r"\kappa^{\pm} = \frac{p_o^{\pm} - p_e}{1 - p_e}")
+def kappa_interval(p_o_low: float, p_o_high: float, p_e: float
+                   ) -> tuple[float, float] | None:
+    """κ± = (p_o± − p_e) / (1 − p_e): an interval of the observed agreement p_o (Wilson's)
+    carried to κ through Cohen's formula, which is increasing in p_o, with the chance
+    agreement p_e held at its observed value (its own sampling error is not counted: the
+    interval is, if anything, a little narrow). Clipped to [−1, 1]; None when p_e = 1."""
+    low, high = cohen_kappa(p_o_low, p_e), cohen_kappa(p_o_high, p_e)
+    if low is None or high is None:
+        return None
+    return min(1.0, max(-1.0, low)), min(1.0, max(-1.0, high))
+
+
 # ======================================================================================
 # Formulas the pages show that are inline statistics (no function of their own)
 # ======================================================================================

@@ -17,10 +17,13 @@ from engine.runtime import stages
 from engine.schema import ConfigError
 from storage import NotFound
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, RUN_STATES
-from ui.common import get_jobs, get_store, metric_label, model_spec, status_label
+from ui.common import (STATUS_ICONS, get_jobs, get_store, keep_widget, metric_label, model_spec,
+                       status_label)
 from ui.forms import settings_form
 from ui.i18n import catalogue, t, tn
+from ui.stage_page import page_values_key
 
+STAGE_PAGES = {f"pages/{s}.py" for s in ("sft", "reward", "ppo", "dpo", "grpo")}
 CONFIRM_ABOVE = 6       # a sweep of more runs asks for a confirmation before it is queued
 OPEN_KEY = "exp_open"   # the group the page shows
 
@@ -40,7 +43,13 @@ def recipe_text(name: str, part: str) -> str:
 
 
 def stage_name(stage: str | None) -> str:
-    return text_of(f"experiments.stage_{stage}", f"runs.stage_{stage}") if stage else "—"
+    """A stage's name in words (a stage the catalogues do not know: its own name, spaced)."""
+    if not stage:
+        return "—"
+    for key in (f"experiments.stage_{stage}", f"runs.stage_{stage}"):
+        if key in catalogue("en"):
+            return t(key)
+    return stage.replace("_", " ")
 
 
 def column_label(name: str) -> str:
@@ -72,12 +81,22 @@ def summary_frame(table: list[dict], runs: list[dict]) -> pd.DataFrame:
     if "status" in df.columns:
         df = df.assign(status=df["status"].map(
             lambda v: t(f"common.status_{v}") if v in RUN_STATES else t("experiments.pending")))
+    if "run_id" in df.columns:   # an id, not a quantity; none yet: a dash, not "None"
+        df["run_id"] = df["run_id"].map(lambda v: "—" if _missing(v) else f"#{int(v)}")
+    for c in df.columns:   # a run not run yet has no values: dashes, the others as numbers
+        if df[c].map(_missing).any():
+            df[c] = df[c].map(lambda v: "—" if _missing(v)
+                              else f"{v:.4g}" if isinstance(v, float) else v)
     names, used = {}, set()
     for c in df.columns:
         label = column_label(c)
         names[c] = label if label not in used else c
         used.add(names[c])
     return df.rename(columns=names)
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def flash() -> None:
@@ -136,6 +155,7 @@ def field_choice(infos: list[schema.FieldInfo], label: str, key: str, none: bool
         names.insert(0, names.pop(names.index("learning_rate")))
     labels = {i.name: f"{t(i.label_key)} ({i.name})" for i in infos}
     labels[""] = t("experiments.field_none")
+    keep_widget(key, names)
     name = st.selectbox(label, names, key=key, format_func=labels.get)
     return next((i for i in infos if i.name == name), None)
 
@@ -144,6 +164,7 @@ def values_input(info: schema.FieldInfo, key: str) -> str:
     hint = ", ".join(map(str, info.meta.choices)) if info.meta.choices else \
         t("experiments.values_hint", default=schema.number(info.default)
           if isinstance(info.default, (int, float)) else info.default)
+    keep_widget(f"{key}_{info.name}")
     return st.text_input(t("experiments.values", name=info.name), key=f"{key}_{info.name}",
                          placeholder=hint, help=t("experiments.values_help"))
 
@@ -152,6 +173,7 @@ def sweep_builder() -> None:
     st.caption(t("experiments.sweep_intro"))
     names = stages.training_stages()
     cols = st.columns([1, 2, 2])
+    keep_widget("exp_stage", names)   # the whole form is kept across a page switch
     stage = cols[0].selectbox(t("experiments.stage"), names, key="exp_stage",
                               format_func=stage_name)
     cls = stages.get(stage).config_cls
@@ -163,21 +185,31 @@ def sweep_builder() -> None:
         second = field_choice([i for i in infos if first is None or i.name != first.name],
                               t("experiments.field_2"), f"exp_f2_{stage}", none=True)
         raw2 = values_input(second, f"exp_v2_{stage}") if second else ""
+    # the stage page's own choices (its SFT run, reward model, dataset), as last set there
+    chosen = st.session_state.get(page_values_key(stage))
     with st.expander(t("experiments.base"), icon=":material/tune:"):
         st.caption(t("experiments.base_help"))
-        base_cfg, _ = settings_form(cls, stage, fixed={"model": model_spec()})
+        base_cfg, _ = settings_form(cls, stage, fixed={"model": model_spec(), **(chosen or {})})
+        keep_widget(f"exp_overrides_{stage}")
         extra = st.text_area(t("experiments.overrides"), key=f"exp_overrides_{stage}",
                              placeholder="sft_run=12\nreward_run=15",
                              help=t("experiments.overrides_help"), height=80)
+    keep_widget("exp_sweep_name")
     name = st.text_input(t("experiments.name"), key="exp_sweep_name",
                          placeholder=t("experiments.name_placeholder"))
-    plan, error = None, None
-    if base_cfg is not None and first is not None and raw1.strip():
-        items = [f"{first.name}={raw1}"] + ([f"{second.name}={raw2}"]
-                                            if second is not None and raw2.strip() else [])
+    plan, error, base = None, None, None
+    if base_cfg is not None:
         try:
             base = schema.apply_overrides(schema.to_dict(base_cfg),
                                           [ln.strip() for ln in extra.splitlines() if ln.strip()])
+        except ConfigError as exc:
+            error = str(exc)
+        else:
+            settings_line(stage, base, chosen is not None)
+    if base is not None and first is not None and raw1.strip():
+        items = [f"{first.name}={raw1}"] + ([f"{second.name}={raw2}"]
+                                            if second is not None and raw2.strip() else [])
+        try:
             vary = parse_vary(items, stage)
             plan = expand_sweep(stage, base, vary)
         except ConfigError as exc:
@@ -210,6 +242,60 @@ def sweep_builder() -> None:
         queue_sweep(stage, base, vary, name)
 
 
+def settings_line(stage: str, base: dict, from_page: bool) -> None:
+    """What the sweep's runs start from and are scored by (its SFT run, reward model,
+    dataset): the stage page's choices, or its defaults when that page was not opened."""
+    text = page_settings_text(runner.page_settings(store, stage, base))
+    if not text:
+        return
+    st.info(t("experiments.page_settings" if from_page else "experiments.page_settings_unset",
+              stage=stage_name(stage), settings=text), icon=":material/link:")
+    if not from_page and f"pages/{stage}.py" in STAGE_PAGES:
+        st.page_link(f"pages/{stage}.py", label=t("experiments.go_stage", stage=stage_name(stage)),
+                     icon=":material/arrow_forward:")
+
+
+def _rule_name(name: str) -> str:
+    return t(f"ppo.rw_{name}") if f"ppo.rw_{name}" in catalogue("en") else str(name)
+
+
+def page_settings_text(items: list[dict]) -> str:
+    """runner.page_settings in words: "Start from: #7 sft-tiny · Reward-model run: #10
+    rm-tiny · Dataset: sample-preferences" (a rule reward by its name, none said so)."""
+    by_name = {i["name"]: i for i in items}
+    reward_model = any(by_name.get(n, {}).get("runs") for n in ("reward_run", "reward_runs"))
+    parts = []
+    for item in items:
+        name, value, runs = item["name"], item["value"], item.get("runs")
+        if name in ("builtin_reward", "reward_params") and reward_model:
+            continue   # a reward model replaces the rule
+        if runs is not None:
+            if runs:
+                text = ", ".join(f"#{r['id']} {r['name'] or t('experiments.run_deleted')}"
+                                 for r in runs)
+            elif name in ("sft_run", "normalize_sft_run"):
+                text = t("experiments.none_base")
+            elif name == "reward_run" and not reward_model:
+                text = t("experiments.none_rule")
+            else:
+                continue   # an ensemble or a gold model not used: nothing to say
+        elif not value and value != 0:
+            continue
+        elif name == "builtin_reward":
+            text = _rule_name(value)
+        elif name == "builtin_rewards":
+            text = ", ".join(_rule_name(v) for v in value)
+        elif isinstance(value, dict):
+            text = ", ".join(f"{k}={v}" for k, v in value.items())
+        elif isinstance(value, list):
+            text = ", ".join(map(str, value))
+        else:
+            text = str(value)
+        key = f"settings.{name}"
+        parts.append(f"{t(key) if key in catalogue('en') else name}: {text}")
+    return " · ".join(parts)
+
+
 def queue_sweep(stage: str, base: dict, vary: dict, name: str) -> None:
     try:
         group_id = runner.submit_sweep(get_jobs(), store, stage, base, vary,
@@ -233,7 +319,8 @@ def group_list() -> int | None:
         return None
     st.dataframe(pd.DataFrame([{
         "id": g["id"], "name": g["name"], "kind": group_kind(g),
-        "status": t(f"common.status_{g['status']}"), "runs": f"{g['done']}/{g['total']}"}
+        "status": t("common.status_cancelling") if g["cancelling"]
+        else t(f"common.status_{g['status']}"), "runs": f"{g['done']}/{g['total']}"}
         for g in groups]), hide_index=True, width="stretch",
         height=min(260, 38 + 35 * len(groups)), column_config={
             "id": st.column_config.NumberColumn("#", width="small"),
@@ -243,9 +330,14 @@ def group_list() -> int | None:
             "runs": st.column_config.TextColumn(t("experiments.col_runs"))})
     ids = [g["id"] for g in groups]
     names = {g["id"]: f"#{g['id']} {g['name']} · {group_kind(g)}" for g in groups}
-    want = st.session_state.get(OPEN_KEY)
-    return st.selectbox(t("experiments.open"), ids, format_func=names.get, key="exp_pick",
-                        index=ids.index(want) if want in ids else 0)
+    # a group just started is shown, whatever was picked before (the widget's own state
+    # would otherwise keep the old one); a picked group deleted since: the newest
+    want = st.session_state.pop(OPEN_KEY, None)
+    if want in ids:
+        st.session_state["exp_pick"] = want
+    elif st.session_state.get("exp_pick") not in ids:
+        st.session_state.pop("exp_pick", None)
+    return st.selectbox(t("experiments.open"), ids, format_func=names.get, key="exp_pick")
 
 
 def group_view(group_id: int, live: bool = False) -> None:
@@ -255,12 +347,14 @@ def group_view(group_id: int, live: bool = False) -> None:
         st.info(t("experiments.group_gone"), icon=":material/info:")
         return
     group = view["group"]
+    stopping = bool(group.get("cancelling"))   # asked: it stops at the end of a step
     cols = st.columns([4, 1])
-    cols[0].markdown(f"**#{group['id']} {group['name']}** · {group_kind(group)} · "
-                     f"{status_label(group['status'])}")
+    state = f"{STATUS_ICONS['cancelled']} {t('common.status_cancelling')}" if stopping \
+        else status_label(group["status"])
+    cols[0].markdown(f"**#{group['id']} {group['name']}** · {group_kind(group)} · {state}")
     jobs = get_jobs()
     if group["status"] in ACTIVE_STATES:
-        if cols[1].button(t("common.cancel"), key=f"exp_cancel_{group_id}"):
+        if cols[1].button(t("common.cancel"), key=f"exp_cancel_{group_id}", disabled=stopping):
             runner.cancel_group(jobs, store, group_id)
             st.rerun(scope="app")
     elif group["status"] in RESUMABLE_STATES:
@@ -269,11 +363,24 @@ def group_view(group_id: int, live: bool = False) -> None:
             st.rerun(scope="app")
     running = next((r for r in view["runs"] if r["status"] == "running"), None)
     text = t("experiments.progress", done=group["done"], total=group["total"])
-    if running is not None:
+    if stopping:
+        text += " · " + t("common.status_cancelling")
+    elif running is not None and running["total_steps"]:
         text += " · " + t("experiments.progress_run", label=running["label"],
-                          step=running["step"] or 0, total=running["total_steps"] or "?")
+                          step=running["step"] or 0, total=running["total_steps"])
+    elif running is not None:   # its number of steps is not known yet: what it does
+        text += " · " + t("experiments.progress_run_starting", label=running["label"],
+                          message=running["message"] or t("experiments.starting"))
     st.progress(min(1.0, group["progress"]), text=text)
     summary = view["summary"] or {}
+    if not group.get("recipe"):   # a sweep: what its runs started from and were scored by
+        used = summary.get("page_settings")
+        if used is None:
+            used = runner.page_settings(store, group.get("stage") or "",
+                                        (group.get("config") or {}).get("base") or {})
+        text = page_settings_text(used)
+        if text:
+            st.caption(t("experiments.runs_used", settings=text))
     sentence = summary.get("sentence")
     if sentence and sentence.get("key"):
         params = dict(sentence.get("params") or {})
@@ -292,13 +399,15 @@ def group_view(group_id: int, live: bool = False) -> None:
                          width="medium")})
     st.markdown("**" + t("experiments.runs") + "**")
     st.dataframe(pd.DataFrame([{
-        "run": r["label"], "id": r["run_id"], "stage": stage_name(r["stage"]),
-        "status": t(f"common.status_{r['status']}") if r["status"] != "pending"
-        else t("experiments.pending"),
-        "steps": f"{r['step'] or 0}/{r['total_steps'] or '—'}" if r["run_id"] else "—"}
+        "run": r["label"], "id": f"#{r['run_id']}" if r["run_id"] else "—",
+        "stage": stage_name(r["stage"]),
+        "status": t("experiments.pending") if r["status"] == "pending"
+        else t("common.status_cancelling") if r["status"] in ACTIVE_STATES
+        and r.get("cancel_requested") else t(f"common.status_{r['status']}"),
+        "steps": f"{r['step'] or 0}/{r['total_steps']}" if r["total_steps"] else "—"}
         for r in view["runs"]]), hide_index=True, width="stretch", column_config={
             "run": st.column_config.TextColumn(t("experiments.col_run")),
-            "id": st.column_config.NumberColumn("#", width="small"),
+            "id": st.column_config.TextColumn("#", width="small"),
             "stage": st.column_config.TextColumn(t("experiments.col_stage")),
             "status": st.column_config.TextColumn(t("experiments.col_status")),
             "steps": st.column_config.TextColumn(t("experiments.col_steps"))})

@@ -27,8 +27,11 @@ def test_textbook_kappa_and_interval():
     assert res["p_e"] == pytest.approx(0.5)
     assert res["kappa"] == pytest.approx(0.4)
     assert res["se"] == pytest.approx(math.sqrt(0.0168))
-    assert res["ci_low"] == pytest.approx(0.4 - 1.959964 * 0.1296148, abs=1e-6)
-    assert res["ci_high"] == pytest.approx(0.6540404, abs=1e-6)
+    # the interval (issue 25): Wilson's for p_o = 35/50, z² = 3.841459: centre
+    # (0.7 + 0.038415) / 1.076829 = 0.685726, half 1.820126 · sqrt(0.0042 + 0.000384) =
+    # 0.123234, so p_o in [0.562492, 0.808960]; κ = 2·p_o − 1 (p_e = 0.5) at each end
+    assert res["ci_low"] == pytest.approx(0.124984, abs=1e-4)
+    assert res["ci_high"] == pytest.approx(0.617920, abs=1e-4)
     assert res["table"] == [[20, 5, 0], [10, 15, 0], [0, 0, 0]]
     assert "kappa" in LATEX["cohen_kappa"] and "SE" in LATEX["kappa_standard_error"]
 
@@ -52,7 +55,9 @@ def test_three_labels_by_hand():
 def test_kappa_edges():
     perfect = A.kappa([("first", "first"), ("second", "second")] * 5)
     assert perfect["kappa"] == pytest.approx(1.0) and perfect["se"] == pytest.approx(0.0)
-    assert (perfect["ci_low"], perfect["ci_high"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    # 10 of 10: Wilson's low end 10 / (10 + 3.841459) = 0.722467, κ = 2·0.722467 − 1
+    assert (perfect["ci_low"], perfect["ci_high"]) == (pytest.approx(0.444934, abs=1e-5),
+                                                       pytest.approx(1.0))
     opposite = A.kappa([("first", "second"), ("second", "first")] * 5)
     assert opposite["kappa"] == pytest.approx(-1.0) and opposite["ci_low"] == -1.0
     same = A.kappa([("first", "first")] * 4)   # p_e = 1: agreement beyond chance undefined

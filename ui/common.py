@@ -443,6 +443,18 @@ def translated_choice(widget, label: str, options: list, key: str, format_func, 
     return value
 
 
+def keep_widget(key: str, options: list | None = None) -> None:
+    """Call before drawing the widget of `key`: Streamlit forgets a widget's value when a
+    page without it runs (a page switch), so the value is copied aside on every run and put
+    back when the widget is drawn again. `options`: a choice widget's; a kept value that is
+    no longer one of them is not put back."""
+    aside = f"kept.{key}"
+    if key in st.session_state:
+        st.session_state[aside] = st.session_state[key]
+    elif aside in st.session_state and (options is None or st.session_state[aside] in options):
+        st.session_state[key] = st.session_state[aside]
+
+
 def widget_key(key: str, lang: str = "en") -> str:
     """The key of a `translated_choice` widget in a language (tests drive it by this)."""
     return f"{key}__{lang}"

@@ -306,6 +306,9 @@ def report(run: dict) -> None:
     if s.get("order_agreement") is not None:
         cols[3].metric(t("feedback.order_agreement"), f"{s['order_agreement']:.0%}",
                        help=t("feedback.order_agreement_help"))
+        if s.get("position_driven"):
+            st.warning(t("feedback.position_driven_job",
+                         percent=f"{1 - s['order_agreement']:.0%}"), icon=":material/warning:")
     elif s.get("sft_rows_made") is not None:
         cols[3].metric(t("feedback.sft_rows"), str(s["sft_rows_made"]))
     st.caption(t("feedback.report_line", dataset=s.get("dataset", ""),
@@ -403,6 +406,11 @@ def agreement_section(store) -> None:
     if not res["matched"]:
         st.info(t("feedback.no_overlap", pairs=res["ai_pairs"]))
         return
+    position = res["position"]
+    if position["driven"]:  # above the numbers: they are not the judge's opinion
+        st.warning(t("feedback.position_driven", n=position["orders_disagree"],
+                     judged=position["judged"], first=position["first_shown"],
+                     second=position["second_shown"]), icon=":material/warning:")
     kappa = res["kappa"]
     cols = st.columns(3)
     cols[0].metric(t("feedback.matched"), str(res["matched"]), help=t("feedback.matched_help"))
@@ -416,13 +424,18 @@ def agreement_section(store) -> None:
         st.caption(t("feedback.kappa_undefined"))
     if res["ties_dropped"]:
         st.caption(t("feedback.ties_dropped", n=res["ties_dropped"]))
-    formulas = st.columns(2)
+    formulas = st.columns(3)
     with formulas[0]:
         st.latex(LATEX["cohen_kappa"])
     with formulas[1]:
-        st.latex(LATEX["kappa_standard_error"])
+        st.latex(LATEX["wilson_interval"])
+    with formulas[2]:
+        st.latex(LATEX["kappa_interval"])
     if not res["disagreements"]:
-        st.success(t("feedback.no_disagreements"))
+        if position["driven"]:
+            st.info(t("feedback.no_disagreements_by_position"), icon=":material/info:")
+        else:
+            st.success(t("feedback.no_disagreements"))
         return
     st.markdown("**" + t("feedback.disagreements", n=len(res["disagreements"])) + "**")
     st.dataframe(pd.DataFrame([{

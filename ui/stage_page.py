@@ -16,9 +16,15 @@ import streamlit as st
 from engine import memory
 from engine.runtime import stages
 from engine.runtime.runs import ACTIVE_STATES
-from ui.common import get_store, model_spec, run_label, run_picker, translated_choice
+from ui.common import (get_store, keep_widget, model_spec, run_label, run_picker,
+                       translated_choice)
 from ui.forms import settings_form, start_button
 from ui.i18n import t
+
+
+def page_values_key(stage: str) -> str:
+    """Session key of what a stage page's own widgets last chose (`PageFields.values`)."""
+    return f"page.{stage}"
 
 
 @dataclass
@@ -96,10 +102,13 @@ class StagePage:
         own = self.page_fields()
         if own is None:
             return
+        # what the page chose (runs, dataset, reward): a sweep of this stage starts from it
+        st.session_state[page_values_key(self.stage)] = dict(own.values)
         cls = stages.get(self.stage).config_cls
         config, _ = settings_form(cls, self.stage, fixed=own.values, defaults=own.defaults)
         if config is not None and self.stage in memory.STAGES:
             memory_estimate(self.stage, config)
+        keep_widget(f"form.{self.stage}.run_name")   # kept across a page switch
         name = st.text_input(t(f"{self.stage}.run_name"),
                              placeholder=t(f"{self.stage}.run_name_placeholder"),
                              key=f"form.{self.stage}.run_name")

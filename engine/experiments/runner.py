@@ -101,6 +101,9 @@ def run_experiment(config: ExperimentConfig, ctx: jobs.JobContext) -> dict:
                 ids[planned.key] = run_id
             else:
                 problems[planned.key] = f"{status}: {error}" if error else status
+        # a cancel asked during the last run, which finished its work anyway: the group
+        # still ends cancelled, as asked (a resume only writes the summary)
+        ctx.check_cancel()
         ctx.progress(n, n, f"{n}/{n}")
         summary = summarize_group(store, store.get_group(group_id))
         summary["problems"] = problems
@@ -117,6 +120,13 @@ def run_experiment(config: ExperimentConfig, ctx: jobs.JobContext) -> dict:
     if problems:
         raise GroupFailed("; ".join(f"{k}: {v}" for k, v in problems.items()))
     return {"group_id": group_id, "runs": n, "run_ids": ids}
+
+
+def _parents(config: Any) -> list[int]:
+    """The finished runs a config names (its SFT run, reward models, ...): a child's lineage."""
+    data = jobs.config_dict(config)
+    return sorted({i for k, v in data.items() if k.endswith(("_run", "_runs"))
+                   for i in _run_ids(v)})
 
 
 def _run_child(ctx: jobs.JobContext, group: dict, planned: PlannedRun, existing: dict | None,
@@ -136,7 +146,7 @@ def _run_child(ctx: jobs.JobContext, group: dict, planned: PlannedRun, existing:
         run_id = store.create_run(
             planned.stage, jobs.config_dict(config),
             name=f"{group['name']} · {planned.label or planned.key}",
-            parents=[ids[r] for r in refs_of(planned.config)],
+            parents=[ids[r] for r in refs_of(planned.config)] + _parents(config),
             model=getattr(config, "model", None), dataset=getattr(config, "dataset", None),
             group_id=group["id"], group_key=planned.key)
     else:
@@ -164,7 +174,42 @@ def summarize_group(store: Store, group: dict) -> dict:
         recipe = get_recipe(group["recipe"])
         return dict(recipe.summarize(store, group, runs) or {})
     table = sweep_table(store, group, runs)
-    return {"table": table, "sentence": sweep_sentence(group, table)}
+    base = (group.get("config") or {}).get("base") or {}
+    return {"table": table, "sentence": sweep_sentence(group, table),
+            "page_settings": page_settings(store, group.get("stage") or "", base)}
+
+
+def _run_ids(value: Any) -> list[int]:
+    values = value if isinstance(value, list) else [value]
+    return [int(v) for v in values if isinstance(v, int) and not isinstance(v, bool)]
+
+
+def page_settings(store: Store, stage: str, config: dict) -> list[dict]:
+    """The settings a stage's page chooses itself (its runs, dataset and reward: schema
+    widget "page", the model aside) as a sweep's runs got them: one {name, value, runs}
+    each, `runs` the [{id, name}] of a setting naming runs (`*_run`, `*_runs`; name None:
+    deleted since). The Experiments page and the summary say from these what the runs
+    started from and were scored by (e.g. SFT run #7, reward model #10)."""
+    try:
+        cls = stages.get(stage).config_cls
+    except (KeyError, ImportError):
+        return []
+    full = schema.to_dict(schema.from_dict(cls, config)) if config else schema.to_dict(cls())
+    out = []
+    for info in schema.describe(cls):
+        if info.meta.widget != "page" or info.name == "model":
+            continue
+        value = full.get(info.name, info.default)
+        item: dict[str, Any] = {"name": info.name, "value": value}
+        if info.name.endswith(("_run", "_runs")):
+            item["runs"] = []
+            for run_id in _run_ids(value):
+                try:
+                    item["runs"].append({"id": run_id, "name": store.get_run(run_id)["name"]})
+                except NotFound:
+                    item["runs"].append({"id": run_id, "name": None})
+        out.append(item)
+    return out
 
 
 # a sweep's sentence names its best and worst run by the stage's key metric
@@ -297,13 +342,17 @@ def run_group_sync(store: Store, group_id: int) -> dict:
 
 
 def cancel_group(manager: jobs.JobManager, store: Store, group_id: int) -> bool:
-    """Cancel the group's experiment run (and so the child in flight)."""
+    """Cancel the group's experiment run (and so the child in flight). Both show as
+    cancelling (`cancel_requested`) at once, until the child's step ends."""
     group = store.get_group(group_id)
     run = _run_or_none(store, group.get("run_id"))
     if run is not None and run["status"] in ACTIVE_STATES:
         if manager.cancel(run["id"]):
             if run["status"] == "queued" or group["status"] == "queued":
                 store.update_group(group_id, status="cancelled")
+            for child in store.group_runs(group_id):
+                if child["status"] == "running":
+                    store.request_cancel(child["id"])
             return True
         return False
     if group["status"] in ACTIVE_STATES:  # nobody runs it any more
@@ -335,6 +384,15 @@ def _run_or_none(store: Store, run_id: int | None) -> dict | None:
         return None
 
 
+def cancelling(store: Store, group: dict) -> bool:
+    """A cancel was asked and the group's experiment run has not stopped yet."""
+    if group["status"] not in ACTIVE_STATES:
+        return False
+    run = _run_or_none(store, group.get("run_id"))
+    return run is not None and run["status"] in ACTIVE_STATES \
+        and bool(run.get("cancel_requested"))
+
+
 def effective_status(store: Store, group: dict) -> str:
     """The group's status; an active group whose experiment run stopped (a crash, a
     deleted run) shows that run's state (`interrupted` when it is gone)."""
@@ -353,6 +411,7 @@ def list_groups(store: Store) -> list[dict]:
     out = []
     for group in store.list_groups():
         group["status"] = effective_status(store, group)
+        group["cancelling"] = cancelling(store, group)
         group["total"] = len((group["config"] or {}).get("plan", []))
         group["done"] = group["counts"].get("succeeded", 0)
         out.append(group)
@@ -360,11 +419,12 @@ def list_groups(store: Store) -> list[dict]:
 
 
 def group_view(store: Store, group_id: int) -> dict:
-    """What a group's page shows: the group (status, done/total, progress), one row per
-    planned run (its run, or none yet / deleted), the metric rows the charts draw
+    """What a group's page shows: the group (status, cancelling, done/total, progress), one
+    row per planned run (its run, or none yet / deleted), the metric rows the charts draw
     ({key, label, run_id, step, name, value}), the charts and the summary."""
     group = store.get_group(group_id)
     group["status"] = effective_status(store, group)
+    group["cancelling"] = cancelling(store, group)
     plan = plan_of(group)
     runs = latest_by_key(store, group_id)
     charts = charts_of(group)
@@ -385,7 +445,7 @@ def group_view(store: Store, group_id: int) -> dict:
                "error": None}
         if run is not None:
             row.update({k: run.get(k) for k in ("step", "total_steps", "message", "summary",
-                                                "error", "status")},
+                                                "error", "status", "cancel_requested")},
                        run_id=run["id"], progress=float(run.get("progress") or 0.0))
             done += run["status"] == "succeeded"
             if run["status"] == "running":

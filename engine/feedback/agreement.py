@@ -27,29 +27,40 @@ pair that has a tie on either side (counted in `ties_dropped`), so κ compares p
 only.
 
 **κ and its interval**: κ = (p_o − p_e) / (1 − p_e) over the labels' contingency table
-(engine.objectives.cohen_kappa), with Cohen's (1960) large-sample standard error
-SE = sqrt(p_o(1 − p_o) / (n (1 − p_e)²)) and the 95% interval κ ± 1.96·SE clipped to
-[−1, 1] (engine.objectives.kappa_standard_error). Not a bootstrap: no randomness, and the
-same labels always give the same interval. It is an approximation that is poor for small
-n (say under 30 pairs) or κ near ±1; κ is None when p_e = 1 (both sides always give the
-same single label: agreement beyond chance is undefined).
+(engine.objectives.cohen_kappa). Its 95% interval holds for small n: Wilson's score interval
+of the observed agreement p_o (engine.objectives.wilson_interval) carried to κ through the
+same formula with p_e held at its observed value (engine.objectives.kappa_interval). 4
+pairs out of 4 in agreement give p_o in [0.51, 1], so with p_e = 0.5 κ is somewhere in
+[0.02, 1]: not the zero-width interval Cohen's large-sample SE gives there (SE = 0 at
+p_o = 1; `se` is still reported, for large n). No randomness: the same labels always give
+the same interval. κ is None when p_e = 1 (both sides always give the same single label:
+agreement beyond chance is undefined).
+
+**Position bias**: a compare job asks its judge twice, the two answers in both orders; the
+rows it stores say whether the two orders picked the same answer (meta.order_agreement) and
+P(first answer better) asked each way (meta.p_first, meta.p_second). Where the two orders
+disagree on most of the matched pairs (`position_bias`), the judge's labels follow the place
+an answer was shown in, not the answer: its agreement with people is chance, however high,
+and the document says so (`position["driven"]`).
 """
 from __future__ import annotations
 
 import json
 import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable
 
 from engine.data.curation import iter_rows
 from engine.data.sources import source_class
-from engine.objectives import cohen_kappa, kappa_standard_error
+from engine.objectives import (cohen_kappa, kappa_interval, kappa_standard_error,
+                               wilson_interval)
 
 LABELS = ("first", "second", "tie")
 TIES = ("category", "drop")
 Z95 = 1.959963984540054
 TIE_VOTES = ("tie", "both_bad")
+POSITION_DRIVEN = 0.5   # the judge's two orders disagree on more than this share of pairs
 
 
 # -- pairs and labels ------------------------------------------------------------------
@@ -89,6 +100,10 @@ class Label:
     origin: str                     # ai | vote | tie_vote | ab_vote | reference
     prompt: Any = None
     ref: dict = field(default_factory=dict)   # where it came from: row, run or vote ids
+    # an AI label of a compare job: did the judge's two orders (A/B, B/A) pick the same
+    # answer, and which place it preferred each way ("first" / "second" shown, None: unknown)
+    orders_agree: bool | None = None
+    shown: tuple = ()
 
 
 def _row_tie(meta: dict) -> bool:
@@ -108,8 +123,34 @@ def ai_labels(store, dataset: str | int) -> list[Label]:
         if meta.get("input_row") is not None:
             ref["input_row"] = meta.get("input_row")
             ref["input_dataset"] = meta.get("input_dataset") or meta.get("prompts")
-        out.append(Label(key, label, "ai", row["prompt"], ref))
+        out.append(Label(key, label, "ai", row["prompt"], ref, *_orders(meta)))
     return out
+
+
+def _orders(meta: dict) -> tuple[bool | None, tuple]:
+    """(did the two orders agree, the place preferred asked each way) of an AI row's meta.
+    p_first: P(answer x better) asked x first; p_second: the same asked x second."""
+    agree = meta.get("order_agreement")
+    p1, p2 = meta.get("p_first"), meta.get("p_second")
+    shown: tuple = ()
+    if isinstance(p1, (int, float)) and isinstance(p2, (int, float)):
+        shown = ("first" if p1 > 0.5 else "second" if p1 < 0.5 else "tie",
+                 "second" if p2 > 0.5 else "first" if p2 < 0.5 else "tie")
+    return (agree if isinstance(agree, bool) else None), shown
+
+
+def position_bias(labels: Iterable[Label]) -> dict:
+    """How far position decided the AI labels: {judged (labels whose two orders are known),
+    orders_disagree, first_shown / second_shown (labels where the answer shown first, or
+    second, won both ways), share (orders_disagree / judged), driven (share above
+    POSITION_DRIVEN: the labels follow the order the answers were shown in)}."""
+    known = [a for a in labels if a.orders_agree is not None]
+    disagree = sum(not a.orders_agree for a in known)
+    share = disagree / len(known) if known else None
+    return {"judged": len(known), "orders_disagree": disagree,
+            "first_shown": sum(a.shown == ("first", "first") for a in known),
+            "second_shown": sum(a.shown == ("second", "second") for a in known),
+            "share": share, "driven": share is not None and share > POSITION_DRIVEN}
 
 
 def vote_labels(store) -> list[Label]:
@@ -197,8 +238,9 @@ def majority(labels: Iterable[str]) -> str:
 
 # -- Cohen's kappa --------------------------------------------------------------------------
 def kappa(pairs: list[tuple[str, str]], categories: Iterable[str] = LABELS) -> dict:
-    """Cohen's κ of (rater 1, rater 2) label pairs: {n, agree, percent, p_o, p_e, kappa, se,
-    ci_low, ci_high, table} (table[i][j]: pairs rater 1 labelled categories[i] and rater 2
+    """Cohen's κ of (rater 1, rater 2) label pairs: {n, agree, percent, p_o, p_e, kappa, se
+    (Cohen's large-sample SE), ci_low, ci_high (the small-n interval of the module's
+    docstring), table} (table[i][j]: pairs rater 1 labelled categories[i] and rater 2
     categories[j]). Nothing to compare (n = 0): the statistics are None."""
     cats = list(categories)
     index = {c: i for i, c in enumerate(cats)}
@@ -218,8 +260,10 @@ def kappa(pairs: list[tuple[str, str]], categories: Iterable[str] = LABELS) -> d
     k = cohen_kappa(p_o, p_e)
     se = kappa_standard_error(p_o, p_e, n)
     low = high = None
-    if k is not None and se is not None:
-        low, high = max(-1.0, k - Z95 * se), min(1.0, k + Z95 * se)
+    if k is not None:
+        interval = kappa_interval(*wilson_interval(agree, n, Z95), p_e)
+        if interval is not None:
+            low, high = interval
     return {**out, "agree": agree, "percent": 100.0 * p_o, "p_o": p_o, "p_e": p_e,
             "kappa": k, "se": se, "ci_low": low, "ci_high": high}
 
@@ -233,7 +277,7 @@ def _reoriented(a: Label, key: tuple[str, str, str]) -> Label | None:
     """An AI label moved onto the (edited) pair `key` of the row it judged: the answer it
     preferred, or the other one, is still one of the pair's; None when both were edited."""
     if a.label == "tie":
-        return Label(key, "tie", a.origin, a.prompt, a.ref)
+        return replace(a, key=key)
     winner = _answers(a.key, a.label)
     loser = _answers(a.key, "second" if a.label == "first" else "first")
     if winner in key[1:]:
@@ -242,12 +286,13 @@ def _reoriented(a: Label, key: tuple[str, str, str]) -> Label | None:
         label = "second" if loser == key[1] else "first"
     else:
         return None
-    return Label(key, label, a.origin, a.prompt, a.ref)
+    return replace(a, key=key, label=label)
 
 
 def compare_labels(ai: list[Label], human: list[Label], ties: str = "category") -> dict:
     """AI against human labels, matched by pair: κ (see `kappa`) plus {ai_pairs,
-    human_pairs, matched, ties_dropped, disagreements} where each disagreement is {prompt,
+    human_pairs, matched, ties_dropped, disagreements, position} (position: `position_bias`
+    of the AI labels of the matched pairs) where each disagreement is {prompt,
     first, second, ai, human, ai_preferred, human_preferred, ai_refs, human_refs}."""
     if ties not in TIES:
         raise ValueError(f"ties={ties!r}: expected one of {', '.join(TIES)}")
@@ -268,6 +313,7 @@ def compare_labels(ai: list[Label], human: list[Label], ties: str = "category") 
     for h in human:
         human_by[h.key].append(h)
     matched, dropped, disagreements = [], 0, []
+    matched_ai: list[Label] = []
     for key, ai_list in ai_by.items():
         if key not in human_by:
             continue
@@ -277,6 +323,7 @@ def compare_labels(ai: list[Label], human: list[Label], ties: str = "category") 
             dropped += 1
             continue
         matched.append((x, y))
+        matched_ai.extend(ai_list)
         if x != y:
             disagreements.append({
                 "prompt": ai_list[0].prompt, "first": key[1], "second": key[2],
@@ -287,7 +334,8 @@ def compare_labels(ai: list[Label], human: list[Label], ties: str = "category") 
     categories = LABELS if ties == "category" else LABELS[:2]
     out = kappa(matched, categories)
     out.update(ai_pairs=len(ai_by), human_pairs=len(human_by), matched=len(matched),
-               ties=ties, ties_dropped=dropped, disagreements=disagreements)
+               ties=ties, ties_dropped=dropped, disagreements=disagreements,
+               position=position_bias(matched_ai))
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from engine.feedback.agreement import POSITION_DRIVEN
 from engine.feedback import templates as tpl
 from engine.feedback.constitutions import DEFAULT as DEFAULT_CONSTITUTION
 from engine.schema import ADVANCED, ConfigError, SamplingSettings, StageConfig, like, setting
@@ -335,8 +336,10 @@ def run_ai_feedback(cfg: AIFeedbackConfig, ctx) -> dict:
     if cfg.mode == "critique":
         summary.update(sft_dataset=cfg.sft_dataset, sft_rows_made=stats["sft"])
     elif stats["judged"]:
-        summary.update(order_agreement=round(stats["agree"] / stats["judged"], 4),
-                       mean_confidence=round(stats["confidence"] / stats["judged"], 4))
+        order_agreement = stats["agree"] / stats["judged"]
+        summary.update(order_agreement=round(order_agreement, 4),
+                       mean_confidence=round(stats["confidence"] / stats["judged"], 4),
+                       position_driven=1.0 - order_agreement > POSITION_DRIVEN)
     if judge.stats():
         summary["endpoint"] = judge.stats()
     return summary

@@ -29,6 +29,7 @@ KEY_METRICS: dict[str, tuple[tuple[str, ...], ...]] = {
     "export": (),                    # ids and timestamps only: no number to show
     "try": (("seconds",),),          # the "try it" and tester jobs: how long they took
     "score_text": (("seconds",),),
+    "experiment": (),                # a run group's own run: its group id is not a result
 }
 DEFAULT_KEY = (("eval", "loss"), ("loss",), ("acc",), ("score",), ("reward",))
 
