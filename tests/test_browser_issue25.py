@@ -24,17 +24,19 @@ pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
 SHOTS = os.environ.get("RLHF_LAB_SHOTS", "/tmp/rlhf-issue25-shots")
 
 
-def seed(store) -> dict:
-    """A finished SFT run and reward model (rows only: the sweep's runs stop before they
-    load them), prompts, and four pairs an AI judge labelled by position (the agreement)."""
+def seed(store, embedded_dir) -> dict:
+    """A finished SFT run and reward model that the sweep's PPO runs really load and train
+    from (so that the group is still running when Cancel is clicked, however fast the
+    machine), prompts, and four pairs an AI judge labelled by position (the agreement)."""
+    from tests.conftest import make_adapter_run, make_reward_run
     from tests.test_agreement_small_n import _position_judge
     from tests.test_experiments import toy_sft_dataset
 
     toy_sft_dataset(store, "prompts")
-    ids = {}
-    for stage, name in (("sft", "sft-tiny"), ("reward", "rm-tiny")):
-        ids[stage] = store.create_run(stage, {"model": "embedded"}, name=name)
-        store.finish_run(ids[stage], "succeeded", summary={})
+    ids = {"sft": make_adapter_run(store, embedded_dir, stage="sft", spec="embedded"),
+           "reward": make_reward_run(store, embedded_dir)}
+    store.update_run(ids["sft"], name="sft-tiny")
+    store.update_run(ids["reward"], name="rm-tiny")
     _position_judge(store)
     return ids
 
@@ -144,7 +146,7 @@ def walk(page, ids: dict, store=None) -> dict[str, bool]:
     seen["3 cancelling shown at once"] = visible(main.get_by_text("cancelling…"), 5_000)
     page.screenshot(path=f"{SHOTS}/3-cancelling.png", full_page=True)
     seen["3 cancel button disabled"] = cancel.count() > 0 and cancel.first.is_disabled()
-    # then it stops (its run fails to load the seeded SFT run, or stops at its step's end):
+    # then it stops at the end of the PPO step in flight:
     # the page's own view ends "cancelled" with a Resume button
     resume = main.get_by_role("button", name="Resume")
     seen["3 group ends cancelled"] = visible(resume, 120_000) and \
@@ -163,7 +165,7 @@ def walk(page, ids: dict, store=None) -> dict[str, bool]:
 
 
 def test_browser_issue25_items_1_2_3_8(store, lab_home, models_home, embedded_dir):
-    ids = seed(store)
+    ids = seed(store, embedded_dir)
     with page_on_fresh_server(lab_home, "/data") as page:
         page.get_by_test_id("stMain").get_by_role("heading", name="Data").first.wait_for(
             timeout=60_000)
