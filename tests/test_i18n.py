@@ -137,19 +137,22 @@ def test_every_page_renders_in_french(french_app):
 def test_pages_with_finished_runs_render_in_french(store, tiny_model_dir, monkeypatch):
     """The result views (curves, tables, samples, exports) too, not only the empty pages:
     finished SFT, reward and PPO runs written as their stages leave them (nothing trained:
-    their pages show stored numbers), and a real comparison and export of the SFT adapter."""
+    their pages show stored numbers), and a real comparison (scored by a reward model) and
+    export of the SFT adapter."""
     import ui.i18n
     from engine.data import ensure_sample_datasets
     from engine.runtime.jobs import run_sync
     from tests.finished_runs import ppo_run, reward_run_with_eval_pairs, sft_run
+    from tests.rl_helpers import reward_run
 
     ensure_sample_datasets(store)
     model = str(tiny_model_dir)
     sft = sft_run(store, tiny_model_dir)
+    scorer = reward_run(store, tiny_model_dir, seed=1)   # a LoRA and a head: it can score
     reward_run_with_eval_pairs(store, [0.8, -0.2, 0.3], norm_mean=0.1)
     ppo_run(store)
     for stage, cfg in (("compare", {"prompts": ["Bonjour ?"], "max_new_tokens": 8,
-                                    "sources": ["base", sft]}),
+                                    "sources": ["base", sft], "reward_run": scorer}),
                        ("export", {"run_id": sft})):
         run = run_sync(store, stage, {"model": model, **cfg})
         assert run["status"] == "succeeded", (stage, run["error"])
