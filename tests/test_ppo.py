@@ -436,6 +436,8 @@ def test_half_precision_rollouts_are_rescored_by_the_training_pass(store, bigram
         full = trainer.forward(ro.query, ro.query_mask, ro.response, ro.mask)[0]
     assert torch.allclose(ro.logp[m], full[m], atol=1e-4)
     trainer.policy.to(torch.bfloat16)
+    with torch.no_grad():
+        trainer.value_head.linear.weight.normal_(0, 0.5)  # non-zero V(s): a fresh head gives 0
     ro = trainer.score(trainer.generate(PROMPTS))
     m = ro.mask.bool()
     assert ro.logp.dtype == torch.float32
