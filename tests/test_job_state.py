@@ -12,9 +12,9 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.runtime import runs as R
-from engine.runtime import stages
 from engine.runtime.jobs import get_manager, queue_position, queue_positions
 from tests.conftest import ROOT
+from tests.job_helpers import registered_stages
 from ui.common import widget_key
 
 GATES: dict[str, threading.Event] = {}
@@ -51,8 +51,8 @@ def gate_stage(cfg: GateConfig, ctx):
     return {}
 
 
-stages.register("gate", GateConfig, gate_stage)
-stages.register("gate_light", GateConfig, gate_stage, light=True)
+stand_in_stages = registered_stages(gate=(GateConfig, gate_stage, False),
+                                    gate_light=(GateConfig, gate_stage, True))
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from engine.runtime import stages
 from engine.runtime.jobs import JobManager, run_sync
 from engine.inference.models import run_dir
 from tests.conftest import ROOT
+from tests.job_helpers import registered_stages
 
 
 @dataclass
@@ -21,7 +21,10 @@ class CountConfig:
     steps: int = 5
     fail_at: int = -1
     nan_at: int = -1
-    delay: float = 0.0
+    hold_at: int = -1   # after this step: say so (HELD) and wait for the cancel (≤ 60 s)
+
+
+HELD: dict[int, threading.Event] = {}   # run id -> set once the run holds at `hold_at`
 
 
 def count_stage(cfg: CountConfig, ctx):
@@ -37,12 +40,22 @@ def count_stage(cfg: CountConfig, ctx):
         ctx.metrics(step, {"loss": loss})
         ctx.progress(step, cfg.steps)
         ckpt.write_text(str(step))
-        time.sleep(cfg.delay)
+        if step == cfg.hold_at:
+            HELD.setdefault(ctx.run_id, threading.Event()).set()
+            ctx.cancel_event.wait(60)
     return {"final_loss": 1.0 / cfg.steps, "started_at": start}
 
 
-stages.register("count", CountConfig, count_stage)
-stages.register("count_light", CountConfig, count_stage, light=True)
+@pytest.fixture(autouse=True)
+def no_held_runs():
+    HELD.clear()   # run ids start again at 1 in each test's database
+
+
+def held(run_id: int) -> None:
+    """Wait (at most 60 s) until run `run_id` holds at its `hold_at` step."""
+    assert HELD.setdefault(run_id, threading.Event()).wait(60), f"run {run_id} never held"
+
+
 
 
 def test_job_succeeds_and_writes_metrics_each_step(store):
@@ -71,15 +84,13 @@ def test_non_finite_loss_fails_naming_the_step(store):
 
 def test_cancel_takes_effect_within_one_step_and_resume_continues(store):
     jobs = JobManager(store)
-    rid = jobs.submit("count", {"steps": 200, "delay": 0.05})
-    while (store.get_run(rid)["step"] or 0) < 3:
-        time.sleep(0.02)
+    rid = jobs.submit("count", {"steps": 200, "hold_at": 3})
+    held(rid)              # step 3 is done; the run waits inside it
     jobs.cancel(rid)
-    step_at_cancel = store.get_run(rid)["step"]
-    assert jobs.wait(rid, 10) == "cancelled"
-    assert store.get_run(rid)["step"] <= step_at_cancel + 1
-    stopped = int((store.get_run(rid)["step"]))
-    store.update_run(rid, config={"steps": stopped + 3, "fail_at": -1, "nan_at": -1, "delay": 0})
+    assert jobs.wait(rid, 60) == "cancelled"
+    stopped = store.get_run(rid)["step"]
+    assert stopped == 3    # it stopped at the next step's start: no step after the cancel
+    store.update_run(rid, config={"steps": stopped + 3, "fail_at": -1, "nan_at": -1})
     jobs.resume(rid)
     assert jobs.wait(rid, 30) == "succeeded"
     assert store.get_run(rid)["summary"]["started_at"] == stopped
@@ -87,13 +98,11 @@ def test_cancel_takes_effect_within_one_step_and_resume_continues(store):
 
 def test_training_jobs_queue_while_light_jobs_run_at_once(store):
     jobs = JobManager(store)
-    long = jobs.submit("count", {"steps": 100, "delay": 0.02})
+    long = jobs.submit("count", {"steps": 100, "hold_at": 1})
     queued = jobs.submit("count", {"steps": 1})
-    deadline = time.time() + 20  # the worker claims the long run (slowly on a busy machine)
-    while store.get_run(long)["status"] != "running" and time.time() < deadline:
-        time.sleep(0.05)
+    held(long)            # the long run is running, and stays so until cancelled
     light = jobs.submit("count_light", {"steps": 2})
-    assert jobs.wait(light, 10) == "succeeded"
+    assert jobs.wait(light, 60) == "succeeded"
     assert store.get_run(queued)["status"] == "queued"  # waits behind the long one
     assert store.get_run(long)["status"] == "running"
     jobs.cancel(long)
@@ -102,14 +111,17 @@ def test_training_jobs_queue_while_light_jobs_run_at_once(store):
 
 def test_a_run_cancelled_while_queued_then_resumed_runs_once(store):
     jobs = JobManager(store)
-    long = jobs.submit("count", {"steps": 100, "delay": 0.02})
+    long = jobs.submit("count", {"steps": 100, "hold_at": 1})
     queued = jobs.submit("count", {"steps": 2})
     jobs.cancel(queued)
     assert store.get_run(queued)["status"] == "cancelled"
     jobs.resume(queued)  # its first queue item is still there, behind the long run
     jobs.cancel(long)
     assert jobs.wait(queued, 30) == "succeeded"
-    time.sleep(0.3)  # give a second, stale execution the time to show up
+    # the training lane runs its queue in order: once a run submitted after everything
+    # has finished, the stale queue item of `queued` has been taken (and skipped)
+    after = jobs.submit("count", {"steps": 1})
+    assert jobs.wait(after, 60) == "succeeded"
     messages = [r["message"] for r in store.get_log(queued)]
     assert messages.count("resumed") == 1 and "started" not in messages
     assert [m["step"] for m in store.get_metrics(queued, ["loss"])] == [1, 2]
@@ -149,7 +161,11 @@ def timed_stage(cfg: TimedConfig, ctx):
     return {"start": start, "end": time.monotonic()}
 
 
-stages.register("timed_light", TimedConfig, timed_stage, light=True)
+
+
+stand_in_stages = registered_stages(count=(CountConfig, count_stage, False),
+                                    count_light=(CountConfig, count_stage, True),
+                                    timed_light=(TimedConfig, timed_stage, True))
 
 
 def test_light_jobs_of_one_model_run_one_after_another(store):
@@ -200,17 +216,19 @@ def test_cancel_never_signals_a_reused_pid_or_a_process_that_is_not_the_cli(stor
         proc.wait(10)
 
 
-def test_cancel_from_another_process_stops_a_cli_run_as_cancelled(store, tiny_model_dir):
+def test_cancel_from_another_process_stops_a_cli_run_as_cancelled(store, tiny_model_dir,
+                                                                   tmp_path):
     from engine.training.train_utils import latest_checkpoint
     from tests.test_faults import make_sft_dataset, subprocess_env, wait_until
 
     dataset = make_sft_dataset(store)
+    log = open(tmp_path / "cli.log", "w+b")  # a file, not a pipe nobody reads while it runs
     # only fields whose names are stable: model, dataset, max_steps, batch_size
     cli = subprocess.Popen(
         [sys.executable, "-m", "engine", "--db", str(store.path), "train", "sft",
          "--set", f"model={tiny_model_dir}", "--set", f"dataset={dataset}",
          "--set", "max_steps=100000", "--set", "batch_size=2"],
-        cwd=ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=ROOT, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT)
     try:
         def running_at_step():
             runs = store.list_runs(stage="sft")
@@ -219,7 +237,9 @@ def test_cancel_from_another_process_stops_a_cli_run_as_cancelled(store, tiny_mo
         run = wait_until(running_at_step, 180, "the CLI run to start training", cli)
         assert run["pid"] == cli.pid
         assert JobManager(store).cancel(run["id"]) is True  # not in this process's queue
-        out, _ = cli.communicate(timeout=60)
+        cli.wait(timeout=60)
+        log.seek(0)
+        out = log.read()
     finally:
         if cli.poll() is None:
             cli.kill()

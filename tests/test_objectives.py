@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -40,6 +43,107 @@ def test_every_equation_has_its_formula_in_docstring_and_latex():
     # braces balance in every formula (a cut string would break KaTeX silently)
     for name, tex in O.LATEX.items():
         assert tex.count("{") == tex.count("}"), name
+
+
+# the quantity each equation defines, as its docstring writes it and as its LaTeX does (the
+# left-hand side where the LaTeX has one): the two notations must name the same thing
+QUANTITY = {
+    "masked_mean": ("E_mask[x]", r"\mathbb{E}_m[x]"),
+    "masked_var": ("Var_mask[x]", r"\mathrm{Var}_m[x]"),
+    "whiten": ("x̂", r"\hat x"),
+    "explained_variance": ("EV", r"\mathrm{EV}"),
+    "logprobs_from_logits": ("log π(a_t | s_t)", r"\log\pi(a_t|s_t)"),
+    "entropy_from_logits": ("H(π(·|s_t))", "H_t"),
+    "response_nll": ("−Σ_{t ∈ response} log p_θ(y_t | x, y_<t)", r"\mathrm{NLL}(\theta)"),
+    "sft_loss": ("L_SFT(θ)", r"\mathcal{L}_{SFT}(\theta)"),
+    "pairwise_loss": ("L(φ)", r"\mathcal{L}(\phi)"),
+    "pairwise_accuracy": ("acc", r"\mathrm{acc}"),
+    "reward_stats": ("μ = mean(r), σ = std(r)", r"\mu"),
+    "normalize_rewards": ("r̂", r"\hat r"),
+    "kl_k1": ("k₁", "k_1"),
+    "kl_k2": ("k₂", "k_2"),
+    "kl_k3": ("k₃", "k_3"),
+    "sequence_kl": ("KL(π_θ(·|x) ‖ π_ref(·|x))", r"\mathrm{KL}"),
+    "approx_kl": ("KL(π_old ‖ π_θ)", r"\mathrm{KL}(\pi_{\theta_{\mathrm{old}}}\|\pi_\theta)"),
+    "per_token_rewards": ("r_t", "r_t"),
+    "gae_advantages": ("δ_t", r"\delta_t"),
+    "ppo_ratio": ("r_t(θ)", r"r_t(\theta)"),
+    "clipped_policy_loss": ("L^CLIP(θ)", r"L^{\mathrm{CLIP}}(\theta)"),
+    "clip_fraction": ("E_t[ 1{−Â_t·clip(r_t", r"\mathbb{E}_t\big[\mathbb{1}\{-\hat A_t\,\mathrm{clip}(r_t)"),
+    "clipped_value_loss": ("L^V(φ)", "L^{V}"),
+    "value_clip_fraction": ("E_t[ 1{|V_φ(s_t) − V_old(s_t)| > ε}", r"\mathbb{E}_t\big[\mathbb{1}\{|V_\phi(s_t) - V_{\mathrm{old}}(s_t)| > \epsilon_V\}"),
+    "adaptive_kl_update": ("β_{k+1}", r"\beta_{k+1}"),
+    "sequence_logprobs": ("log π_θ(y|x)", r"\log\pi_\theta(y|x)"),
+    "dpo_margin": ("h_θ", r"h_\theta"),
+    "dpo_implicit_reward": ("r̂_θ(x, y)", r"\hat r_\theta(x, y)"),
+    "dpo_loss": ("L_DPO", r"\mathcal{L}_{\mathrm{DPO}}"),
+    "ipo_loss": ("L_IPO", r"\mathcal{L}_{\mathrm{IPO}}"),
+    "grpo_advantages": ("Â_i", r"\hat A_i"),
+    "dr_grpo_advantages": ("Â_i", r"\hat A_i"),
+    "rloo_baseline": ("b_i", "b_i"),
+    "rloo_advantages": ("Â_i", r"\hat A_i"),
+    "weighted_reward": ("R = Σ_k w_k·R_k", "R(x, y)"),
+    "group_reward_std": ("σ̄_G", r"\bar\sigma_G"),
+    "zero_signal_fraction": ("(1/B)·Σ_b 1[R_b1 = … = R_bG]", r"\frac{1}{B}\sum_{b=1}^{B}\mathbb{1}\big[R_{b,1} = \dots = R_{b,G}\big]"),
+    "grpo_loss": ("L = (1/Σ_i|y_i|)", r"\mathcal{L}_{\mathrm{GRPO}}(\theta)"),
+    "cohen_kappa": ("κ", r"\kappa"),
+    "kappa_standard_error": ("SE(κ)", r"\mathrm{SE}(\kappa)"),
+    "conservative_reward": ("R̃", r"\tilde R(x,y)"),
+    "kl_best_of_n": ("KL_bon", r"\mathrm{KL}_{\mathrm{bon}}(n)"),
+    "best_of_n_weights": ("w_k", "w_k"),
+    "best_of_n_estimate": ("Ê[g(y*_n)]", r"\hat{\mathbb{E}}\big[g(y^{*}_{n})\big]"),
+    "self_similarity": ("sim", r"\mathrm{sim}"),
+}
+
+
+def _left_side(tex: str) -> str:
+    """The LaTeX before its first '=' or '\\approx' outside braces and brackets (all of it
+    when it has neither: a formula that is only the expression of its quantity)."""
+    depth = 0
+    for i, ch in enumerate(tex):
+        depth += ch in "{[" and 1 or ch in "}]" and -1 or 0
+        if depth == 0 and (ch == "=" or tex.startswith(r"\approx", i)):
+            return tex[:i]
+    return tex
+
+
+def test_docstring_and_latex_name_the_same_quantity():
+    functions = {name for name, f in vars(O).items() if inspect.isfunction(f)
+                 and f.__module__ == O.__name__ and not name.startswith("_")
+                 and name != "equation"}
+    assert functions == set(QUANTITY), "an equation without its quantity in QUANTITY (or gone)"
+    for name, (plain, tex) in QUANTITY.items():
+        assert plain in getattr(O, name).__doc__, f"{name}: the docstring does not name {plain}"
+        assert tex in _left_side(O.LATEX[name]), f"{name}: the LaTeX does not define {tex}"
+
+
+KATEX = sorted((Path(__import__("streamlit").__file__).parent / "static").rglob("katex.*.js"))
+
+
+@pytest.mark.skipif(not KATEX or not shutil.which("node"),
+                    reason="needs node and the KaTeX bundle Streamlit ships")
+def test_every_formula_renders_with_the_katex_the_pages_use(tmp_path):
+    """Each LATEX entry through KaTeX itself (Streamlit's own copy, the one st.latex uses),
+    with errors raised: a formula KaTeX cannot parse shows as red text on a page."""
+    module = tmp_path / "katex.mjs"
+    shutil.copy(KATEX[0], module)
+    script = tmp_path / "render.mjs"
+    script.write_text(
+        'import katex from "./katex.mjs";\n'
+        'import { readFileSync } from "node:fs";\n'
+        'const formulas = JSON.parse(readFileSync(0, "utf8"));\n'
+        'const errors = {};\n'
+        'for (const [name, tex] of Object.entries(formulas)) {\n'
+        '  try { katex.renderToString(tex, {throwOnError: true, displayMode: true}); }\n'
+        '  catch (e) { errors[name] = String(e.message); }\n'
+        '}\n'
+        'console.log(JSON.stringify({rendered: Object.keys(formulas).length, errors}));\n')
+    out = subprocess.run(["node", str(script)], input=json.dumps(O.LATEX), text=True,
+                         capture_output=True, timeout=120, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    assert result["errors"] == {}
+    assert result["rendered"] == len(O.LATEX) >= 40
 
 
 def _formula_args(tree: ast.AST):
@@ -137,9 +241,19 @@ def test_sft_nll_counts_response_tokens_only():
     lab[:, :2] = -100
     ref = F.cross_entropy(big[:, :-1].reshape(-1, 11), lab[:, 1:].reshape(-1), ignore_index=-100)
     assert O.sft_loss(big, lab).item() == approx(ref.item(), abs=1e-5)
-    # no response token: 0, not NaN, with a graph
+    # no response token: 0, not NaN, with a graph that backpropagates
     empty = O.sft_loss(logits, torch.full((1, 3), -100))
     assert empty.item() == 0.0 and empty.requires_grad
+    empty.backward()
+    # a position that predicts a prompt token changes nothing and gets no gradient
+    prompt = torch.zeros(1, 4, 4)
+    prompt[0, 0] = torch.tensor([9.0, -3.0, 5.0, 1.0])   # predicts label −100
+    prompt.requires_grad_()
+    two = torch.tensor([[-100, -100, 2, 3]])
+    loss = O.sft_loss(prompt, two)
+    assert loss.item() == approx(math.log(4))
+    loss.backward()
+    assert prompt.grad[0, 0].abs().sum() == 0 and prompt.grad[0, 1].abs().sum() > 0
 
 
 # ======================================================================================
@@ -156,6 +270,14 @@ def test_bradley_terry_loss_accuracy_and_normalisation():
     assert O.normalize_rewards([1.0, 3.0], 2.0, 0.5) == approx([-2.0, 2.0])
     assert O.normalize_rewards(torch.tensor([4.0]), 2.0, 0.5).tolist() == approx([4.0])
     assert O.reward_stats([5.0])["std"] == 1.0 and O.reward_stats([2.0, 2.0])["std"] == 1e-6
+    # a badly wrong pair stays finite (softplus, not log σ): −log σ(−200) = 200
+    assert O.pairwise_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item() == approx(200.0)
+    # the gradient: ∂L/∂r⁺ = −(1 − σ(Δ)) = −σ(−Δ), at Δ = 2
+    r = torch.tensor([2.0], requires_grad=True)
+    O.pairwise_loss(r, torch.tensor([0.0])).backward()
+    assert r.grad.item() == approx(-1 / (1 + math.exp(2)))
+    assert O.pairwise_accuracy(torch.tensor([1.0, 0.0, 3.0]),
+                               torch.tensor([0.0, 1.0, 3.0])).item() == approx(1 / 3)
 
 
 # ======================================================================================
@@ -239,6 +361,80 @@ def test_clipped_value_loss_and_value_clip_fraction():
     assert O.value_clip_fraction(new, old, 0.2).item() == 0.5
 
 
+def _gae_by_hand(rewards, values, length, gamma, lam):
+    """One sequence, written out: δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}."""
+    out = []
+    for t in range(length):
+        total = 0.0
+        for l in range(length - t):
+            k = t + l
+            v_next = values[k + 1] if k + 1 < length else 0.0
+            delta = rewards[k] + gamma * v_next - values[k]
+            total += (gamma * lam) ** l * delta
+        out.append(total)
+    return out + [0.0] * (len(rewards) - length)
+
+
+def test_gae_matches_a_hand_unrolled_loop():
+    g = torch.Generator().manual_seed(0)
+    rewards, values = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
+    lengths = [6, 4, 1]
+    mask = torch.tensor([[1 if t < n else 0 for t in range(6)] for n in lengths])
+    for gamma, lam in ((1.0, 0.95), (0.9, 0.5), (1.0, 1.0)):
+        adv, ret = O.gae_advantages(rewards, values, mask, gamma, lam)
+        for i, n in enumerate(lengths):
+            expected = _gae_by_hand(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
+            assert adv[i].tolist() == approx(expected, abs=1e-5)
+            assert ret[i, :n].tolist() == approx(
+                (adv[i, :n] + values[i, :n]).tolist(), abs=1e-6)
+            assert ret[i, n:].abs().sum() == 0
+    # γ = λ = 1, V = 0: the advantage is the reward-to-go
+    adv, _ = O.gae_advantages(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3),
+                            torch.ones(1, 3), 1.0, 1.0)
+    assert adv[0].tolist() == [6.0, 5.0, 3.0]
+
+
+@pytest.mark.parametrize("ratio,adv,expected,clipped", [
+    (1.1, 2.0, -2.2, False),   # inside the band: −Â·r
+    (0.9, -2.0, 1.8, False),
+    (1.5, 2.0, -2.4, True),    # Â > 0, r above 1+ε: the gain is capped at (1+ε)·Â
+    (0.5, 2.0, -1.0, False),   # Â > 0, r below 1−ε: the pessimistic −Â·r is kept
+    (1.5, -2.0, 3.0, False),   # Â < 0, r above 1+ε: the larger loss −Â·r is kept
+    (0.5, -2.0, 1.6, True),    # Â < 0, r below 1−ε: capped at −Â·(1−ε)
+])
+def test_clipped_policy_loss_inside_and_outside_the_band(ratio, adv, expected, clipped):
+    logp_old = torch.tensor([-1.0])
+    logp_new = (logp_old + math.log(ratio)).requires_grad_(True)
+    a = torch.tensor([adv])
+    assert float(O.ppo_ratio(logp_new.detach(), logp_old)) == pytest.approx(ratio, rel=1e-6)
+    loss = O.clipped_policy_loss(logp_new, logp_old, a, eps=0.2)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    # a binding clip means no gradient: the update stops pushing that token
+    assert (float(logp_new.grad.abs()) == 0.0) == clipped
+    assert float(O.clip_fraction(logp_new, logp_old, a, 0.2)) == (1.0 if clipped else 0.0)
+
+
+def test_clipped_policy_loss_is_a_masked_mean():
+    logp_old = torch.zeros(1, 3)
+    logp_new = torch.log(torch.tensor([[1.0, 1.5, 7.0]]))
+    adv = torch.tensor([[1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert float(O.clipped_policy_loss(logp_new, logp_old, adv, 0.2, mask)) == \
+        pytest.approx((-1.0 - 1.2) / 2)
+
+
+def test_clipped_value_loss_by_case():
+    old, ret = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])
+    # first: V moved 1 → 1.5 toward R=2: unclipped error .25, clipped (1.2) error .64 → .64
+    # second: V moved 1 → 0.1 toward R=0: unclipped .01, clipped (0.8) .64 → .64
+    new = torch.tensor([1.5, 0.1])
+    assert float(O.clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.64 + 0.64) / 2)
+    # inside the band both terms agree
+    new = torch.tensor([1.1, 0.9])
+    assert float(O.clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.81 + 0.81) / 2)
+
+
 def test_adaptive_kl_update():
     # KL 6 vs target 4: e = clip(0.5) = 0.2; n/H = 8/16 → β·1.1
     assert O.adaptive_kl_update(0.1, 6.0, 4.0, 8, 16) == approx(0.11)
@@ -250,6 +446,21 @@ def test_adaptive_kl_update():
 # ======================================================================================
 # DPO / IPO
 # ======================================================================================
+def test_sequence_logprobs_by_hand():
+    """Logits at t predict token t+1; labels −100 count for nothing. Vocabulary of 3.
+    Row 0: labels (−100, 1, 2, −100): position 0 gives token 1 the logits (0, ln 3, 0),
+    p = 3/5; position 1 gives token 2 uniform logits, p = 1/3: log(3/5) + log(1/3) = −log 5.
+    Row 1: only token 0 at position 3, predicted at position 2 by (ln 2, 0, 0): p = 1/2."""
+    logits = torch.zeros(2, 4, 3)
+    logits[0, 0] = torch.tensor([0.0, math.log(3), 0.0])
+    logits[0, 2] = torch.tensor([9.0, -4.0, 2.0])     # predicts a −100 label: left out
+    logits[0, 3] = torch.tensor([5.0, 5.0, -5.0])     # predicts nothing: left out
+    logits[1, 0] = torch.tensor([7.0, 0.0, 0.0])      # prompt positions: left out
+    logits[1, 2] = torch.tensor([LN2, 0.0, 0.0])
+    labels = torch.tensor([[-100, 1, 2, -100], [-100, -100, -100, 0]])
+    assert O.sequence_logprobs(logits, labels).tolist() == approx([-math.log(5), -LN2])
+
+
 def test_dpo_loss_is_log_two_at_zero_margin():
     same = torch.tensor([-3.0, -7.0])
     for eps in (0.0, 0.1, 0.5):

@@ -14,43 +14,30 @@ import os
 import subprocess
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
 
 from engine.training import rewards_builtin as RB
-from engine.training.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController, PPOConfig,
-                        PPOTrainer, approx_kl, clip_fraction, clipped_policy_loss,
-                        clipped_value_loss, entropy_from_logits, explained_variance,
-                        gae_advantages, kl_penalty, logprobs_from_logits, masked_mean,
-                        per_token_rewards, ppo_ratio, ratio_histogram, truncate_after_eos,
-                        whiten)
+from engine.training.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController,
+                                 PPOConfig, PPOTrainer, kl_penalty,
+                                 logprobs_from_logits, per_token_rewards, ratio_histogram,
+                                 truncate_after_eos)
 from tests.conftest import ROOT
+from tests.finished_runs import ppo_run as _finished_run
+from tests.rl_helpers import PROMPTS, build_bigram_model  # noqa: F401 - (older imports)
+from tests.rl_helpers import fake_sft_run as _fake_sft_run
+from tests.rl_helpers import ppo_config as _config
+from tests.rl_helpers import prompt_dataset as _dataset
 from ui.common import widget_key
+from ui.forms import field_key
 
-PROMPTS = [f"Say something about {w}." for w in
-           ("cats", "dogs", "rain", "the sun", "tea", "code", "snow", "bread")]
+
 
 
 # ======================================================================================
-# The equations
+# PPO's own pieces (its equations are checked in tests/test_objectives.py)
 # ======================================================================================
-def test_logprobs_and_entropy_at_the_sampling_temperature():
-    logits = torch.tensor([[[2.0, 0.0, 0.0, 0.0]]])
-    tokens = torch.tensor([[0]])
-    p0 = math.exp(2) / (math.exp(2) + 3)
-    assert logprobs_from_logits(logits, tokens).item() == pytest.approx(math.log(p0), abs=1e-6)
-    p0_t = math.exp(1) / (math.exp(1) + 3)  # T = 2 halves the logits
-    assert logprobs_from_logits(logits, tokens, 2.0).item() == pytest.approx(math.log(p0_t),
-                                                                            abs=1e-6)
-    uniform = torch.zeros(1, 1, 8)
-    assert entropy_from_logits(uniform).item() == pytest.approx(math.log(8), abs=1e-6)
-    p = torch.softmax(logits, -1)
-    assert entropy_from_logits(logits).item() == pytest.approx(
-        float(-(p * p.log()).sum()), abs=1e-6)
-
-
 def test_kl_penalty_on_every_token_and_score_on_the_last():
     logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0], [-1.0, -1.0, -1.0, -1.0]])
     ref = torch.tensor([[-1.5, -1.0, -0.5, -9.0], [-2.0, -1.0, -3.0, -1.5]])
@@ -65,101 +52,6 @@ def test_kl_penalty_on_every_token_and_score_on_the_last():
     # row 1: −β·(1, 0, 2, 0.5) and the score −1 on the last token
     assert rewards[1].tolist() == pytest.approx([-0.1, 0.0, -0.2, -0.05 - 1.0])
     assert non_score[1].tolist() == pytest.approx([-0.1, 0.0, -0.2, -0.05])
-
-
-def _gae_by_hand(rewards, values, length, gamma, lam):
-    """One sequence, written out: δ_t = r_t + γV_{t+1} − V_t, Â_t = Σ_l (γλ)^l δ_{t+l}."""
-    out = []
-    for t in range(length):
-        total = 0.0
-        for l in range(length - t):
-            k = t + l
-            v_next = values[k + 1] if k + 1 < length else 0.0
-            delta = rewards[k] + gamma * v_next - values[k]
-            total += (gamma * lam) ** l * delta
-        out.append(total)
-    return out + [0.0] * (len(rewards) - length)
-
-
-def test_gae_matches_a_hand_unrolled_loop():
-    g = torch.Generator().manual_seed(0)
-    rewards, values = torch.randn(3, 6, generator=g), torch.randn(3, 6, generator=g)
-    lengths = [6, 4, 1]
-    mask = torch.tensor([[1 if t < n else 0 for t in range(6)] for n in lengths])
-    for gamma, lam in ((1.0, 0.95), (0.9, 0.5), (1.0, 1.0)):
-        adv, ret = gae_advantages(rewards, values, mask, gamma, lam)
-        for i, n in enumerate(lengths):
-            expected = _gae_by_hand(rewards[i].tolist(), values[i].tolist(), n, gamma, lam)
-            assert adv[i].tolist() == pytest.approx(expected, abs=1e-5)
-            assert ret[i, :n].tolist() == pytest.approx(
-                (adv[i, :n] + values[i, :n]).tolist(), abs=1e-6)
-            assert ret[i, n:].abs().sum() == 0
-    # γ = λ = 1, V = 0: the advantage is the reward-to-go
-    adv, _ = gae_advantages(torch.tensor([[1.0, 2.0, 3.0]]), torch.zeros(1, 3),
-                            torch.ones(1, 3), 1.0, 1.0)
-    assert adv[0].tolist() == [6.0, 5.0, 3.0]
-
-
-def test_whiten_over_the_masked_entries():
-    x = torch.tensor([[1.0, 2.0, 3.0, 100.0], [4.0, 5.0, 6.0, 7.0]])
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
-    w = whiten(x, mask)
-    assert float(masked_mean(w, mask)) == pytest.approx(0.0, abs=1e-6)
-    assert float(masked_mean(w ** 2, mask)) == pytest.approx(1.0, abs=1e-4)
-    assert w[0, 3] == 0  # padding stays out, and does not shift the statistics
-    kept = whiten(x, mask, shift_mean=False)
-    assert float(masked_mean(kept, mask)) == pytest.approx(float(masked_mean(x, mask)),
-                                                          abs=1e-5)
-
-
-@pytest.mark.parametrize("ratio,adv,expected,clipped", [
-    (1.1, 2.0, -2.2, False),   # inside the band: −Â·r
-    (0.9, -2.0, 1.8, False),
-    (1.5, 2.0, -2.4, True),    # Â > 0, r above 1+ε: the gain is capped at (1+ε)·Â
-    (0.5, 2.0, -1.0, False),   # Â > 0, r below 1−ε: the pessimistic −Â·r is kept
-    (1.5, -2.0, 3.0, False),   # Â < 0, r above 1+ε: the larger loss −Â·r is kept
-    (0.5, -2.0, 1.6, True),    # Â < 0, r below 1−ε: capped at −Â·(1−ε)
-])
-def test_clipped_policy_loss_inside_and_outside_the_band(ratio, adv, expected, clipped):
-    logp_old = torch.tensor([-1.0])
-    logp_new = (logp_old + math.log(ratio)).requires_grad_(True)
-    a = torch.tensor([adv])
-    assert float(ppo_ratio(logp_new.detach(), logp_old)) == pytest.approx(ratio, rel=1e-6)
-    loss = clipped_policy_loss(logp_new, logp_old, a, eps=0.2)
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
-    loss.backward()
-    # a binding clip means no gradient: the update stops pushing that token
-    assert (float(logp_new.grad.abs()) == 0.0) == clipped
-    assert float(clip_fraction(logp_new, logp_old, a, 0.2)) == (1.0 if clipped else 0.0)
-
-
-def test_clipped_policy_loss_is_a_masked_mean():
-    logp_old = torch.zeros(1, 3)
-    logp_new = torch.log(torch.tensor([[1.0, 1.5, 7.0]]))
-    adv = torch.tensor([[1.0, 1.0, 1.0]])
-    mask = torch.tensor([[1, 1, 0]])
-    assert float(clipped_policy_loss(logp_new, logp_old, adv, 0.2, mask)) == \
-        pytest.approx((-1.0 - 1.2) / 2)
-
-
-def test_clipped_value_loss():
-    old, ret = torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])
-    # first: V moved 1 → 1.5 toward R=2: unclipped error .25, clipped (1.2) error .64 → .64
-    # second: V moved 1 → 0.1 toward R=0: unclipped .01, clipped (0.8) .64 → .64
-    new = torch.tensor([1.5, 0.1])
-    assert float(clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.64 + 0.64) / 2)
-    # inside the band both terms agree
-    new = torch.tensor([1.1, 0.9])
-    assert float(clipped_value_loss(new, old, ret, 0.2)) == pytest.approx(0.5 * (0.81 + 0.81) / 2)
-
-
-def test_approx_kl_and_explained_variance():
-    new, old = torch.tensor([0.0, 0.2]), torch.tensor([0.0, 0.0])
-    assert float(approx_kl(new, old)) == pytest.approx(0.5 * 0.04 / 2)
-    ret = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert float(explained_variance(ret, ret)) == pytest.approx(1.0)
-    assert float(explained_variance(torch.zeros(4), ret)) == pytest.approx(0.0)
-    assert float(explained_variance(ret.mean().expand(4), ret)) == pytest.approx(0.0)
 
 
 def test_kl_controllers():
@@ -214,68 +106,6 @@ def test_builtin_rewards():
 # ======================================================================================
 # The stage, on a tiny real model
 # ======================================================================================
-def build_bigram_model(folder: Path, tokenizer_dir: Path, logit: float = 5.0) -> Path:
-    """A 1-layer Llama set by hand: attention and MLP write nothing (o_proj = down_proj = 0),
-    so the last hidden state is RMSNorm(embedding of the current token) and the untied LM
-    head is a bigram table. LoRA on q/k/v/o can still change it (o_proj's LoRA writes)."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    ids = {w: tok.encode(w, add_special_tokens=False)[0]
-           for w in ("Yes", "No", "Sure", "Fine", ".", "\n")}
-    eos, H = tok.eos_token_id, 64
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=H, intermediate_size=2 * H,
-                      num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=512, tie_word_embeddings=False,
-                      bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=0)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        layer = model.model.layers[0]
-        layer.self_attn.o_proj.weight.zero_()
-        layer.mlp.down_proj.weight.zero_()
-        emb, W = model.model.embed_tokens.weight, model.lm_head.weight
-        bias_dim, dims = H - 1, {}
-        for k, (w, i) in enumerate([*ids.items(), ("<eos>", eos)]):
-            emb[i].zero_()
-            emb[i, k] = emb[i, bias_dim] = 1.0
-            dims[w] = k
-        scale = (H / 2) ** 0.5  # RMSNorm(e_k + e_bias) = scale·(e_k + e_bias)
-        W.zero_()
-        W[:, bias_dim] = -15.0 / scale  # every other token: logit −15
-        for i in [*ids.values(), eos]:
-            W[i, bias_dim] = 0.0
-        for w in ("Yes", "No", "Sure", "Fine"):
-            W[ids[w], dims["\n"]] = logit / scale  # end of the header → a word
-            W[ids["."], dims[w]] = logit / scale   # a word → "." or EOS
-            W[eos, dims[w]] = logit / scale
-        W[eos, dims["."]] = logit / scale          # "." → EOS
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="session")
-def bigram_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    return build_bigram_model(tmp_path_factory.mktemp("bigram") / "bigram-llama", tiny_model_dir)
-
-
-def _dataset(store, name="prompts"):
-    store.create_dataset(name, "preference")
-    store.add_rows(name, [{"prompt": p, "chosen": "Yes.", "rejected": "No"} for p in PROMPTS])
-    return name
-
-
-def _config(model_dir, **kw) -> PPOConfig:
-    base = dict(model=str(model_dir), dataset="prompts", max_steps=12, batch_size=8, minibatches=2,
-                ppo_epochs=1, max_new_tokens=4, temperature=1.0, learning_rate=3e-3, beta=0.2,
-                save_every=0, samples_per_step=4)
-    base.update(kw)
-    cfg = PPOConfig(**base)
-    cfg.lora.r, cfg.lora.alpha = 8, 16
-    return cfg
-
-
 def test_ppo_raises_the_score_while_kl_stays_bounded(store, bigram_dir):
     from engine.runtime.jobs import run_sync
     from engine.inference.models import adapter_dir, read_adapter_base
@@ -312,27 +142,6 @@ def test_ppo_raises_the_score_while_kl_stays_bounded(store, bigram_dir):
     assert read_adapter_base(folder) == str(bigram_dir)
     assert (folder.parent / "value_head.safetensors").exists()
     assert {a["kind"] for a in store.list_artifacts(rid)} == {"adapter", "value_head"}
-
-
-def _fake_sft_run(store, model_dir) -> int:
-    """A finished "SFT" run whose adapter is a small random LoRA on the bigram model."""
-    from peft import LoraConfig, get_peft_model
-
-    from engine.inference.models import adapter_dir, load_base
-    from engine.training.train_utils import save_adapter
-
-    rid = store.create_run("sft", {"model": str(model_dir)}, model=str(model_dir))
-    store.finish_run(rid, "succeeded")
-    base = load_base(str(model_dir), device="cpu").model
-    torch.manual_seed(1)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                            target_modules=["q_proj", "v_proj", "o_proj"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.mul_(0.05)
-    save_adapter(model, adapter_dir(rid))
-    return rid
 
 
 def _fresh_logprobs(model_dir, adapter, query, qmask, response, mask, temperature):
@@ -505,29 +314,6 @@ def fresh_resources():
     st.cache_resource.clear()
 
 
-def _finished_run(store, kl=12.0, clipfrac=0.5) -> int:
-    cfg = asdict(PPOConfig(dataset="prompts"))
-    rid = store.create_run("ppo", cfg, name="demo")
-    store.claim_run(rid)
-    for step in (1, 2, 3):
-        values = {"score_mean": 0.2 * step, "score_std": 0.1, "non_score_reward": -0.1,
-                  "rlhf_reward": 0.2 * step - 0.1, "kl": kl * step / 3, "beta": 0.05,
-                  "policy_loss": -0.01, "value_loss": 0.1, "loss": 0.0, "clipfrac": clipfrac,
-                  "approx_kl": 0.01, "ratio_mean": 1.0, "ratio_min": 0.7, "ratio_max": 1.4,
-                  "entropy": 1.2, "response_length": 10.0, "eos_fraction": 0.5,
-                  "explained_variance": 0.3, "advantage_std_raw": 0.5, "value_mean": 0.1,
-                  "return_mean": 0.2, "time_generate": 1.0, "time_score": 0.5,
-                  "time_train": 2.0, "time_step": 3.5}
-        for k in range(len(RATIO_HIST_EDGES) - 1):
-            values[f"ratio_hist_{k:02d}"] = float(max(0, 10 - abs(k - 10) * 3))
-        store.log_metrics(rid, step, values)
-        store.add_samples(rid, step, [{"prompt": "Say hi.", "response": f"Hi{'.' * step}",
-                                       "reward": 1.0, "kl": 0.1 * step, "length": 3,
-                                       "eos": True}])
-    store.finish_run(rid, "succeeded", summary={"first_score": 0.2, "last_score": 0.6})
-    return rid
-
-
 def test_page_draws_every_quantity_with_its_formula_and_warns(store, fresh_resources):
     from streamlit.testing.v1 import AppTest
 
@@ -586,6 +372,7 @@ def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resou
     at.run()
     at.selectbox(key=widget_key("ppo_builtin")).set_value("contains_words").run()
     at.text_input(key="ppo_param_contains_words_words").set_value("yes, sure").run()
+    at.number_input(key=field_key("ppo", "max_steps")).set_value(1)
     submit = [b for b in at.button if "Start" in str(b.label)]
     assert submit
     submit[0].click().run()
@@ -596,9 +383,16 @@ def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resou
     assert cfg["builtin_reward"] == "contains_words"
     assert cfg["reward_params"] == {"words": ["yes", "sure"]}
     assert cfg["model"] == str(bigram_dir) and cfg["dataset"] == "prompts"
-    jobs = get_manager(store)
-    jobs.cancel(runs[0]["id"])
-    assert jobs.wait(runs[0]["id"], 120) in ("cancelled", "succeeded", "failed")
+    assert cfg["max_steps"] == 1
+    # the run it started ends well (a crash would say "failed"), scored by the chosen rule
+    assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded", \
+        store.get_run(runs[0]["id"])["error"]
+    # (the share of the two words an answer holds: the bigram model says one word)
+    samples = store.get_samples(runs[0]["id"])
+    assert samples
+    for sample in samples:
+        said = sample["response"].lower()
+        assert sample["reward"] == ("yes" in said) * 0.5 + ("sure" in said) * 0.5
 
 
 def test_packed_and_padded_passes_agree_with_gradients(store, bigram_dir):
@@ -636,12 +430,24 @@ def test_half_precision_rollouts_are_rescored_by_the_training_pass(store, bigram
     _dataset(store)
     trainer = PPOTrainer(_config(bigram_dir, max_new_tokens=6), store)
     torch.manual_seed(0)
-    assert trainer.generate(PROMPTS).logp is not None  # fp32: taken from the sampling pass
+    ro = trainer.generate(PROMPTS)    # fp32: the sampling pass's log-probs are kept, and
+    m = ro.mask.bool()                # they are a full pass's
+    with torch.no_grad():
+        full = trainer.forward(ro.query, ro.query_mask, ro.response, ro.mask)[0]
+    assert torch.allclose(ro.logp[m], full[m], atol=1e-4)
     trainer.policy.to(torch.bfloat16)
+    with torch.no_grad():
+        trainer.value_head.linear.weight.normal_(0, 0.5)  # non-zero V(s): a fresh head gives 0
     ro = trainer.score(trainer.generate(PROMPTS))
     m = ro.mask.bool()
-    assert ro.logp.dtype == torch.float32 and ro.values is not None
+    assert ro.logp.dtype == torch.float32
     assert torch.equal(ro.logp[m], ro.ref_logp[m])  # a fresh LoRA: policy = reference
+    # and the values are the value head's on that same training pass
+    with torch.no_grad():
+        logp, values, _ = trainer.forward(ro.query, ro.query_mask, ro.response, ro.mask,
+                                          values=True)
+    assert torch.allclose(ro.values[m], values.float()[m], atol=1e-3)
+    assert torch.allclose(ro.logp[m], logp.float()[m], atol=1e-3)
 
 
 def test_page_defaults_follow_the_pipeline(store, bigram_dir, fresh_resources):

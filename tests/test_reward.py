@@ -4,7 +4,6 @@ shared base), resume from a checkpoint, the CLI, and the page."""
 from __future__ import annotations
 
 import json
-import math
 import random
 import threading
 
@@ -14,10 +13,11 @@ from torch import nn
 
 from engine.runtime.jobs import execute, get_manager, run_sync
 from engine.training.reward import (HEAD_FILE, RewardConfig, clear_scorers, last_token_reward,
-                           load_reward_head, load_scorer, pairwise_accuracy, pairwise_loss,
-                           reward_adapter_path, reward_stats, score_with_model, train_reward)
+                                    load_reward_head, load_scorer, reward_adapter_path,
+                                    score_with_model, train_reward)
 from engine.schema import from_dict
 from tests.conftest import ROOT
+from tests.finished_runs import reward_run_with_eval_pairs as _reward_run_with_eval_pairs
 
 WORDS = ["it", "is", "very", "nice", "and", "good", "old", "new", "small", "warm"]
 TOPICS = ["cats", "the sea", "bread", "rain", "music", "trains", "Paris", "winter", "tea",
@@ -45,30 +45,7 @@ def tiny_config(tiny_model_dir, **kw) -> dict:
     return cfg
 
 
-# -- the equations ------------------------------------------------------------------------
-def test_pairwise_loss_on_hand_computed_numbers():
-    r_pos, r_neg = torch.tensor([2.0]), torch.tensor([0.0])
-    assert pairwise_loss(r_pos, r_neg).item() == pytest.approx(math.log(1 + math.exp(-2)))
-    # margin m = 1: −log σ(2 − 0 − 1) = log(1 + e^−1)
-    assert pairwise_loss(r_pos, r_neg, margin=1.0).item() == pytest.approx(
-        math.log(1 + math.exp(-1)))
-    # a batch: the mean of log(1 + e^−Δ) over Δ = 2 and Δ = −2
-    loss = pairwise_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 2.0]))
-    assert loss.item() == pytest.approx((math.log1p(math.exp(-2)) + math.log1p(math.exp(2))) / 2)
-    # equal rewards: log 2; a badly wrong pair stays finite (softplus, not log(sigmoid))
-    assert pairwise_loss(torch.zeros(3), torch.zeros(3)).item() == pytest.approx(math.log(2))
-    assert pairwise_loss(torch.tensor([-100.0]), torch.tensor([100.0])).item() == \
-        pytest.approx(200.0)
-    # gradient: ∂L/∂r⁺ = −(1 − σ(Δ)) = −σ(−Δ)
-    r = torch.tensor([2.0], requires_grad=True)
-    pairwise_loss(r, torch.tensor([0.0])).backward()
-    assert r.grad.item() == pytest.approx(-1 / (1 + math.exp(2)))
-    assert pairwise_accuracy(torch.tensor([1.0, 0.0, 3.0]), torch.tensor([0.0, 1.0, 3.0])) \
-        .item() == pytest.approx(1 / 3)
-    stats = reward_stats([1.0, 3.0])
-    assert stats == {"mean": 2.0, "std": 1.0}
-
-
+# -- the head (the pairwise loss and its statistics: tests/test_objectives.py) ----------------
 def test_last_token_reward_reads_the_last_non_pad_token():
     hidden = torch.arange(3 * 4 * 2, dtype=torch.float32).view(3, 4, 2)
     mask = torch.tensor([[1, 1, 1, 0],   # right padded: position 2
@@ -164,6 +141,59 @@ def test_reward_model_learns_a_synthetic_preference_and_scorer_agrees(store, tin
     assert trainable and all(".policy." in n for n in trainable)
     inference_cache.clear()
     clear_scorers()
+    _page_shows_the_trained_model(store, tiny_model_dir, run)
+
+
+def _page_shows_the_trained_model(store, tiny_model_dir, run):
+    """The page on the run just trained: its numbers, its misranked pairs (or a word that
+    there are none) and the tester, which ranks a full-stop answer above the same one
+    with "!"; in French too."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    from engine.inference.models import inference_cache
+    from ui.i18n import t
+
+    st.cache_resource.clear()
+    try:
+        at = AppTest.from_file(str(ROOT / "pages" / "reward.py"), default_timeout=90)
+        at.session_state["model_spec"] = str(tiny_model_dir)
+        at.run()
+        assert not at.exception, at.exception
+        metrics = {m.label: m.value for m in at.metric}
+        assert metrics[t("reward.eval_accuracy")] == f"{run['summary']['eval_accuracy']:.1%}"
+        assert t("reward.length_corr") in metrics
+        assert any(t("reward.worst_title") in m.value for m in at.markdown)
+        pairs = [x for x in store.get_samples(run["id"]) if x["extra"].get("kind") == "eval_pair"]
+        wrong = sorted(x["extra"]["margin"] for x in pairs if not x["extra"]["correct"])
+        shown = [d.value for d in at.dataframe if "rejected_reward" in d.value.columns]
+        if wrong:   # the stored pairs decide which of the two the page must show
+            assert list(shown[0]["margin"]) == pytest.approx(wrong)
+        else:
+            assert not shown and any(s.value == t("reward.worst_none") for s in at.success)
+
+        at.text_area(key="reward_tester_prompt").input("Tell me about cats.")
+        at.text_area(key="reward_tester_answers").input(
+            "I think cats is nice!\nI think cats is nice.")
+        at.button(key="reward_tester_go").click().run()
+        assert not at.exception, at.exception
+        job = at.session_state["reward_tester_job"]  # a light job scores them, not the script
+        assert store.get_run(job)["stage"] == "score_text"
+        assert get_manager(store).wait(job, 120) == "succeeded", store.get_run(job)["error"]
+        at.run()
+        assert not at.exception, at.exception
+        ranked = at.dataframe[-1].value
+        assert list(ranked["answer"]) == ["I think cats is nice.", "I think cats is nice!"]
+        assert list(ranked["rank"]) == [1, 2]
+
+        at.session_state["lang"] = "fr"
+        at.run()
+        assert not at.exception, at.exception
+        assert any(m.label == t("reward.eval_accuracy", lang="fr") for m in at.metric)
+    finally:
+        inference_cache.clear()
+        clear_scorers()
+        st.cache_resource.clear()
 
 
 def test_normalisation_on_an_sft_runs_own_answers(store, tiny_model_dir):
@@ -229,8 +259,12 @@ def test_cli_train_reward_reports_run_and_eval_accuracy(store, tiny_model_dir, t
     out = json.loads(capsys.readouterr().out)
     assert code == 0, out
     assert out["status"] == "succeeded" and out["steps"] == 3
-    assert 0.0 <= out["eval_accuracy"] <= 1.0 and out["run_id"] >= 1
-    assert store.get_run(out["run_id"])["config"]["lora"]["r"] == 4
+    run = store.get_run(out["run_id"])
+    assert run["config"]["lora"]["r"] == 4
+    pairs = [x for x in store.get_samples(run["id"]) if x["extra"].get("kind") == "eval_pair"]
+    assert len(pairs) == 8
+    assert out["eval_accuracy"] == run["summary"]["eval_accuracy"] == pytest.approx(
+        sum(x["extra"]["correct"] for x in pairs) / 8)
 
 
 # -- the page ---------------------------------------------------------------------------------
@@ -264,10 +298,11 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
     assert any(t("reward.tester_none") in i.value for i in at.info)
 
 
-def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fresh_resources):
+def test_page_starts_a_run_and_shows_it(store, tiny_model_dir, fresh_resources):
+    """The form starts a run with its values (a short one: what a trained model shows is
+    checked on the 15-step run above); the page then shows the run's stored accuracy."""
     from streamlit.testing.v1 import AppTest
 
-    from engine.inference.models import inference_cache
     from ui.forms import field_key
     from ui.i18n import t
 
@@ -277,48 +312,23 @@ def test_page_trains_shows_results_and_tests_answers(store, tiny_model_dir, fres
     at.session_state["model_spec"] = str(tiny_model_dir)
     at.run()
     assert not at.exception, at.exception
-    for name, value in (("max_steps", 15), ("batch_size", 8), ("learning_rate", 2e-3),
+    for name, value in (("max_steps", 2), ("batch_size", 8), ("learning_rate", 2e-3),
                         ("head_lr", 1e-2), ("max_length", 64)):
         at.number_input(key=field_key("reward", name)).set_value(value)
     at.button(key="start.reward").click().run()
     assert not at.exception, at.exception
     runs = store.list_runs(stage="reward")
     assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
+    cfg = runs[0]["config"]
+    assert (cfg["max_steps"], cfg["batch_size"], cfg["max_length"]) == (2, 8, 64)
+    assert (cfg["learning_rate"], cfg["head_lr"]) == (2e-3, 1e-2)
     assert get_manager(store).wait(runs[0]["id"], 180) == "succeeded", \
         store.get_run(runs[0]["id"])["error"]
-
     at.run()
     assert not at.exception, at.exception
-    metrics = {m.label: m.value for m in at.metric}
-    accuracy = float(metrics[t("reward.eval_accuracy")].rstrip("%")) / 100
-    assert accuracy >= 0.8
-    assert t("reward.length_corr") in metrics
-    assert any(t("reward.worst_title") in m.value for m in at.markdown)
-    if accuracy < 1:  # the misranked pairs, else a word that there are none
-        assert any("rejected_reward" in d.value.columns for d in at.dataframe)
-    else:
-        assert any(s.value == t("reward.worst_none") for s in at.success)
-
-    # the tester ranks a full-stop answer above the same answer with "!"
-    at.text_area(key="reward_tester_prompt").input("Tell me about cats.")
-    at.text_area(key="reward_tester_answers").input("I think cats is nice!\nI think cats is nice.")
-    at.button(key="reward_tester_go").click().run()
-    assert not at.exception, at.exception
-    job = at.session_state["reward_tester_job"]  # a light job scores them, not the script
-    assert store.get_run(job)["stage"] == "score_text"
-    assert get_manager(store).wait(job, 120) == "succeeded", store.get_run(job)["error"]
-    at.run()
-    assert not at.exception, at.exception
-    ranked = at.dataframe[-1].value
-    assert list(ranked["answer"]) == ["I think cats is nice.", "I think cats is nice!"]
-    assert list(ranked["rank"]) == [1, 2]
-
-    at.session_state["lang"] = "fr"
-    at.run()
-    assert not at.exception, at.exception
-    assert any(m.label == t("reward.eval_accuracy", lang="fr") for m in at.metric)
-    inference_cache.clear()
-    clear_scorers()
+    summary = store.get_run(runs[0]["id"])["summary"]
+    assert {m.label: m.value for m in at.metric}[t("reward.eval_accuracy")] == \
+        f"{summary['eval_accuracy']:.1%}"
 
 
 def test_an_sft_dataset_is_refused_naming_the_kind(store, tiny_model_dir):
@@ -329,21 +339,6 @@ def test_an_sft_dataset_is_refused_naming_the_kind(store, tiny_model_dir):
     run = run_sync(store, "reward", {"model": str(tiny_model_dir), "dataset": "answers"})
     assert run["status"] == "failed"
     assert "'answers' is a sft dataset; a reward model needs a preference dataset" in run["error"]
-
-
-def _reward_run_with_eval_pairs(store, margins: list[float], norm_mean: float) -> int:
-    """A finished reward run as the stage leaves it: summary and last-step eval pairs."""
-    rid = store.create_run("reward", {"model": "embedded"}, status="succeeded")
-    store.update_run(rid, summary={"eval_accuracy": sum(m > 0 for m in margins) / len(margins),
-                                   "eval_margin": sum(margins) / len(margins),
-                                   "norm_mean": norm_mean, "norm_std": 0.938,
-                                   "norm_source": "train"})
-    store.add_samples(rid, 5, [{
-        "prompt": f"prompt {i}", "response": f"chosen {i}", "kind": "eval_pair",
-        "rejected": f"rejected {i}", "chosen_reward": m, "rejected_reward": 0.0, "margin": m,
-        "correct": m > 0, "chosen_length": 3 + i, "rejected_length": 4}
-        for i, m in enumerate(margins)])
-    return rid
 
 
 def test_page_lists_the_misranked_pairs_and_folds_the_mean_sign(store, fresh_resources):

@@ -1,11 +1,12 @@
 """What PPO and GRPO log beside their update (issue 16): held-out vs training score, a gold
 reward, a reward-model ensemble (mean or conservative mean − λ·std), the diversity of each
 step's answers, and the token-limit warning of the pages. On the hand-set bigram model of
-tests/test_ppo.py (after the assistant header it says Yes / No / Sure / Fine, then "." or
+tests/rl_helpers.py (after the assistant header it says Yes / No / Sure / Fine, then "." or
 EOS half and half)."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -16,9 +17,11 @@ from engine.training.diversity import diversity, framed_bigrams
 from engine.training.grpo import GRPOConfig
 from engine.training.ppo import PPOConfig, PPOTrainer
 from tests.conftest import ROOT
-from tests.test_ppo import PROMPTS, _config, _fake_sft_run, bigram_dir  # noqa: F401
+from tests.rl_helpers import HELDOUT, PROMPTS, grpo_config, prompt_dataset, reward_run
+from tests.rl_helpers import ppo_config as _config
+from tests.rl_helpers import split_dataset as _split_dataset
 
-HELDOUT = [f"Tell me about {w}." for w in ("owls", "ice", "maps", "jazz", "clay")]
+
 
 
 # ======================================================================================
@@ -47,6 +50,41 @@ def test_self_similarity_and_diversity_by_hand():
     assert O.self_similarity([{"a", "b"}, {"b", "c"}]) == pytest.approx(1 / 3)
     assert O.self_similarity([{"a"}]) == 0.0
     assert diversity(["Sure.", "Sure.", "Sure."])["self_similarity"] == 1.0
+
+
+def _tokens(text: str) -> list[str]:
+    return re.findall(r"\w+|[^\w\s]", text.lower())
+
+
+def _diversity_by_hand(texts: list[str]) -> dict[str, float]:
+    """distinct-1/2 over all the answers' word tokens and the mean pairwise Jaccard
+    similarity of their framed bigram sets, written out again here."""
+    out = {}
+    for n in (1, 2):
+        grams = [tuple(t[i:i + n]) for t in map(_tokens, texts) for i in range(len(t) - n + 1)]
+        out[f"distinct_{n}"] = len(set(grams)) / len(grams) if grams else 0.0
+    sets = []
+    for text in texts:
+        t = ["<s>", *_tokens(text), "</s>"]
+        sets.append({(t[i], t[i + 1]) for i in range(len(t) - 1)})
+    pairs = [(a, b) for i, a in enumerate(sets) for b in sets[i + 1:]]
+    out["self_similarity"] = sum(len(a & b) / len(a | b) for a, b in pairs) / len(pairs)
+    return out
+
+
+def _check_step_against_its_samples(by_name, samples, step, gold_of):
+    """A step's logged diversity, gold score and ensemble spread, against the step's
+    stored answers (all of the batch): recomputed here by hand."""
+    rows = [x for x in samples if x["step"] == step]
+    texts = [x["response"] for x in rows]
+    for name, value in _diversity_by_hand(texts).items():
+        assert by_name[name][step] == pytest.approx(value, abs=1e-6), (name, step)
+    gold = [gold_of(x["response"]) for x in rows]
+    assert [x["extra"]["gold"] for x in rows] == gold
+    assert by_name["gold_score"][step] == pytest.approx(sum(gold) / len(gold), abs=1e-6)
+    assert by_name["reward_ensemble_std"][step] == pytest.approx(
+        sum(x["extra"]["reward_std"] for x in rows) / len(rows), abs=1e-5)
+    return rows
 
 
 # ======================================================================================
@@ -78,20 +116,9 @@ def test_defaults_penalise_a_missing_eos_in_both_stages():
     assert PPOConfig().heldout_every == 4 and PPOConfig().heldout_prompts == 8
 
 
-def _reward_run(store, model_dir, seed: int, spec: str | None = None) -> int:
-    """A finished reward-model run on the bigram base: a LoRA adapter and a random head."""
-    from engine.inference.models import adapter_dir
-    from engine.training import reward as R
-
-    rid = _fake_sft_run(store, model_dir)
-    store.update_run(rid, stage="reward", config={"model": spec or str(model_dir)})
-    R.save_head(adapter_dir(rid) / R.HEAD_FILE, R.new_head(64, seed=seed), None)
-    return rid
-
-
 def test_an_ensemble_mixing_bases_is_refused_before_any_model_loads(store, bigram_dir):
-    a = _reward_run(store, bigram_dir, 1)
-    b = _reward_run(store, bigram_dir, 2, spec="embedded")
+    a = reward_run(store, bigram_dir, 1)
+    b = reward_run(store, bigram_dir, 2, spec="embedded")
     sft = store.create_run("sft", {"model": str(bigram_dir)}, status="succeeded")
     for runs, message in (([a, b], "mixes base models"), ([a, sft], "not a reward model"),
                           ([a, 99_999], "does not exist")):
@@ -104,17 +131,6 @@ def test_an_ensemble_mixing_bases_is_refused_before_any_model_loads(store, bigra
 # ======================================================================================
 # Real runs on the tiny model
 # ======================================================================================
-def _split_dataset(store, name="split-prompts"):
-    """Training prompts, and an eval split holding new prompts and two training ones."""
-    store.create_dataset(name, "preference")
-    rows = [{"prompt": p, "chosen": "Yes.", "rejected": "No", "split": "train"}
-            for p in PROMPTS]
-    rows += [{"prompt": p, "chosen": "Yes.", "rejected": "No", "split": "eval"}
-             for p in HELDOUT + PROMPTS[:2]]
-    store.add_rows(name, rows)
-    return name
-
-
 def test_heldout_prompts_are_disjoint_from_the_training_prompts(store, bigram_dir):
     _split_dataset(store)
     trainer = PPOTrainer(_config(bigram_dir, dataset="split-prompts", heldout_prompts=4), store)
@@ -133,11 +149,12 @@ def test_ppo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
     from engine.training import reward as R
 
     _split_dataset(store)
-    members = [_reward_run(store, bigram_dir, 1), _reward_run(store, bigram_dir, 2)]
+    members = [reward_run(store, bigram_dir, 1), reward_run(store, bigram_dir, 2)]
     cfg = _config(bigram_dir, dataset="split-prompts", max_steps=3, heldout_every=2,
                   heldout_prompts=3, gold_reward="contains_words",
                   gold_params={"words": ["yes"]}, reward_runs=members,
-                  reward_aggregate="conservative", uncertainty_lambda=0.5)
+                  reward_aggregate="conservative", uncertainty_lambda=0.5,
+                  samples_per_step=8)   # the whole batch: each step's numbers by hand
     run = run_sync(store, "ppo", cfg)
     assert run["status"] == "succeeded", run["error"]
     rid = run["id"]
@@ -153,11 +170,13 @@ def test_ppo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
         assert sorted(by_name[name]) == [1, 2, 3], name      # step 1, every 2, the last
         assert all(math.isfinite(v) for v in by_name[name].values()), name
     assert all(v > 0 for v in by_name["reward_ensemble_std"].values())  # two heads differ
-    assert all(0.0 <= v <= 1.0 for v in by_name["gold_score"].values())
+    samples = store.get_samples(rid)
+    for step in (1, 2, 3):
+        rows = _check_step_against_its_samples(
+            by_name, samples, step, lambda text: 1.0 if "yes" in text.lower() else 0.0)
+        assert len(rows) == 8
     # each sample row carries its gold score and the members' disagreement; the reward is
     # mean − 0.5·std of the two members' scores of that answer
-    samples = store.get_samples(rid)
-    assert samples
     scorers = [R.RewardScorer(store, m, device="cpu") for m in members]
     for s in samples[:4]:
         extra = s["extra"]
@@ -171,10 +190,9 @@ def test_ppo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
 
 def test_grpo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
     from engine.runtime.jobs import run_sync
-    from tests.test_grpo import _config as grpo_config
 
     _split_dataset(store)
-    members = [_reward_run(store, bigram_dir, 3), _reward_run(store, bigram_dir, 4)]
+    members = [reward_run(store, bigram_dir, 3), reward_run(store, bigram_dir, 4)]
     cfg = grpo_config(bigram_dir, dataset="split-prompts", max_steps=2, heldout_prompts=2,
                       gold_reward="ends_with_period", reward_runs=members,
                       reward_aggregate="mean")
@@ -186,9 +204,40 @@ def test_grpo_logs_heldout_gold_ensemble_and_diversity(store, bigram_dir):
                  "self_similarity", "eval_train_score", "eval_heldout_score",
                  "eval_heldout_kl", "eval_heldout_gold", "reward_model", "reward_mean"):
         assert name in last and math.isfinite(last[name]), name
-    rows = store.get_samples(rid)
-    assert all("gold" in r["extra"] and "reward_std" in r["extra"] for r in rows)
-    assert {r["extra"]["gold"] for r in rows} <= {0.0, 1.0}
+    # the last step's numbers from its stored answers (its 2 groups of 4: the whole batch);
+    # the held-out ones are checked by hand in test_heldout_evaluation_by_hand
+    by_name = {name: {2: value} for name, value in last.items()}
+    rows = _check_step_against_its_samples(
+        by_name, store.get_samples(rid), 2,
+        lambda text: 1.0 if text.rstrip().endswith(".") else 0.0)
+    assert len(rows) == 2 * 4
+    assert last["reward_mean"] == pytest.approx(sum(x["reward"] for x in rows) / 8, abs=1e-5)
+    assert last["reward_model"] == pytest.approx(
+        sum(x["extra"]["rewards"]["model"] for x in rows) / 8, abs=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["ppo", "grpo"])
+def test_heldout_evaluation_by_hand(store, bigram_dir, stage):
+    """The bigram model always answers one word (Yes / No / Sure / Fine, with or without
+    "."): a target of 2 words scores −|1 − 2|/2 = −0.5 on every answer, one of 4 words
+    −0.75; an untrained policy is its reference, so the held-out KL is 0."""
+    from engine.training.grpo import GRPOTrainer
+
+    _split_dataset(store)
+    common = dict(dataset="split-prompts", heldout_prompts=3, builtin_reward="target_length",
+                  reward_params={"target": 2}, gold_reward="target_length",
+                  gold_params={"target": 4})
+    if stage == "ppo":
+        trainer = PPOTrainer(_config(bigram_dir, **common), store)
+    else:
+        common["builtin_rewards"] = [common.pop("builtin_reward")]
+        common["reward_params"] = {"target_length": common["reward_params"]}
+        trainer = GRPOTrainer(grpo_config(bigram_dir, **common), store)
+    out = trainer.heldout_eval(1)
+    assert out["eval_train_score"] == pytest.approx(-0.5)
+    assert out["eval_heldout_score"] == pytest.approx(-0.5)
+    assert out["eval_heldout_gold"] == pytest.approx(-0.75)
+    assert out["eval_heldout_kl"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_without_an_eval_split_the_heldout_evaluation_is_skipped_and_said(store, bigram_dir):
@@ -276,11 +325,11 @@ def test_ppo_page_starts_a_run_against_an_ensemble_with_a_gold_model(store, bigr
     from streamlit.testing.v1 import AppTest
 
     from engine.runtime.jobs import get_manager
-    from tests.test_ppo import _dataset
     from ui.common import widget_key
+    from ui.forms import field_key
 
-    _dataset(store)
-    a, b, gold = (_reward_run(store, bigram_dir, s) for s in (1, 2, 3))
+    prompt_dataset(store)
+    a, b, gold = (reward_run(store, bigram_dir, s) for s in (1, 2, 3))
     for rid in (a, b, gold):
         store.finish_run(rid, "succeeded")
     at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
@@ -289,6 +338,7 @@ def test_ppo_page_starts_a_run_against_an_ensemble_with_a_gold_model(store, bigr
     assert not at.exception, at.exception
     at.multiselect(key=widget_key("ppo_reward_runs")).set_value([a, b]).run()
     at.selectbox(key=widget_key("ppo_gold_run")).set_value(gold).run()
+    at.number_input(key=field_key("ppo", "max_steps")).set_value(1)
     submit = [btn for btn in at.button if "Start" in str(btn.label)]
     submit[0].click().run()
     assert not at.exception, at.exception
@@ -297,6 +347,9 @@ def test_ppo_page_starts_a_run_against_an_ensemble_with_a_gold_model(store, bigr
     cfg = runs[0]["config"]
     assert cfg["reward_runs"] == [a, b] and cfg["reward_run"] is None
     assert cfg["gold_reward_run"] == gold and cfg["gold_reward"] == ""
-    jobs = get_manager(store)
-    jobs.cancel(runs[0]["id"])
-    assert jobs.wait(runs[0]["id"], 120) in ("cancelled", "succeeded", "failed")
+    assert cfg["max_steps"] == 1
+    # the run it started ends well (a crash would say "failed")
+    assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded", \
+        store.get_run(runs[0]["id"])["error"]
+    assert sorted(store.metric_names(runs[0]["id"])) and \
+        store.last_metrics(runs[0]["id"])["reward_ensemble_std"] > 0

@@ -12,11 +12,11 @@ import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 from engine.runtime import runs as R
-from engine.runtime import stages
 from engine.runtime.jobs import get_manager
 from engine.inference.models import run_dir
 from storage import NotFound
 from tests.conftest import ROOT
+from tests.job_helpers import registered_stages
 from ui.common import widget_key
 
 PAGE = str(ROOT / "pages" / "runs.py")
@@ -40,7 +40,7 @@ def tick_stage(cfg: TickConfig, ctx):
     return {"final_loss": cfg.lr / cfg.steps, "resumed_from": start}
 
 
-stages.register("runs_tick", TickConfig, tick_stage)
+stand_in_stages = registered_stages(runs_tick=(TickConfig, tick_stage, False))
 
 
 @pytest.fixture(autouse=True)

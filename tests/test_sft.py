@@ -8,15 +8,13 @@ import os
 import random
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from engine.training import train_utils as tu
 from engine.inference.chat import IGNORE_INDEX
-from engine.training.sft import response_nll, sft_loss
-from storage.db import ACTIVE_STATES
+from engine.training.sft import sft_loss
 from tests.conftest import ROOT, app_with_model
 
 PAIRS = [{"prompt": "What is the capital of France?", "response": "Paris."},
@@ -41,40 +39,7 @@ def _quick(model_dir, **over) -> dict:
     return cfg
 
 
-# -- the loss --------------------------------------------------------------------------------
-def test_sft_loss_counts_response_tokens_only_hand_checked():
-    # sequence of 4 tokens: 2 prompt tokens (label -100) then 2 response tokens (2 and 3).
-    # logits at position t predict token t+1: positions 1 and 2 score the response.
-    labels = torch.tensor([[IGNORE_INDEX, IGNORE_INDEX, 2, 3]])
-    logits = torch.zeros(1, 4, 4)
-    assert sft_loss(logits, labels).item() == pytest.approx(math.log(4))
-    logits[0, 1, 2] = math.log(3)  # p(token 2) = 3 / (3 + 1 + 1 + 1) = 1/2
-    expected = (math.log(2) + math.log(4)) / 2
-    assert sft_loss(logits, labels).item() == pytest.approx(expected)
-
-    # changing the logits that predict prompt tokens (position 0) or nothing (the last
-    # position) changes neither the loss nor gives them a gradient
-    changed = logits.clone()
-    changed[0, 0] = torch.tensor([9.0, -3.0, 5.0, 1.0])
-    changed[0, 3] = torch.tensor([-7.0, 2.0, 0.5, 8.0])
-    changed.requires_grad_(True)
-    loss = sft_loss(changed, labels)
-    assert loss.item() == pytest.approx(expected)
-    loss.backward()
-    assert changed.grad[0, 0].abs().sum() == 0 and changed.grad[0, 3].abs().sum() == 0
-    assert changed.grad[0, 1].abs().sum() > 0
-
-    total, count = response_nll(logits, labels)
-    assert count.item() == 2 and (total / count).item() == pytest.approx(expected)
-
-
-def test_sft_loss_without_response_tokens_is_zero_not_nan():
-    logits = torch.randn(2, 5, 7, requires_grad=True)
-    loss = sft_loss(logits, torch.full((2, 5), IGNORE_INDEX))
-    assert loss.item() == 0.0
-    loss.backward()
-
-
+# -- the encoding (the loss itself: tests/test_objectives.py) --------------------------------
 def test_real_encoding_masks_the_prompt(tiny_model_dir):
     from engine.inference.chat import encode_completion
     from engine.inference.models import load_tokenizer
@@ -251,26 +216,23 @@ def test_overfits_a_handful_of_pairs_then_answers_them(store, sharp_model_dir):
 
 
 def test_cancel_within_a_step_then_resume_matches_an_uninterrupted_run(store, tiny_model_dir):
-    from engine.runtime.jobs import JobManager, run_sync
     from engine.inference.models import run_dir
+    from engine.runtime.jobs import JobManager, run_sync
+    from tests.job_helpers import run_cancelled_after
 
     _dataset(store)
     cfg = _quick(tiny_model_dir, max_steps=14, eval_every=5, save_every=4, eval_samples=1)
     straight = run_sync(store, "sft", cfg)
     assert straight["status"] == "succeeded", straight["error"]
 
-    jobs = JobManager(store)
-    rid = jobs.submit("sft", cfg)
-    while (store.get_run(rid)["step"] or 0) < 2 and store.get_run(rid)["status"] in ACTIVE_STATES:
-        time.sleep(0.01)
-    jobs.cancel(rid)
-    at_cancel = store.get_run(rid)["step"]
-    assert jobs.wait(rid, 120) == "cancelled"
+    # cancelled (as the Stop button does) once step 2 is logged: it stops at the next
+    # step's start, keeping a checkpoint of step 2
+    rid = run_cancelled_after(store, "sft", cfg, 2)
     stopped = store.get_run(rid)["step"]
-    assert at_cancel <= stopped <= at_cancel + 1  # within one step
-    assert stopped < 14, "the run finished before the cancel landed"
-    assert tu.latest_checkpoint(run_dir(rid)).name == f"step-{stopped}"
+    assert stopped == 2
+    assert tu.latest_checkpoint(run_dir(rid)).name == "step-2"
 
+    jobs = JobManager(store)
     jobs.resume(rid)
     assert jobs.wait(rid, 120) == "succeeded", store.get_run(rid)["error"]
     run = store.get_run(rid)
@@ -364,26 +326,28 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
     from ui.forms import field_key
 
     st.cache_resource.clear()  # each test its own database
-    at = app_with_model(tiny_model_dir, "pages/sft.py")  # the sidebar's base model: the tiny one
-    assert not at.exception, at.exception
-    # a fresh data folder: the app loaded the shipped samples, the form offers them
-    assert at.selectbox(key=widget_key("sft_dataset")).value == "sample-sft"
+    try:
+        at = app_with_model(tiny_model_dir, "pages/sft.py")  # the sidebar's base model: the tiny one
+        assert not at.exception, at.exception
+        # a fresh data folder: the app loaded the shipped samples, the form offers them
+        assert at.selectbox(key=widget_key("sft_dataset")).value == "sample-sft"
 
-    _dataset(store)
-    at.run()
-    at.selectbox(key=widget_key("sft_dataset")).set_value("toy").run()
-    assert not at.exception, at.exception
-    at.number_input(key=field_key("sft", "epochs")).set_value(0.5)
-    at.number_input(key=field_key("sft", "batch_size")).set_value(4)
-    at.button(key="start.sft").click().run()  # the form's start button
-    assert not at.exception, at.exception
-    runs = store.list_runs(stage="sft")
-    assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
-    assert runs[0]["config"]["epochs"] == 0.5 and runs[0]["dataset"] == "toy"
-    assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded"
+        _dataset(store)
+        at.run()
+        at.selectbox(key=widget_key("sft_dataset")).set_value("toy").run()
+        assert not at.exception, at.exception
+        at.number_input(key=field_key("sft", "epochs")).set_value(0.5)
+        at.number_input(key=field_key("sft", "batch_size")).set_value(4)
+        at.button(key="start.sft").click().run()  # the form's start button
+        assert not at.exception, at.exception
+        runs = store.list_runs(stage="sft")
+        assert len(runs) == 1 and runs[0]["config"]["model"] == str(tiny_model_dir)
+        assert runs[0]["config"]["epochs"] == 0.5 and runs[0]["dataset"] == "toy"
+        assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded"
 
-    at.run()  # the finished run: numbers, curves and the "try it" box
-    assert not at.exception, at.exception
-    assert at.selectbox(key="sft_view").value == runs[0]["id"]
-    assert len(at.metric) == 4 and at.text_area
-    st.cache_resource.clear()
+        at.run()  # the finished run: numbers, curves and the "try it" box
+        assert not at.exception, at.exception
+        assert at.selectbox(key="sft_view").value == runs[0]["id"]
+        assert len(at.metric) == 4 and at.text_area
+    finally:
+        st.cache_resource.clear()
