@@ -93,6 +93,8 @@ QUANTITY = {
     "best_of_n_weights": ("w_k", "w_k"),
     "best_of_n_estimate": ("Ê[g(y*_n)]", r"\hat{\mathbb{E}}\big[g(y^{*}_{n})\big]"),
     "self_similarity": ("sim", r"\mathrm{sim}"),
+    "wilson_interval": ("p±", r"p_o^{\pm}"),
+    "kappa_interval": ("κ±", r"\kappa^{\pm}"),
 }
 
 
