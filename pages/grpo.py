@@ -147,20 +147,20 @@ def groups_table(run_id: int) -> None:
                                     width="large")})
 
 
-def trend_line(run_id: int) -> float | None:
+def trend_line(run_id: int) -> tuple[float | None, str | None]:
     """Whether the reward rose beyond its noise: the OLS slope of the per-step reward mean
     over the steps with its standard error (objectives.trend_slope), and its verdict.
-    Returns the slope (None before 3 steps)."""
+    Returns (slope, verdict); (None, None) before 3 steps."""
     n = len(store.get_metrics(run_id, ["reward_mean"]))
     slope, se = reward_trend(store, run_id)
     verdict = trend_verdict(slope, se)
     if verdict is None:
         st.caption(t("grpo.trend_short"))
-        return None
+        return None, None
     show = {"rose": st.success, "fell": st.warning, "flat": st.info}[verdict]
     show(t(f"grpo.trend_{verdict}", n=n, slope=slope, se=se),
          icon=":material/trending_up:" if verdict == "rose" else ":material/show_chart:")
-    return slope
+    return slope, verdict
 
 
 def run_view(run_id: int) -> dict:
@@ -174,10 +174,12 @@ def run_view(run_id: int) -> dict:
         st.warning(t("ppo.warn_kl", kl=last["kl"], limit=KL_WARN), icon=":material/warning:")
     eos_warning(cfg, last)
 
-    slope = trend_line(run_id)
+    slope, verdict = trend_line(run_id)
     c = st.columns(6)
+    # the slope is coloured only when it is beyond its noise (a grey arrow otherwise)
     c[0].metric(t("grpo.m_reward"), _fmt(last.get("reward_mean")),
-                delta=None if slope is None else t("grpo.m_trend_delta", slope=slope))
+                delta=None if slope is None else t("grpo.m_trend_delta", slope=slope),
+                delta_color="normal" if verdict in ("rose", "fell") else "off")
     c[1].metric(t("grpo.m_std"), _fmt(last.get("reward_std_within_group")))
     c[2].metric(t("grpo.m_zero"), _fmt(zero, 2))
     c[3].metric(t("grpo.m_kl"), _fmt(last.get("kl")))
