@@ -45,10 +45,10 @@ MODEL_REWARD = "model"   # the component name of the trained reward model (metri
 class GRPOConfig(RLSettings, SamplingSettings, TrainConfig):
     """Settings of a GRPO / RLOO run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)   # prompts of an SFT/preference set
-    # the defaults (issue 27): 20 steps of 4 prompts × 4 answers at 3e-4, 24 new tokens, so
-    # that the default run's reward rises beyond its noise in about 4 minutes on a 2-core
-    # CPU (2 × 4 answers at 1e-4 gave noise; at 5e-4 the reward rose in 6 steps, then KL
-    # passed 4 nats and the reward fell back); see bench/RESULTS.md, "Default GRPO run"
+    # the defaults (issue 27, not yet confirmed): 20 steps of 4 prompts × 4 answers at 3e-4,
+    # 24 new tokens: 275 s on the shared 2-core CPU, but the seed-0 run's reward trend was
+    # within its noise (2 × 4 answers at 1e-4 gave noise too; at 5e-4 the reward rose in 6
+    # steps, then KL passed 4 nats and it fell back); bench/RESULTS.md, "Default GRPO run"
     max_steps: int = like("max_steps", 20, min=1)
     batch_size: int = like("batch_size", 4)                   # prompts per step (× G answers)
     learning_rate: float = like("learning_rate", 3e-4)
