@@ -490,6 +490,54 @@ def grpo_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, ref_logp: torch.Te
     return pg + beta * kl, pg, kl
 
 
+@equation(r"\hat b = \frac{\sum_k (x_k-\bar x)(y_k-\bar y)}{\sum_k (x_k-\bar x)^2},\quad "
+          r"\mathrm{SE}(\hat b) = \sqrt{\frac{\sum_k \big(y_k-\bar y-\hat b\,(x_k-\bar x)\big)^2"
+          r"/(n-2)}{\sum_k (x_k-\bar x)^2}}")
+def trend_slope(x: list[float], y: list[float]) -> tuple[float | None, float | None]:
+    """The ordinary least-squares slope of y over x, and its standard error:
+
+        b̂     = Σ_k (x_k − x̄)(y_k − ȳ) / Σ_k (x_k − x̄)²
+        SE(b̂) = sqrt( Σ_k (y_k − ȳ − b̂·(x_k − x̄))² / (n − 2) / Σ_k (x_k − x̄)² )
+
+    A run's reward per step (x the step, y the step's mean reward) rose beyond its noise when
+    b̂ > 2·SE (about 95% one-sided if the steps' residuals are independent and roughly
+    normal). Returns (b̂, SE); (None, None) for fewer than two distinct x, SE None for n = 2
+    (no residual left to measure the noise)."""
+    n = len(x)
+    if n != len(y):
+        raise ValueError(f"trend_slope: {n} x values for {len(y)} y values")
+    if n < 2:
+        return None, None
+    mx, my = sum(x) / n, sum(y) / n
+    sxx = sum((a - mx) ** 2 for a in x)
+    if sxx == 0:
+        return None, None
+    b = sum((a - mx) * (c - my) for a, c in zip(x, y)) / sxx
+    if n < 3:
+        return b, None
+    rss = sum((c - my - b * (a - mx)) ** 2 for a, c in zip(x, y))
+    return b, (rss / (n - 2) / sxx) ** 0.5
+
+
+TREND_SE = 2.0   # a trend counts as beyond noise when |b̂| > TREND_SE·SE(b̂)
+
+
+@equation(r"\text{verdict} = \begin{cases}\text{rose} & \hat b > k\,\mathrm{SE}(\hat b)\\ "
+          r"\text{fell} & \hat b < -k\,\mathrm{SE}(\hat b)\\ \text{flat} & \text{otherwise}"
+          r"\end{cases}")
+def trend_verdict(slope: float | None, se: float | None, k: float = TREND_SE) -> str | None:
+    """verdict = 'rose' if b̂ > k·SE(b̂), 'fell' if b̂ < −k·SE(b̂), else 'flat' (no trend
+    beyond the noise); None when there is no SE to judge by. A zero SE (points exactly on a
+    line) counts any non-zero slope."""
+    if slope is None or se is None:
+        return None
+    if slope > k * se:
+        return "rose"
+    if slope < -k * se:
+        return "fell"
+    return "flat"
+
+
 # ======================================================================================
 # AI feedback checked against people: Cohen's kappa
 # ======================================================================================

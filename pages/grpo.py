@@ -6,9 +6,9 @@ import pandas as pd
 import streamlit as st
 
 from engine.inference.models import display_name
-from engine.objectives import LATEX
+from engine.objectives import LATEX, trend_verdict
 from engine.training import rewards_builtin
-from engine.training.grpo import MODEL_REWARD, GRPOConfig
+from engine.training.grpo import MODEL_REWARD, GRPOConfig, reward_trend
 from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
                        model_spec, run_label, translated_choice)
@@ -147,12 +147,26 @@ def groups_table(run_id: int) -> None:
                                     width="large")})
 
 
+def trend_line(run_id: int) -> tuple[float | None, str | None]:
+    """Whether the reward rose beyond its noise: the OLS slope of the per-step reward mean
+    over the steps with its standard error (objectives.trend_slope), and its verdict.
+    Returns (slope, verdict); (None, None) before 3 steps."""
+    n = len(store.get_metrics(run_id, ["reward_mean"]))
+    slope, se = reward_trend(store, run_id)
+    verdict = trend_verdict(slope, se)
+    if verdict is None:
+        st.caption(t("grpo.trend_short"))
+        return None, None
+    show = {"rose": st.success, "fell": st.warning, "flat": st.info}[verdict]
+    show(t(f"grpo.trend_{verdict}", n=n, slope=slope, se=se),
+         icon=":material/trending_up:" if verdict == "rose" else ":material/show_chart:")
+    return slope, verdict
+
+
 def run_view(run_id: int) -> dict:
     run = job_panel(run_id)
     cfg = run.get("config") or {}
     last = store.last_metrics(run_id)
-    first = store.get_metrics(run_id, ["reward_mean"])
-    first_reward = first[0]["value"] if first else None
     zero = last.get("zero_signal_fraction")
     if zero is not None and zero > ZERO_SIGNAL_WARN:
         st.warning(t("grpo.warn_zero_signal", share=zero), icon=":material/warning:")
@@ -160,11 +174,12 @@ def run_view(run_id: int) -> dict:
         st.warning(t("ppo.warn_kl", kl=last["kl"], limit=KL_WARN), icon=":material/warning:")
     eos_warning(cfg, last)
 
+    slope, verdict = trend_line(run_id)
     c = st.columns(6)
-    reward = last.get("reward_mean")
-    c[0].metric(t("grpo.m_reward"), _fmt(reward),
-                delta=None if reward is None or first_reward is None
-                else f"{reward - first_reward:+.3f}")
+    # the slope is coloured only when it is beyond its noise (a grey arrow otherwise)
+    c[0].metric(t("grpo.m_reward"), _fmt(last.get("reward_mean")),
+                delta=None if slope is None else t("grpo.m_trend_delta", slope=slope),
+                delta_color="normal" if verdict in ("rose", "fell") else "off")
     c[1].metric(t("grpo.m_std"), _fmt(last.get("reward_std_within_group")))
     c[2].metric(t("grpo.m_zero"), _fmt(zero, 2))
     c[3].metric(t("grpo.m_kl"), _fmt(last.get("kl")))
@@ -184,7 +199,8 @@ def run_view(run_id: int) -> dict:
          t("grpo.tab_more")])
     with tab_reward:
         _chart(["reward_mean", "reward_std_within_group"], t("grpo.chart_reward"),
-               [LATEX["weighted_reward"], LATEX["group_reward_std"]], run_id, t("grpo.reward_caption"))
+               [LATEX["weighted_reward"], LATEX["group_reward_std"], LATEX["trend_slope"]],
+               run_id, t("grpo.reward_caption"))
         _chart(["zero_signal_fraction"], t("grpo.chart_zero"), [LATEX["zero_signal_fraction"]], run_id,
                t("grpo.zero_caption"), rule=ZERO_SIGNAL_WARN)
         _chart(components, t("grpo.chart_components"), [LATEX["weighted_reward"]], run_id,

@@ -75,7 +75,8 @@ def ppo_config(model_dir, **kw) -> "PPOConfig":
 def grpo_config(model_dir, **kw) -> "GRPOConfig":
     base = dict(model=str(model_dir), dataset="prompts", max_steps=8, batch_size=2,
                 group_size=4, minibatches=2, max_new_tokens=4, temperature=1.0,
-                learning_rate=3e-3, beta=0.04, save_every=0)
+                learning_rate=3e-3, beta=0.04, save_every=0,
+                builtin_rewards=["ends_with_period"])   # the bigram model's rule
     base.update(kw)
     from engine.training.grpo import GRPOConfig
 

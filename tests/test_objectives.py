@@ -95,6 +95,8 @@ QUANTITY = {
     "self_similarity": ("sim", r"\mathrm{sim}"),
     "wilson_interval": ("p±", r"p_o^{\pm}"),
     "kappa_interval": ("κ±", r"\kappa^{\pm}"),
+    "trend_slope": ("b̂", r"\hat b"),
+    "trend_verdict": ("verdict", r"\text{verdict}"),
 }
 
 

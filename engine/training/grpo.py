@@ -29,7 +29,8 @@ from engine.inference.generate import sample_groups
 from engine.inference.models import adapter_dir
 from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantages, grpo_loss,
                                group_reward_std, kl_k3, masked_mean,
-                               rloo_advantages, weighted_reward, zero_signal_fraction)
+                               rloo_advantages, trend_slope, trend_verdict, weighted_reward,
+                               zero_signal_fraction)
 from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig, \
     like, setting
 from engine.training import rewards_builtin, train_utils
@@ -44,22 +45,29 @@ MODEL_REWARD = "model"   # the component name of the trained reward model (metri
 class GRPOConfig(RLSettings, SamplingSettings, TrainConfig):
     """Settings of a GRPO / RLOO run (see engine.schema for the shared ones)."""
     dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)   # prompts of an SFT/preference set
-    max_steps: int = like("max_steps", 16, min=1)
-    batch_size: int = like("batch_size", 2)                   # prompts per step (× G answers)
-    learning_rate: float = like("learning_rate", 1e-4)
+    # the defaults (issue 27, not yet confirmed): 20 steps of 4 prompts × 4 answers at 3e-4,
+    # 24 new tokens: 275 s on the shared 2-core CPU, but the seed-0 run's reward trend was
+    # within its noise (2 × 4 answers at 1e-4 gave noise too; at 5e-4 the reward rose in 6
+    # steps, then KL passed 4 nats and it fell back); bench/RESULTS.md, "Default GRPO run"
+    max_steps: int = like("max_steps", 20, min=1)
+    batch_size: int = like("batch_size", 4)                   # prompts per step (× G answers)
+    learning_rate: float = like("learning_rate", 3e-4)
     save_every: int = like("save_every", 8)
     keep_checkpoints: int = like("keep_checkpoints", 1)
     lora: LoraSettings = like("lora", factory=lambda: LoraSettings(dropout=0.0))
-    max_new_tokens: int = like("max_new_tokens", 32)
-    # temperature 1: the group needs diverse answers to have a signal at all
-    temperature: float = like("temperature", 1.0)
+    # an answer of about 12 words (the default target_length) fits in 24 tokens
+    max_new_tokens: int = like("max_new_tokens", 24)
+    # 0.7: at 1.0 the embedded 135M model's answers are mostly gibberish (French ones above
+    # all), and no rule's reward can then be a better answer a person can see; the group
+    # still differs enough in length and form to give a signal
+    temperature: float = like("temperature", 0.7)
     group_size: int = setting(4, min=2, max=1024)
     advantage: str = setting("grpo", choices=tuple(ADVANTAGES))
     beta: float = setting(0.04, min=0.0, max=100.0, step=0.01, format="%.3f")
     cliprange: float = setting(0.2, min=0.001, max=1e6, step=0.05)   # ε (1e6: no clip)
     sft_run: int | None = setting(None, widget="page")     # None: from the base (ref = base)
     reward_run: int | None = setting(None, widget="page")  # a trained reward model, and/or
-    builtin_rewards: list = setting(factory=lambda: [rewards_builtin.DEFAULT_REWARD],
+    builtin_rewards: list = setting(factory=lambda: list(rewards_builtin.DEFAULT_GROUP_REWARDS),
                                     widget="page")          # ... built-in rules, by name
     reward_params: dict = setting(factory=dict, widget="page")   # {rule: {param: value}}
     # one weight per reward: the rules in order, then the reward model; [] = all 1
@@ -307,6 +315,13 @@ class GRPOTrainer(PPOTrainer):
         return folder
 
 
+def reward_trend(store, run_id: int) -> tuple[float | None, float | None]:
+    """(slope, SE) of the run's stored per-step reward mean over the step
+    (objectives.trend_slope): every step, those of a resumed run's earlier life too."""
+    rows = store.get_metrics(run_id, ["reward_mean"])
+    return trend_slope([float(r["step"]) for r in rows], [float(r["value"]) for r in rows])
+
+
 def train_grpo(cfg: GRPOConfig, ctx) -> dict:
     """The GRPO stage: `fn(config, ctx) -> summary` (see engine.runtime.jobs)."""
     trainer = GRPOTrainer(cfg, ctx.store, log=ctx.log)
@@ -319,9 +334,15 @@ def train_grpo(cfg: GRPOConfig, ctx) -> dict:
                                    finite=("loss", "policy_loss", "kl", "reward_mean", "entropy"))
     ctx.progress(cfg.max_steps, cfg.max_steps, "saving the adapter")
     ctx.artifact("adapter", trainer.save_final(ctx.run_id))
+    slope, se = reward_trend(ctx.store, ctx.run_id)
     return {
         "first_reward": first,
         "last_reward": last.get("reward_mean"),
+        # the OLS slope of the per-step reward mean over the steps, with its SE: the reward
+        # rose beyond its noise when the slope exceeds 2 SE (not first vs last step)
+        "reward_trend": slope,
+        "reward_trend_se": se,
+        "reward_trend_verdict": trend_verdict(slope, se),
         "final_kl": last.get("kl"),
         "zero_signal_fraction": last.get("zero_signal_fraction"),
         "seconds_per_step": (sum(times) / len(times)) if times else None,

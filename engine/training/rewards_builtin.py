@@ -26,11 +26,14 @@ POLITENESS_MARKERS = (
 FRENCH_WORDS = frozenset(
     "le la les un une des du de et est sont pas ne je tu il elle nous vous ils elles "
     "que qui dans pour sur avec ce cette ces mais ou donc au aux son sa ses leur mon ma "
-    "mes ton ta très plus bien être avoir fait comme tout aussi oui non merci bonjour".split())
+    "mes ton ta très plus bien être avoir fait comme tout aussi oui non merci bonjour "
+    "quel quelle quels quelles où quand comment pourquoi combien à en se par c'est fois "
+    "font écrit donne décris écris".split())
 ENGLISH_WORDS = frozenset(
-    "the a an and is are not i you he she we they that which in for on with this these "
+    "the an and is are not i you he she we they that which in for on with this these "
     "but or so to of his her their my your very more well be have do as all also yes no "
-    "thanks hello it was were".split())
+    "thanks hello it was were who what where when why how does did can should there at "
+    "by from wrote describe write give name explain".split())
 
 
 def words(text: str) -> list[str]:
@@ -91,6 +94,24 @@ def language_fr(prompt: str, response: str) -> float:
     return (n_fr - n_en) / max(1, n_fr + n_en)
 
 
+def language_of(text: str) -> str | None:
+    """'fr' or 'en': the language with more common function words in the text; None on a
+    tie (no function word at all, or as many of each)."""
+    ws = words(text)
+    n_fr = sum(w in FRENCH_WORDS for w in ws)
+    n_en = sum(w in ENGLISH_WORDS for w in ws)
+    return "fr" if n_fr > n_en else "en" if n_en > n_fr else None
+
+
+def same_language(prompt: str, response: str) -> float:
+    """R = +1 if the response is in the prompt's language, −1 if in the other one, 0 when
+    either cannot be told (language_of: more French or more English function words)."""
+    asked, answered = language_of(prompt), language_of(response)
+    if asked is None or answered is None:
+        return 0.0
+    return 1.0 if asked == answered else -1.0
+
+
 def _word_list(value) -> list[str]:
     if isinstance(value, str):
         value = value.split(",")
@@ -111,8 +132,14 @@ REWARDS: dict[str, RewardSpec] = {
     "avoids_words": RewardSpec("avoids_words", avoids_words, {"words": ["sorry"]}),
     "politeness": RewardSpec("politeness", politeness, {"cap": 2}),
     "language_fr": RewardSpec("language_fr", language_fr, {}),
+    "same_language": RewardSpec("same_language", same_language, {}),
 }
 DEFAULT_REWARD = "ends_with_period"
+# GRPO's default rules, summed: a complete sentence (ends with a full stop), about 12 words,
+# in the question's language. Each alone is easy to game (a string of dots ends with a full
+# stop); together the best-paid answer is a short complete answer a person can read, and
+# a string of dots scores 1 − 1 + 0 = 0 against about 2 for such an answer.
+DEFAULT_GROUP_REWARDS = ("ends_with_period", "target_length", "same_language")
 
 
 def names() -> list[str]:
