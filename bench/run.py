@@ -647,8 +647,9 @@ def markdown_table(doc: dict) -> str:
                 if stage == "grpo" and key.startswith("tokens"):
                     metric = "generated " + metric  # GRPO counts the sampled tokens only
                 g = goals.get(rkey)
+                verdict = {True: "met", False: "not met", None: "not measured"}
                 gtxt = "" if not g else (f"{g['goal'].split(' ', 2)[2]}: "
-                                         f"{'met' if g['met'] else 'not met'}")
+                                         f"{verdict[g['met']]}")
                 if "seconds" in key and any(isinstance(v, float) and v < 1
                                             for v in (ours.get(key), trl.get(key))):
                     nd = 3  # GPU steps: milliseconds
