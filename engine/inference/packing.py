@@ -37,7 +37,8 @@ STACK_TOKENS = 32768      # padded tokens of one stacked forward (GPU): rows × 
 
 def use_stacked(device) -> bool:
     """Whether the rows of a padding-free pass go through the model stacked in one call
-    (GPU) or one call a row (CPU, where that measured faster: bench/RESULTS.md).
+    (GPU) or one call a row (CPU: the path its goals were measured on; stacking pads rows
+    and was not shown faster there, bench/RESULTS.md).
     `RLHF_LAB_STACK_ROWS=1` / `0` forces either (for measurements)."""
     forced = os.environ.get("RLHF_LAB_STACK_ROWS", "").strip()
     if forced in ("0", "1"):
