@@ -252,6 +252,7 @@ def run_ppo(w: dict, device: str, torch) -> dict:
         ref = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
         ref.config.pad_token_id = tok.pad_token_id
     timer = step_timer(torch, device)
+    lengths = record_answer_lengths(reward)
     with tempfile.TemporaryDirectory() as out:
         base = common_args(w, out, device)
         base["learning_rate"] = w.get("ppo_learning_rate", 1e-5)
@@ -267,8 +268,28 @@ def run_ppo(w: dict, device: str, torch) -> dict:
         trainer.train()
     prompt_tokens = [len(x) for x in data["input_ids"]]
     return {**timing(timer), "dataset_tokens": sum(prompt_tokens),
-            "dataset_rows": len(prompt_tokens),
+            "dataset_rows": len(prompt_tokens), "response_length": lengths,
             "models_in_memory": 3 if w.get("ppo_lora") else 4}
+
+
+def record_answer_lengths(reward_model) -> list[float]:
+    """The mean answer length (tokens up to and including EOS, as the engine counts them) of
+    each rollout batch of TRL's PPO, read where its reward model scores the answers
+    (`get_reward` on the truncated responses, padded after the stop token)."""
+    import trl.experimental.ppo.ppo_trainer as ppo_mod
+
+    lengths: list[float] = []
+    original = ppo_mod.get_reward
+
+    def get_reward(model, query_response, pad_token_id, context_length):
+        if model is reward_model:
+            answers = query_response[:, context_length:]
+            lengths.append(round(float(ppo_mod.first_true_indices(
+                answers == pad_token_id).float().mean()), 3))
+        return original(model, query_response, pad_token_id, context_length)
+
+    ppo_mod.get_reward = get_reward
+    return lengths
 
 
 def run_dpo(w: dict, device: str, torch) -> dict:

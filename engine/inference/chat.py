@@ -77,19 +77,26 @@ def encode_completion(tokenizer, prompt, response: str, max_length: int) -> Enco
         # templates that rewrite earlier turns: fall back to concatenation
         full = prompt_ids + tokenizer(response, add_special_tokens=False)["input_ids"] \
             + [tokenizer.eos_token_id]
-    response_ids = full[len(prompt_ids):]
-    eos = tokenizer.eos_token_id
+    return completion_ids(prompt_ids, full[len(prompt_ids):], tokenizer.eos_token_id,
+                          max_length)
+
+
+def completion_ids(prompt_ids: list[int], response_ids: list[int], eos: int,
+                   max_length: int) -> Encoded:
+    """Prompt ids + response ids as `encode_completion` lays them out: the response cut
+    after its first EOS (or EOS appended), then both cut to `max_length` (the prompt's end
+    and the response's start kept)."""
     if eos in response_ids:
         response_ids = response_ids[: response_ids.index(eos) + 1]
     else:
-        response_ids = response_ids + [eos]
+        response_ids = list(response_ids) + [eos]
     truncated = False
     if len(prompt_ids) + len(response_ids) > max_length:
         truncated = True
         keep_prompt = min(len(prompt_ids), max(max_length // 2, max_length - len(response_ids)))
         prompt_ids = prompt_ids[-keep_prompt:]
         response_ids = response_ids[: max_length - len(prompt_ids)]
-    return Encoded(prompt_ids + response_ids,
+    return Encoded(list(prompt_ids) + list(response_ids),
                    [IGNORE_INDEX] * len(prompt_ids) + list(response_ids), truncated)
 
 

@@ -77,6 +77,21 @@ def generate_with_lengths(model, tokenizer, prompts: list, cfg: SamplingConfig |
     return [a.strip() for a in answers], lengths
 
 
+DECODE_CACHES = ("dynamic", "static")
+
+
+def generation_cache_options(decode_cache: str, device) -> dict:
+    """transformers' generate options of the RL stages' `decode_cache` setting:
+    "dynamic" — the KV cache grows step by step (transformers' default; the sampling loop of
+    `sample_groups` pre-allocates it, `_reserve`); "static" — a KV cache of fixed size
+    allocated once (`cache_implementation="static"`), which on CUDA lets transformers
+    compile the decoding step (torch.compile, CUDA graphs: no per-token Python and launch
+    overhead). Measured on a GPU before it becomes anyone's default (bench/RESULTS.md)."""
+    if decode_cache not in DECODE_CACHES:
+        raise ValueError(f"decode_cache {decode_cache!r} is not one of {DECODE_CACHES}")
+    return {"cache_implementation": "static"} if decode_cache == "static" else {}
+
+
 def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filtering as transformers' TopPLogitsWarper: the smallest set of tokens whose
     probabilities add up to more than top_p keeps its scores, the rest get −inf."""
@@ -91,7 +106,8 @@ def top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 @torch.no_grad()
 def sample_groups(model, query: torch.Tensor, query_mask: torch.Tensor, group_size: int, *,
                   max_new_tokens: int, temperature: float, top_p: float, eos_token_id: int,
-                  pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  pad_token_id: int, decode_cache: str = "dynamic"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """`group_size` sampled answers to each left-padded prompt of `query` [B, P] (rows
     b·G … b·G+G−1 answer prompt b), and the log-prob of each sampled token under the
     distribution it was drawn from before top-p, log softmax(z_t / T)[y_t]:
@@ -103,9 +119,18 @@ def sample_groups(model, query: torch.Tensor, query_mask: torch.Tensor, group_si
     cache repeated G times (transformers repeats the prompt before its prefill), the LM head
     runs on the last position only, and no [steps, B·G, V] logits are kept: the log-probs are
     taken step by step (objectives.logprobs_from_logits).
+
+    decode_cache="static" (`generation_cache_options`) samples through transformers'
+    `generate` itself with a static KV cache (the prompt repeated G times, compiled decoding
+    on CUDA) and takes the log-probs from its logits: the same distribution, another path.
     """
     from engine.objectives import logprobs_from_logits
 
+    if decode_cache != "dynamic":
+        return _sample_groups_generate(model, query, query_mask, group_size,
+                                       max_new_tokens=max_new_tokens, temperature=temperature,
+                                       top_p=top_p, eos_token_id=eos_token_id,
+                                       pad_token_id=pad_token_id, decode_cache=decode_cache)
     G = group_size
     cache_arg = _cache_argument(model)
     position_ids = (query_mask.long().cumsum(-1) - 1).masked_fill(query_mask == 0, 1)
@@ -136,6 +161,26 @@ def sample_groups(model, query: torch.Tensor, query_mask: torch.Tensor, group_si
                     use_cache=True, **{cache_arg: cache})
         cache, logits = _cache_of(out), out.logits[:, -1]
     return torch.stack(tokens, 1), torch.stack(logps, 1)
+
+
+def _sample_groups_generate(model, query, query_mask, group_size, *, max_new_tokens,
+                            temperature, top_p, eos_token_id, pad_token_id, decode_cache):
+    """`sample_groups` through `model.generate(num_return_sequences=G)` with the cache
+    options of `decode_cache`; log-probs from the returned logits (before top-p)."""
+    from transformers import GenerationConfig
+
+    from engine.objectives import logprobs_from_logits
+
+    gen = GenerationConfig(do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
+                           max_new_tokens=max_new_tokens, use_cache=True,
+                           num_return_sequences=group_size, pad_token_id=pad_token_id,
+                           eos_token_id=eos_token_id, return_dict_in_generate=True,
+                           output_logits=True,
+                           **generation_cache_options(decode_cache, query.device))
+    out = model.generate(input_ids=query, attention_mask=query_mask, generation_config=gen)
+    tokens = out.sequences[:, query.shape[1]:]
+    logits = torch.stack(out.logits, 1).float()
+    return tokens, logprobs_from_logits(logits, tokens, temperature)
 
 
 def _cache_argument(model) -> str:

@@ -18,7 +18,10 @@ Three pieces the RL and DPO stages use for their forward passes:
    only, and its position ids continue from the prompt, so every token's hidden state is
    the one of its own sequence run alone (to float error), while the prompt is computed
    once instead of G (or 2) times. Several groups share a row (the mask is block-diagonal
-   over groups); rows hold whole groups and stay under `max_tokens`.
+   over groups); rows hold whole groups and stay under `max_tokens`. On a GPU the rows of a
+   pass are stacked into one forward call (engine.inference.packing.stack_rows: each row's
+   mask padded, a padded position attending to itself only); on the CPU each row is its own
+   call (`packing.use_stacked`).
 
 3. **Backward row by row** (`backward_by_rows`). A loss that is a sum over tokens (or over
    pairs) divided by a constant has, for the tokens of one row, the same gradient whatever
@@ -32,13 +35,15 @@ way. Either failing, the callers keep their plain paths.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
-from engine.inference.packing import fill_rows
+from engine.inference.packing import fill_rows, stack_groups, stack_rows, use_stacked
 from engine.objectives import entropy_from_logits, logprobs_from_logits
 
 GRAD_ROW_TOKENS = 256     # rows backpropagated one at a time: their activations are the peak
@@ -98,16 +103,37 @@ class _HeadLogprobs(torch.autograd.Function):
                 None, None, None, None)
 
 
+@functools.lru_cache(maxsize=1)
+def _liger_loss():
+    """liger-kernel's fused linear cross-entropy per token (its Triton kernels: the logits
+    of a chunk never leave the chip), or None where it is not installed or
+    `RLHF_LAB_LIGER=0` (an optional CUDA dependency, kept only where measured faster:
+    bench/RESULTS.md)."""
+    if os.environ.get("RLHF_LAB_LIGER", "").strip() == "0":
+        return None
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import \
+            LigerFusedLinearCrossEntropyLoss
+    except Exception:  # noqa: BLE001 - not installed, or no Triton/GPU: the engine's own
+        return None
+    return LigerFusedLinearCrossEntropyLoss(reduction="none")
+
+
 def head_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
                   temperature: float = 1.0, entropy: bool = False, chunk: int | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """log π(y_i | h_i) = log softmax(h_i·Wᵀ / T)[y_i] for hidden states h [N, H] and an LM
     head W [V, H] (no bias), chunk by chunk (module docstring), float32 [N]; and the entropy
-    H(π(·|h_i)) [N] (no gradient) when `entropy`."""
+    H(π(·|h_i)) [N] (no gradient) when `entropy`. On CUDA without `entropy`, liger-kernel's
+    fused linear cross-entropy where it is installed (z/T = (h/T)·Wᵀ: the same values)."""
     targets = targets.reshape(-1).long()
     if hidden.shape[0] == 0:
         empty = torch.zeros(0, device=hidden.device)
         return empty + hidden.sum() * 0, (empty if entropy else None)
+    fused = _liger_loss() if hidden.is_cuda and not entropy else None
+    if fused is not None:
+        scaled = hidden / temperature if temperature != 1.0 else hidden
+        return -fused(weight, scaled, targets).float(), None
     chunk = chunk or chunk_rows(weight.shape[0])
     logp, ent = _HeadLogprobs.apply(hidden, weight, targets, float(temperature), int(chunk),
                                     bool(entropy))
@@ -298,21 +324,37 @@ def group_sequences(seqs: list[Scored], group_of: list[int] | None = None
 
 
 def tree_outputs(body, seqs: list[Scored], groups: list[tuple[list[int], int]],
-                 max_tokens: int) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
-    """Per row: (its sequences, in order, and for each the last hidden states [k, H] at the
-    positions that predict its scored tokens). `body` is the model's transformer body."""
+                 max_tokens: int, stacked: bool | None = None
+                 ) -> Iterator[tuple[list[int], list[torch.Tensor]]]:
+    """Per forward call: (its sequences, in order, and for each the last hidden states
+    [k, H] at the positions that predict its scored tokens). `body` is the model's
+    transformer body. One call a row, or (`stacked`, default `use_stacked` of the tokens'
+    device) the rows stacked into as few calls as `packing.stack_groups` allows."""
     layout = [(seqs[m[0]].tokens[:p], [seqs[i].tokens[p:] for i in m]) for m, p in groups]
-    for row in tree_rows(layout, max_tokens):
-        h = body(input_ids=row.input_ids, position_ids=row.position_ids,
-                 attention_mask=row.attention_mask, use_cache=False).last_hidden_state[0]
+    rows = tree_rows(layout, max_tokens)
+    if stacked is None:
+        stacked = bool(seqs) and use_stacked(seqs[0].tokens.device)
+    for chunk in stack_groups([r.input_ids.shape[1] for r in rows], stacked):
+        if len(chunk) == 1:
+            row = rows[chunk[0]]
+            h = body(input_ids=row.input_ids, position_ids=row.position_ids,
+                     attention_mask=row.attention_mask, use_cache=False).last_hidden_state
+        else:
+            ids, pos, mask = stack_rows([rows[c].input_ids[0] for c in chunk],
+                                        [rows[c].position_ids[0] for c in chunk],
+                                        [rows[c].attention_mask[0, 0] for c in chunk])
+            h = body(input_ids=ids, position_ids=pos, attention_mask=mask,
+                     use_cache=False).last_hidden_state
         members, hidden = [], []
-        for g, pstart, bstarts in zip(row.groups, row.prefix_starts, row.branch_starts):
-            idx_members, p = groups[g]
-            for i, bstart in zip(idx_members, bstarts):
-                prev = seqs[i].positions.to(h.device) - 1     # the predicting positions
-                where = torch.where(prev < p, pstart + prev, bstart + prev - p)
-                members.append(i)
-                hidden.append(h[where])
+        for r, c in enumerate(chunk):
+            row = rows[c]
+            for g, pstart, bstarts in zip(row.groups, row.prefix_starts, row.branch_starts):
+                idx_members, p = groups[g]
+                for i, bstart in zip(idx_members, bstarts):
+                    prev = seqs[i].positions.to(h.device) - 1     # the predicting positions
+                    where = torch.where(prev < p, pstart + prev, bstart + prev - p)
+                    members.append(i)
+                    hidden.append(h[r, where])
         yield members, hidden
 
 
@@ -334,7 +376,8 @@ def backward_by_rows(rows: Iterator[tuple[list[int], torch.Tensor]], filler: tor
     return current
 
 
-def sequence_rows(model, seqs: list[Scored], group_of: list[int] | None, max_tokens: int):
+def sequence_rows(model, seqs: list[Scored], group_of: list[int] | None, max_tokens: int,
+                  stacked: bool | None = None):
     """Σ_t log π(y_t | y_<t) over each sequence's scored tokens, lean: sequences with the
     same `group_of` key share their common prefix in one row (`tree_rows`), the LM head runs
     chunked on the scored positions only. Yields per row (sequence indices, sums [n]); None
@@ -343,12 +386,12 @@ def sequence_rows(model, seqs: list[Scored], group_of: list[int] | None, max_tok
     if parts is None or not supports_tree(model):
         return None
     body, head = parts
-    return _sequence_rows(body, head.weight, seqs, group_of, max_tokens)
+    return _sequence_rows(body, head.weight, seqs, group_of, max_tokens, stacked)
 
 
-def _sequence_rows(body, weight, seqs, group_of, max_tokens):
+def _sequence_rows(body, weight, seqs, group_of, max_tokens, stacked):
     groups = group_sequences(seqs, group_of)
-    for members, states in tree_outputs(body, seqs, groups, max_tokens):
+    for members, states in tree_outputs(body, seqs, groups, max_tokens, stacked):
         h = torch.cat(states)
         logp, _ = head_logprobs(h, weight, torch.cat([seqs[i].target_tokens().to(h.device)
                                                       for i in members]))
@@ -359,7 +402,7 @@ def _sequence_rows(body, weight, seqs, group_of, max_tokens):
 
 def answer_rows(model, query: torch.Tensor, query_mask: torch.Tensor, response: torch.Tensor,
                 mask: torch.Tensor, temperature: float, max_tokens: int, *,
-                entropy: bool = False, hidden: bool = False):
+                entropy: bool = False, hidden: bool = False, stacked: bool | None = None):
     """The RL stages' pass over prompt + answer, lean: answers to the same prompt share a
     row with that prompt once (`tree_rows`), and the LM head runs chunked on the answer
     positions only (`head_logprobs`). Yields per row (answer indices, log-probs [n, T] at
@@ -371,11 +414,11 @@ def answer_rows(model, query: torch.Tensor, query_mask: torch.Tensor, response: 
         return None
     body, head = parts
     return _answer_rows(body, head.weight, query, query_mask, response, mask, temperature,
-                        max_tokens, entropy, hidden)
+                        max_tokens, entropy, hidden, stacked)
 
 
 def _answer_rows(body, weight, query, query_mask, response, mask, temperature, max_tokens,
-                 entropy, hidden):
+                 entropy, hidden, stacked):
     T = response.shape[1]
     prompts = [q[m.bool()] for q, m in zip(query, query_mask)]
     answers = [r[m.bool()] for r, m in zip(response, mask)]
@@ -385,7 +428,7 @@ def _answer_rows(body, weight, query, query_mask, response, mask, temperature, m
                                                      device=p.device))
               for p, a in zip(prompts, answers)]
     groups = group_sequences(scored, group_of)
-    for members, states in tree_outputs(body, scored, groups, max_tokens):
+    for members, states in tree_outputs(body, scored, groups, max_tokens, stacked):
         lengths = torch.tensor([len(answers[i]) for i in members], device=response.device)
         rows = torch.repeat_interleave(torch.arange(len(members), device=response.device),
                                        lengths)

@@ -12,8 +12,12 @@ builds a block-diagonal causal mask from the position ids (masking_utils'
 The result equals the padded pass to float error, with no padded position computed at all.
 Pass `use_cache=False`: with a KV cache transformers does not build the packed mask, and
 the sequences would see each other.
-Rows stay short (attention costs grow with the row length squared), and each row is its own
-forward call, so rows need no padding either.
+Rows stay short (attention costs grow with the row length squared). On the CPU each row is
+its own forward call (no padding at all); on a GPU, where one call a row leaves the device
+idle, the rows are stacked into one batch (`stack_rows`: each row right-padded to the longest,
+its block-diagonal causal mask given explicitly as a 4-D boolean mask, so SDPA runs the whole
+pass in one call; `use_stacked(device)` decides, `RLHF_LAB_STACK_ROWS=0/1` overrides it for
+measurements). Padded positions attend to themselves only and are never read.
 
 `supports_packing(model)` checks this on the model itself once (two short random
 sequences, packed and alone); a model whose attention ignores packed position ids gets
@@ -21,12 +25,73 @@ the padded path instead.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 
 DEFAULT_ROW_TOKENS = 512  # longer rows: fewer, larger matmuls; attention grows with length²
+STACK_TOKENS = 32768      # padded tokens of one stacked forward (GPU): rows × longest row
+
+
+def use_stacked(device) -> bool:
+    """Whether the rows of a padding-free pass go through the model stacked in one call
+    (GPU) or one call a row (CPU: the path its goals were measured on; stacking pads rows
+    and was not shown faster there, bench/RESULTS.md).
+    `RLHF_LAB_STACK_ROWS=1` / `0` forces either (for measurements)."""
+    forced = os.environ.get("RLHF_LAB_STACK_ROWS", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return torch.device(device).type == "cuda"
+
+
+def stack_groups(sizes: list[int], stacked: bool, budget: int = STACK_TOKENS
+                 ) -> list[list[int]]:
+    """Consecutive rows (of these lengths) grouped into forward calls: one each when not
+    `stacked`, else as many as keep rows × longest row within `budget`."""
+    if not stacked:
+        return [[i] for i in range(len(sizes))]
+    out: list[list[int]] = []
+    longest = 0
+    for i, n in enumerate(sizes):
+        if out and max(longest, n) * (len(out[-1]) + 1) <= budget:
+            out[-1].append(i)
+            longest = max(longest, n)
+        else:
+            out.append([i])
+            longest = n
+    return out
+
+
+def causal_blocks(lengths: list[int], device=None) -> torch.Tensor:
+    """The [N, N] boolean mask of sequences of these lengths laid end to end: each position
+    sees the earlier positions of its own sequence (block-diagonal causal)."""
+    seg = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))
+    idx = torch.arange(len(seg))
+    mask = (seg[:, None] == seg[None, :]) & (idx[None, :] <= idx[:, None])
+    return mask.to(device) if device is not None else mask
+
+
+def stack_rows(ids: list[torch.Tensor], positions: list[torch.Tensor],
+               masks: list[torch.Tensor], pad_id: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of different lengths (1-D ids and position ids, [L, L] boolean masks) as one
+    batch: (ids [R, L], position ids [R, L], mask [R, 1, L, L]), each row right-padded to the
+    longest; a padded position attends to itself alone (no row of the mask is empty, which
+    SDPA would turn into NaN) and no real position attends to it."""
+    L = max(int(x.numel()) for x in ids)
+    R = len(ids)
+    device = ids[0].device
+    out_ids = torch.full((R, L), pad_id, dtype=ids[0].dtype, device=device)
+    out_pos = torch.zeros((R, L), dtype=positions[0].dtype, device=device)
+    out_mask = torch.eye(L, dtype=torch.bool, device=device).repeat(R, 1, 1)
+    for r, (x, p, m) in enumerate(zip(ids, positions, masks)):
+        n = int(x.numel())
+        out_ids[r, :n] = x.reshape(-1)
+        out_pos[r, :n] = p.reshape(-1)
+        out_mask[r, :n, :n] = m.reshape(n, n)
+    return out_ids, out_pos, out_mask[:, None]
 
 
 @dataclass
@@ -72,7 +137,8 @@ def pack_sequences(seqs: list[torch.Tensor], max_tokens: int = DEFAULT_ROW_TOKEN
 
 def packed_outputs(model, seqs: list[torch.Tensor], keep: list[torch.Tensor],
                    max_tokens: int = DEFAULT_ROW_TOKENS, *, logits: bool = True,
-                   hidden: bool = False, logits_to_keep: bool = False
+                   hidden: bool = False, logits_to_keep: bool = False,
+                   stacked: bool | None = None
                    ) -> Iterator[tuple[list[int], torch.Tensor | None, torch.Tensor | None]]:
     """The packed forward pass: `model` over `seqs` laid end to end (`pack_sequences`), its
     outputs read at positions `keep[b]` (within sequence b) of each sequence.
@@ -82,8 +148,16 @@ def packed_outputs(model, seqs: list[torch.Tensor], keep: list[torch.Tensor],
     they are in the order of `seqs`. `model` is a causal LM (`hidden`: its last hidden state
     too; `logits_to_keep`: its forward takes that argument, so the LM head runs only on the
     kept positions), or with logits=False a transformer body (its last_hidden_state).
+    `stacked` (default `use_stacked` of the tokens' device): the rows go through the model
+    in few calls (`stack_rows`; then one yield per call, its rows' members in order).
     """
-    for row in pack_sequences(seqs, max_tokens):
+    rows = pack_sequences(seqs, max_tokens)
+    if stacked is None:
+        stacked = bool(seqs) and use_stacked(seqs[0].device)
+    if stacked:
+        yield from _stacked_outputs(model, rows, keep, logits, hidden, logits_to_keep)
+        return
+    for row in rows:
         device = row.input_ids.device
         idx = torch.cat([start + keep[b].to(device) for b, start in zip(row.members, row.starts)])
         kwargs: dict = dict(input_ids=row.input_ids, position_ids=row.position_ids,
@@ -98,6 +172,32 @@ def packed_outputs(model, seqs: list[torch.Tensor], keep: list[torch.Tensor],
         out = model(**kwargs)
         yield (row.members, out.logits[0] if logits_to_keep else out.logits[0, idx],
                out.hidden_states[-1][0, idx] if hidden else None)
+
+
+def _stacked_outputs(model, rows: list[PackedRow], keep, logits, hidden, logits_to_keep):
+    for group in stack_groups([int(r.input_ids.numel()) for r in rows], True):
+        chunk = [rows[g] for g in group]
+        device = chunk[0].input_ids.device
+        ids, pos, mask = stack_rows([r.input_ids[0] for r in chunk],
+                                    [r.position_ids[0] for r in chunk],
+                                    [causal_blocks(r.lengths, device) for r in chunk])
+        L = ids.shape[1]
+        # the kept positions, flattened over the stacked batch ([R·L] indices)
+        idx = torch.cat([r_i * L + start + keep[b].to(device)
+                         for r_i, r in enumerate(chunk) for b, start in zip(r.members, r.starts)])
+        members = [b for r in chunk for b in r.members]
+        kwargs: dict = dict(input_ids=ids, position_ids=pos, attention_mask=mask,
+                            use_cache=False)
+        if not logits:
+            h = model(**kwargs).last_hidden_state
+            yield members, None, h.reshape(-1, h.shape[-1])[idx]
+            continue
+        if hidden:
+            kwargs["output_hidden_states"] = True
+        out = model(**kwargs)
+        z = out.logits.reshape(-1, out.logits.shape[-1])[idx]
+        h = out.hidden_states[-1] if hidden else None
+        yield members, z, (h.reshape(-1, h.shape[-1])[idx] if hidden else None)
 
 
 def unpad(tokens: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:

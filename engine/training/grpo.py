@@ -35,7 +35,8 @@ from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings,
     like, setting
 from engine.training import rewards_builtin, train_utils
 from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PPOConfig, PPOTrainer, RLSettings,
-                                 Rollout, _trim, run_steps, truncate_after_eos)
+                                 Rollout, _trim, run_steps, score_rollout,
+                                 truncate_after_eos)
 
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
 MODEL_REWARD = "model"   # the component name of the trained reward model (metric reward_model)
@@ -156,24 +157,23 @@ class GRPOTrainer(PPOTrainer):
     def generate(self, prompts: list) -> Rollout:
         """G answers to each prompt from π_θ in one sampling loop (rows b·G .. b·G+G−1 are
         group b; each prompt computed once, its KV cache repeated G times:
-        engine.inference.generate.sample_groups), truncated after EOS. In fp32 the sampling
-        pass's log-probs are log π_θ_old; otherwise `score()` recomputes them (see
-        PPOTrainer.generate)."""
+        engine.inference.generate.sample_groups), truncated after EOS. The sampling pass's
+        log-probs are log π_θ_old, on every device and dtype (see PPOTrainer.generate)."""
         cfg, tok, G = self.cfg, self.tokenizer, self.cfg.group_size
         query, query_mask = self.encode(prompts)
         self.policy.set_adapter(self.POLICY)
         tokens, logp = sample_groups(self.policy, query, query_mask, G,
                                      max_new_tokens=cfg.max_new_tokens,
                                      temperature=cfg.temperature, top_p=cfg.top_p,
-                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                     decode_cache=cfg.decode_cache)
         query, query_mask = query.repeat_interleave(G, 0), query_mask.repeat_interleave(G, 0)
         response, mask, has_eos = truncate_after_eos(tokens, tok.eos_token_id, tok.pad_token_id)
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(response, mask)]
         ro = Rollout([p for p in prompts for _ in range(G)], query, query_mask, response,
                      mask, has_eos, texts)
-        if next(self.policy.parameters()).dtype == torch.float32:
-            ro.logp = logp * mask
+        ro.logp = logp * mask
         return ro
 
     @torch.no_grad()
@@ -184,7 +184,7 @@ class GRPOTrainer(PPOTrainer):
         ro.ref_logp = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
         parts = {}
         for name, scorer in self.scorers.items():
-            values = torch.tensor(scorer.score(ro.prompts, ro.texts), dtype=torch.float32,
+            values = torch.tensor(score_rollout(scorer, ro), dtype=torch.float32,
                                   device=self.device)
             bad = (~torch.isfinite(values)).nonzero()
             if len(bad):

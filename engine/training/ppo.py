@@ -38,7 +38,8 @@ from torch import nn
 from engine import data
 from engine.training import rewards_builtin, train_utils
 from engine.training import reward as reward_mod
-from engine.inference.chat import collate_prompts, encode_prompt
+from engine.inference.chat import collate_prompts, completion_ids, encode_prompt
+from engine.inference.generate import DECODE_CACHES, generation_cache_options
 from engine.errors import NonFiniteError
 from engine.inference.models import add_lora, adapter_dir, load_adapter
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
@@ -147,6 +148,8 @@ class RLSettings:
     reward_runs: list = setting(factory=list, widget="page")
     reward_aggregate: str = setting("mean", choices=REWARD_AGGREGATES, group=ADVANCED)
     uncertainty_lambda: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
+    # the sampling loop's KV cache (engine.inference.generate.generation_cache_options)
+    decode_cache: str = setting("dynamic", choices=DECODE_CACHES, group=ADVANCED)
 
     def check(self) -> None:
         super().check()  # type: ignore[misc] - the stage config's own rules (MRO)
@@ -292,10 +295,32 @@ class EnsembleScorer:
         self.last_std: torch.Tensor | None = None
 
     def score(self, prompts: list, responses: list[str]) -> list[float]:
-        r = torch.tensor([list(m.score(prompts, responses)) for m in self.members],
-                         dtype=torch.float32)                      # [K, B]
+        return self._combine([list(m.score(prompts, responses)) for m in self.members])
+
+    def score_rollout(self, ro) -> list[float]:
+        return self._combine([list(score_rollout(m, ro)) for m in self.members])
+
+    def _combine(self, scores: list[list[float]]) -> list[float]:
+        r = torch.tensor(scores, dtype=torch.float32)              # [K, B]
         self.last_std = r.std(0, unbiased=False)
         return conservative_reward(r, self.lam).tolist()
+
+
+def score_rollout(scorer, ro) -> list[float]:
+    """A scorer's rewards of a rollout's answers: from their token ids where the scorer
+    reads them (a reward model on the policy's base), else from the texts."""
+    if hasattr(scorer, "score_rollout"):
+        return scorer.score_rollout(ro)
+    return scorer.score(ro.prompts, ro.texts)
+
+
+def rollout_reward_ids(ro, eos_id: int, max_length: int) -> list[list[int]]:
+    """Each sample's prompt + answer ids as a reward model reads them (chat.completion_ids,
+    the layout `encode_completion` gives the texts): the prompt without its padding, the
+    answer up to its EOS (EOS appended to an answer cut at the token limit)."""
+    return [completion_ids(q[qm.bool()].tolist(), r[m.bool()].tolist(), eos_id,
+                           max_length).input_ids
+            for q, qm, r, m in zip(ro.query, ro.query_mask, ro.response, ro.mask)]
 
 
 class ValueHead(nn.Module):
@@ -437,6 +462,13 @@ class PPOTrainer:
                                                    max_length=max_length, stats=stats,
                                                    adapter_name=adapter)
 
+            def score_rollout(self, ro):
+                """The rollout's own token ids (the policy's tokenizer is this model's):
+                no decoding and re-tokenising of the answers."""
+                return reward_mod.score_token_ids(
+                    model, head, rollout_reward_ids(ro, tokenizer.eos_token_id, max_length),
+                    stats, adapter, pad_id=tokenizer.pad_token_id)
+
         return _SharedScorer(), f"reward#{run['id']}", model
 
     @contextmanager
@@ -561,10 +593,13 @@ class PPOTrainer:
         The sampling pass already computes, at every response position t, the policy's
         logits and last hidden state h_t: they give the old log-probs log π_θ_old(y_t | ·)
         and the values V(s_t) of the rollout for free, without a second forward pass over
-        prompt + response. In fp32 they agree with such a pass to ~1e-5. In bf16/fp16 the
-        cached pass differs from a full one by up to ~0.3 nats a token, which would show as
-        KL and as ratios ≠ 1 before any update: there `score()` recomputes them with the
-        same pass the reference and training use."""
+        prompt + response, on every device and dtype (issue 28). The log-probs are those of
+        the distribution each token was drawn from (its logits in float32, before top-p);
+        V is the float32 value head on h_t. In fp32 they agree with a full pass to ~1e-5; in
+        bf16 the cached pass differs from a full one by bf16 rounding (up to ~0.3 nats on
+        single tokens of SmolLM2-135M, measured before issue 28): the first update's ratios
+        then scatter around 1 by that much, as with any sampler whose kernels differ from
+        the trainer's."""
         from transformers import GenerationConfig  # here: 0.4 s the pages need not pay
 
         cfg, tok = self.cfg, self.tokenizer
@@ -573,10 +608,9 @@ class PPOTrainer:
                                top_k=0, max_new_tokens=cfg.max_new_tokens, use_cache=True,
                                pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
                                bos_token_id=tok.bos_token_id, return_dict_in_generate=True,
-                               output_logits=True, output_hidden_states=True)
+                               output_logits=True, output_hidden_states=True,
+                               **generation_cache_options(cfg.decode_cache, self.device))
         self.policy.set_adapter(self.POLICY)
-        reuse = next(self.policy.parameters()).dtype == torch.float32
-        gen.output_logits = gen.output_hidden_states = reuse
         out = self.policy.generate(input_ids=query, attention_mask=query_mask,
                                    generation_config=gen)
         response, mask, has_eos = truncate_after_eos(out.sequences[:, query.shape[1]:],
@@ -584,23 +618,22 @@ class PPOTrainer:
         texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
                  for r, m in zip(response, mask)]
         ro = Rollout(prompts, query, query_mask, response, mask, has_eos, texts)
-        if reuse:
-            logits = torch.stack(out.logits, 1).float()             # [B, T, V]: step t's
-            hidden = torch.stack([h[-1][:, -1] for h in out.hidden_states], 1)  # [B, T, H]
-            ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
-            ro.values = self.value_head(hidden) * mask
+        logits = torch.stack(out.logits, 1).float()             # [B, T, V]: step t's
+        hidden = torch.stack([h[-1][:, -1] for h in out.hidden_states], 1)  # [B, T, H]
+        ro.logp = logprobs_from_logits(logits, response, cfg.temperature) * mask
+        ro.values = self.value_head(hidden) * mask
         return ro
 
     @torch.no_grad()
     def score(self, ro: Rollout) -> Rollout:
         """Reference log-probs and the reward (the old log-probs and values come with the
-        rollout in fp32; computed here for a rollout built without them, see `generate`)."""
+        rollout, see `generate`; computed here for a rollout built without them)."""
         cfg = self.cfg
         if ro.logp is None or ro.values is None:
             ro.logp, ro.values, _ = self.forward(ro.query, ro.query_mask, ro.response,
                                                  ro.mask, values=True)
         ro.ref_logp = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
-        raw = torch.tensor(self.scorer.score(ro.prompts, ro.texts), dtype=torch.float32,
+        raw = torch.tensor(score_rollout(self.scorer, ro), dtype=torch.float32,
                            device=self.device)
         if not torch.isfinite(raw).all():
             raise NonFiniteError(f"the reward ({self.reward_label}) returned a non-finite score")

@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine.training import train_utils as tu
-from engine.inference.chat import Encoded, collate_completions, encode_completion
+from engine.inference.chat import Encoded, collate_completions, encode_completion, pad_right
 from engine.inference.generate import SamplingConfig, generate
 from engine.inference.models import add_lora, adapter_dir, inference_cache, load_adapter, load_base
 from engine.objectives import (normalize_rewards, pairwise_accuracy, pairwise_loss,
@@ -212,32 +212,39 @@ def score_with_model(model, head: nn.Module, tokenizer, prompts: list, responses
     """
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    encs = [encode_completion(tokenizer, p, r, max_length) for p, r in zip(prompts, responses)]
+    return score_token_ids(model, head, [e.input_ids for e in encs], stats, adapter_name,
+                           batch_size, tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def score_token_ids(model, head: nn.Module, seqs: list[list[int]], stats: dict | None = None,
+                    adapter_name: str | None = None, batch_size: int = 8, pad_id: int = 0
+                    ) -> list[float]:
+    """`score_with_model` on sequences already tokenised as `encode_completion` lays them
+    out (chat.completion_ids): padding-free where the model supports it, else right-padded
+    batches of `batch_size`. The RL stages score their rollouts' token ids this way (no
+    decoding and re-tokenising of the answers)."""
     device = next(model.parameters()).device
     head = head.to(device)
-    out: list[float] = []
     with active_adapter(model, adapter_name):
         was_training = model.training
         model.eval()
-        scorer = RewardModel(model, head)
         try:
-            encs = [encode_completion(tokenizer, p, r, max_length)
-                    for p, r in zip(prompts, responses)]
             if supports_packing(model):
-                seqs = [torch.tensor(e.input_ids, device=device) for e in encs]
-                out = packed_rewards(model, head, seqs).cpu().tolist()
+                out = packed_rewards(model, head, [torch.tensor(s, device=device)
+                                                   for s in seqs]).cpu().tolist()
             else:
-                for start in range(0, len(encs), batch_size):
-                    batch = collate_completions(encs[start:start + batch_size],
-                                                tokenizer.pad_token_id)
-                    rewards = scorer(batch["input_ids"].to(device),
-                                     batch["attention_mask"].to(device))
-                    out.extend(rewards.float().cpu().tolist())
+                scorer, out = RewardModel(model, head), []
+                for start in range(0, len(seqs), batch_size):
+                    chunk = seqs[start:start + batch_size]
+                    ids = pad_right(chunk, pad_id).to(device)
+                    mask = pad_right([[1] * len(x) for x in chunk], 0).to(device)
+                    out.extend(scorer(ids, mask).float().cpu().tolist())
         finally:
             if was_training:
                 model.train()
-    if stats:
-        out = normalize_rewards(out, stats["mean"], stats["std"])
-    return out
+    return normalize_rewards(out, stats["mean"], stats["std"]) if stats else out
 
 
 # -- saving and loading the head ---------------------------------------------------------
