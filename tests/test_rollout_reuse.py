@@ -9,7 +9,10 @@ import torch
 
 from engine.inference.chat import encode_completion, encode_prompt
 from engine.training.ppo import PPOTrainer, Rollout, rollout_reward_ids
-from tests.test_ppo import PROMPTS, _config, _dataset, _fake_sft_run, bigram_dir  # noqa: F401
+from tests.rl_helpers import PROMPTS
+from tests.rl_helpers import fake_sft_run as _fake_sft_run
+from tests.rl_helpers import ppo_config as _config
+from tests.rl_helpers import prompt_dataset as _dataset
 
 
 def test_half_precision_rollouts_keep_the_sampling_pass_log_probs(store, bigram_dir):
