@@ -159,7 +159,7 @@ def test_quantization_is_refused_without_cuda(stage):
 def test_cli_prints_the_estimate_and_trains_nothing(lab_home, embedded_dir):
     env = dict(os.environ, RLHF_LAB_HOME=str(lab_home))
     out = subprocess.run([sys.executable, "-m", "engine", "train", "grpo", "--estimate",
-                          "--set", "group_size=8"], cwd=ROOT, env=env, capture_output=True,
+                          "--set", "batch_size=2", "--set", "group_size=8"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     doc = json.loads(out.stdout)

@@ -79,7 +79,7 @@ def test_cli_model_info_and_runs_list(tiny_model_dir, lab_home):
                          timeout=120)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
-    assert info["name"] == "tiny-llama" and info["device"] == "cpu" and info["load_seconds"] > 0
+    assert info["name"] == tiny_model_dir.name and info["device"] == "cpu" and info["load_seconds"] > 0
     out = subprocess.run([sys.executable, "-m", "engine", "runs", "list", "--json"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and json.loads(out.stdout) == []

@@ -93,7 +93,11 @@ def load_config(spec: str | None):
         if (target / "config.json").exists():
             return AutoConfig.from_pretrained(target)
         return AutoConfig.from_pretrained(embedded_gguf_folder(), gguf_file=EMBEDDED_GGUF)
-    return AutoConfig.from_pretrained(resolve(spec)[0])
+    path = resolve(spec)[0]
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as exc:  # a config.json transformers cannot read
+        raise ModelLoadError(f"cannot load a causal language model from {spec!r}: {exc}") from exc
 
 
 def ensure_embedded_cache() -> Path:
