@@ -14,7 +14,7 @@ from pathlib import Path
 
 from engine.cli import print_json, store_of
 
-CLI_MODULES = ["engine.data", "engine.compare", "engine.export", "engine.experiments.cli"]
+CLI_MODULES = ["engine.data.commands", "engine.compare", "engine.export", "engine.experiments.cli"]
 
 
 def cmd_runs_list(args) -> int:

@@ -1,5 +1,5 @@
 """The two helpers every `python -m engine` command uses (engine/__main__.py and the
-`register_cli` functions of engine.data and engine.export)."""
+`register_cli` functions of engine.data.commands, engine.export and the others)."""
 from __future__ import annotations
 
 import json

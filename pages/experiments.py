@@ -10,7 +10,8 @@ import streamlit as st
 
 from engine import schema
 from engine.experiments import runner
-from engine.experiments.plan import (Chart, expand_sweep, parse_vary, recipe_text_keys, recipes,
+from engine.experiments.catalogue import recipes
+from engine.experiments.plan import (Chart, expand_sweep, parse_vary, recipe_text_keys,
                                      value_text)
 from engine.objectives import LATEX
 from engine.runtime import stages

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from engine.experiments import runner
-from engine.experiments.plan import PlannedRun, recipes
+from engine.experiments.catalogue import recipes
+from engine.experiments.plan import PlannedRun
 from engine.runtime import runs as R
 from engine.runtime.jobs import JobManager, get_manager
 from tests.conftest import app_with_model

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.experiments.plan import recipes
+from engine.experiments.catalogue import recipes
 from engine.experiments.runner import check_plan, create_recipe_group, run_group_sync
 
 NAMES = ("overoptimization", "clip_epsilon", "kl_penalty", "length_bias", "uncertain_reward")

@@ -21,7 +21,6 @@ The package, by responsibility:
 
 No Streamlit and no torch here.
 """
-from engine.data.commands import register_cli
 from engine.data.curation import (ASSETS, SAMPLES, SAMPLES_MARKER, cell_prompt, dataset_stats,
                                   ensure_sample_datasets, ensure_samples_on_first_open,
                                   export_jsonl, export_lines, iter_rows, prompt_cell,
@@ -48,7 +47,7 @@ __all__ = [
     "ensure_samples_on_first_open", "export_jsonl", "export_lines", "file_type_of",
     "import_file", "iter_file", "iter_rows", "list_datasets", "messages_of", "missing",
     "mix_sources", "normalise", "pair_sources", "parse_hh", "plain_name", "prompt_cell",
-    "prompt_chars", "prompt_text", "prompts_of", "read_records", "register_cli", "resplit",
+    "prompt_chars", "prompt_text", "prompts_of", "read_records", "resplit",
     "rows_by_source", "save_edits", "shared_prompt", "sniff_file_type", "source_class",
     "split_last_answer", "to_trl", "validate",
 ]

@@ -62,7 +62,8 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_experiment(args) -> int:
-    from engine.experiments.plan import recipe_text_keys, recipes
+    from engine.experiments.catalogue import recipes
+    from engine.experiments.plan import recipe_text_keys
     from engine.experiments.runner import create_recipe_group
     from engine.runtime import stages
 

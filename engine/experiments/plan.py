@@ -5,12 +5,12 @@ A group (storage table `run_groups`) is a list of `PlannedRun`s run one after an
 the `experiment` stage (engine.experiments.runner). A planned run's config may point at an
 earlier run of the same plan with `ref("key")` ({"$run": "key"}): the runner replaces it
 with that run's id just before it runs. A `Recipe` is a named plan from the course (the
-recipes themselves live in engine/experiments/recipes.py and call `register`); a sweep is
+recipes themselves live in engine/experiments/recipes.py and call `register`;
+engine/experiments/catalogue.py lists them); a sweep is
 the plan `expand_sweep` makes from one stage's base config.
 """
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -121,24 +121,6 @@ def recipe_text_keys(name: str, part: str) -> list[str]:
 def register(recipe: Recipe) -> Recipe:
     RECIPES[recipe.name] = recipe
     return recipe
-
-
-def recipes() -> dict[str, Recipe]:
-    """Every registered recipe (engine.experiments.recipes registers the course's; a
-    missing module leaves the ones registered so far)."""
-    try:
-        importlib.import_module("engine.experiments.recipes")
-    except ModuleNotFoundError as exc:
-        if exc.name != "engine.experiments.recipes":
-            raise
-    return RECIPES
-
-
-def get_recipe(name: str) -> Recipe:
-    known = recipes()
-    if name not in known:
-        raise KeyError(f"unknown recipe {name!r}; known: {', '.join(sorted(known)) or 'none'}")
-    return known[name]
 
 
 # -- sweeps -----------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from typing import Any
 
 from engine import schema
 from engine.errors import JobCancelled
-from engine.experiments.plan import (Chart, PlannedRun, expand_sweep, get_recipe, refs_of,
-                                     resolve_refs, value_text)
+from engine.experiments.catalogue import get_recipe
+from engine.experiments.plan import (Chart, PlannedRun, expand_sweep, refs_of, resolve_refs,
+                                     value_text)
 from engine.runtime import jobs, stages
 from engine.schema import ConfigError, StageConfig, setting
 from storage import NotFound, Store
