@@ -18,11 +18,11 @@ from dataclasses import asdict
 import pytest
 import torch
 
+from engine.objectives import kl_k1
 from engine.training import rewards_builtin as RB
 from engine.training.ppo import (RATIO_HIST_EDGES, AdaptiveKLController, FixedKLController,
-                                 PPOConfig, PPOTrainer, kl_penalty,
-                                 logprobs_from_logits, per_token_rewards, ratio_histogram,
-                                 truncate_after_eos)
+                                 PPOConfig, PPOTrainer, logprobs_from_logits,
+                                 per_token_rewards, ratio_histogram, truncate_after_eos)
 from tests.conftest import ROOT
 from tests.finished_runs import ppo_run as _finished_run
 from tests.rl_helpers import PROMPTS, build_bigram_model  # noqa: F401 - (older imports)
@@ -44,7 +44,7 @@ def test_kl_penalty_on_every_token_and_score_on_the_last():
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])  # row 0: 3 tokens, row 1: 4 tokens
     score = torch.tensor([2.0, -1.0])
     beta = 0.1
-    assert torch.equal(kl_penalty(logp, ref), logp - ref)
+    assert torch.equal(kl_k1(logp, ref), logp - ref)
     rewards, non_score = per_token_rewards(score, logp, ref, mask, beta)
     # row 0: −β·(0.5, −1, 0) and the score 2 on token 3 (index 2); padding gets nothing
     assert rewards[0].tolist() == pytest.approx([-0.05, 0.1, 2.0, 0.0])

@@ -38,7 +38,7 @@ from torch import nn
 from engine import data
 from engine.training import rewards_builtin, train_utils
 from engine.training import reward as reward_mod
-from engine.inference.chat import collate_prompts, completion_ids, encode_prompt
+from engine.inference.chat import collate_prompts, completion_ids, encode_prompt, prompt_text
 from engine.inference.generate import DECODE_CACHES, generation_cache_options
 from engine.errors import NonFiniteError
 from engine.inference.models import add_lora, adapter_dir, load_adapter
@@ -48,7 +48,6 @@ from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
                                masked_mean, masked_var, per_token_rewards, ppo_ratio,
                                sequence_kl, value_clip_fraction, whiten)
-from engine.objectives import kl_k1 as kl_penalty  # noqa: F401 - the old name
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
 from engine.inference.logprobs import (GRAD_ROW_TOKENS, answer_rows, backward_by_rows,
                                        gather_rows)
@@ -65,6 +64,7 @@ CLIPFRAC_WARN = 0.3     # fraction of tokens where the clip binds
 DEFAULT_PROMPT_DATASET = "sample-preferences"
 EOS_WARN = 0.5          # the pages warn when fewer answers than this end with EOS
 REWARD_AGGREGATES = ("mean", "conservative")
+PROMPT_LANGUAGES = ("any", "en", "fr")   # rewards_builtin.language_of
 
 
 # ======================================================================================
@@ -139,6 +139,9 @@ class RLSettings:
     - an uncertain reward: an ensemble of reward-model runs (`reward_runs`, one adapter
       each on one base) combined by their mean or by mean − λ·std (conservative_reward).
     """
+    # the prompts the run trains and is evaluated on: every prompt of the dataset, or those
+    # of one language (the other's left out: rewards_builtin.language_of, function words)
+    prompt_language: str = setting("any", choices=PROMPT_LANGUAGES)
     missing_eos_penalty: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
     heldout_every: int = setting(4, min=0, max=10_000_000, group=ADVANCED)
     heldout_prompts: int = setting(8, min=1, max=1024, group=ADVANCED)
@@ -248,16 +251,31 @@ class Rollout:
     reward_std: torch.Tensor | None = None    # the ensemble's disagreement σ_k per answer
 
 
-def load_prompts(store, dataset: str, split: str = "train") -> list:
+def load_prompts(store, dataset: str, split: str = "train", language: str = "any") -> list:
     """The distinct prompts of an SFT or a preference dataset (train split; every row if it
-    has none). The shipped samples are imported on first use."""
+    has none), only those in `language` unless it is "any". The shipped samples are
+    imported on first use."""
     if dataset in data.SAMPLES:
         data.ensure_sample_datasets(store)
     prompts = data.prompts_of(store, dataset, split) or data.prompts_of(store, dataset)
     prompts = [p for p in prompts if p]
     if not prompts:
         raise ValueError(f"dataset {dataset!r} has no prompts")
-    return prompts
+    kept = in_language(prompts, language)
+    if not kept:
+        raise ConfigError("prompt_language", f"none of the {len(prompts)} prompts of dataset "
+                          f"{dataset!r} is in {language!r}; choose 'any' or another dataset")
+    return kept
+
+
+def in_language(prompts: list, language: str) -> list:
+    """The prompts of `language` ("en"/"fr"): every prompt but those told to be in the other
+    language (rewards_builtin.language_of; a prompt whose language cannot be told is kept);
+    all of them for "any"."""
+    if language == "any":
+        return list(prompts)
+    return [p for p in prompts
+            if rewards_builtin.language_of(prompt_text(p)) in (language, None)]
 
 
 def run_base(run: dict) -> str:
@@ -374,7 +392,7 @@ class PPOTrainer:
         model.eval()
         hidden = model.get_base_model().config.hidden_size
         self.value_head = ValueHead(hidden).to(self.device)
-        self.prompts = load_prompts(store, cfg.dataset)
+        self.prompts = load_prompts(store, cfg.dataset, language=cfg.prompt_language)
         marker = f".{self.POLICY}."
         params = [p for n, p in model.named_parameters() if p.requires_grad and marker in n] \
             + list(self.value_head.parameters())
@@ -758,7 +776,8 @@ class PPOTrainer:
 
             cfg = self.cfg
             seen = {json.dumps(p, ensure_ascii=False, sort_keys=True) for p in self.prompts}
-            held = [p for p in data.prompts_of(self.store, cfg.dataset, "eval")
+            held = [p for p in in_language(data.prompts_of(self.store, cfg.dataset, "eval"),
+                                           cfg.prompt_language)
                     if p and json.dumps(p, ensure_ascii=False, sort_keys=True) not in seen]
             rng = random.Random(cfg.seed)
             rng.shuffle(held)
