@@ -153,3 +153,25 @@ def test_a_run_of_two_steps_has_no_verdict(store):
     for step, value in ((1, 0.25), (2, 0.75)):
         store.log_metrics(rid, step, {"reward_mean": value})
     assert reward_trend(store, rid) == (pytest.approx(0.5), None)
+
+
+def test_prompt_language_keeps_the_prompts_of_one_language(store):
+    from engine.schema import ConfigError
+    from engine.training.ppo import in_language, load_prompts
+
+    every = load_prompts(store, "sample-preferences")          # the shipped samples, EN + FR
+    english = load_prompts(store, "sample-preferences", language="en")
+    french = load_prompts(store, "sample-preferences", language="fr")
+    assert english and french and len(english) + len(french) == len(every)
+    assert all(RB.language_of(RB.prompt_text(p)) == "en" for p in english)
+    assert all(RB.language_of(RB.prompt_text(p)) == "fr" for p in french)
+    assert in_language(every, "any") == every
+    # a prompt whose language cannot be told is kept by either; the other language is not
+    untold, en, fr = "Say something about cats.", "Who wrote Hamlet?", "Qui a écrit Hamlet ?"
+    assert in_language([untold, en, fr], "en") == [untold, en]
+    assert in_language([untold, en, fr], "fr") == [untold, fr]
+    store.create_dataset("english-only", "preference")
+    store.add_rows("english-only", [{"prompt": en, "chosen": "Shakespeare.", "rejected": "No"}])
+    with pytest.raises(ConfigError, match="none of the 1 prompts") as err:
+        load_prompts(store, "english-only", language="fr")
+    assert err.value.field == "prompt_language"
