@@ -20,7 +20,7 @@ run: install
 	$(BIN)/streamlit run app.py --server.port $(PORT) --browser.gatherUsageStats false
 
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # the TRL anchor lives in its own environment (bench only; the app never needs it)
 .venv-trl/.installed: bench/requirements-trl.txt
