@@ -2,8 +2,9 @@
 summary (a table and one sentence) computed from the numbers the runs stored.
 
     overoptimization   Gao, Schulman & Hilton (2022): a proxy reward model trained on pairs a
-                       gold reward labelled; best-of-n and PPO against the proxy, the gold
-                       score logged beside it (does it peak and fall while the proxy climbs?)
+                       gold reward labelled; best-of-n (and PPO, when asked) against the
+                       proxy, the gold score logged beside it (does it peak and fall beyond
+                       its noise while the proxy climbs?)
     clip_epsilon       PPO's clip ε ∈ {0.05, 0.2, ∞} at a high learning rate: clip fraction,
                        per-update KL, score variance, ratio histograms
     kl_penalty         β ∈ {0, 0.05, 0.3}: the reward-vs-KL frontier and the answers' diversity
@@ -14,8 +15,9 @@ summary (a table and one sentence) computed from the numbers the runs stored.
 
 The sentence never claims an effect the numbers do not show: each summary tests its effect
 against a stated threshold and picks the "shows" or the "does not show" wording.
-Defaults are sized for about ten minutes on a 2-core CPU with the embedded model
-(docs/EXPERIMENTS.md records the measured times and outcomes).
+Defaults are sized for 10 to 20 minutes on a 2-core CPU with the embedded model
+(docs/EXPERIMENTS.md records the measured times and outcomes); `uncertain_reward_gpu` is the
+uncertain reward at the size where its effect is expected, for a GPU.
 """
 from __future__ import annotations
 
@@ -105,25 +107,9 @@ def line_charts(recipe: str, metrics: dict[str, str], runs: list[str]) -> list[C
             for title, metric in metrics.items()]
 
 
-def peak_and_fall(xs: list[float], gold: list[float]) -> dict:
-    """Where a curve peaks and how much of its gain it gives back after the peak.
-
-    `fell` is True when the peak is not the last point and the last value lies below the
-    peak by at least 10% of the curve's range and 0.01 (an over-optimisation the numbers
-    show, not a wiggle)."""
-    i = max(range(len(gold)), key=lambda j: gold[j])
-    peak, first, last = gold[i], gold[0], gold[-1]
-    span = max(gold) - min(gold)
-    fall = peak - last
-    fell = i < len(gold) - 1 and fall >= max(0.01, 0.1 * span)
-    gain = peak - first
-    return {"peak_x": xs[i], "peak": peak, "first": first, "last": last, "last_x": xs[-1],
-            "fell": fell, "given_back": (100.0 * fall / gain) if gain > 1e-9 else None}
-
-
 def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
-    """`peak_and_fall` for noisy points (one PPO batch each) whose x does not grow
-    steadily: the points sorted by x, the peak taken on their 3-point moving average, and
+    """Where a noisy curve (one PPO batch a point, x not growing steadily) peaks and how
+    much of its gain it gives back after the peak: the points sorted by x, the peak taken on their 3-point moving average, and
     the fall measured from that peak to the mean of the raw points beyond it. `fell` only
     when at least two points lie beyond the peak and the fall exceeds twice its standard
     error (the noise: the spread of the points around the moving average)."""
@@ -147,19 +133,27 @@ def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
 # ==========================================================================================
 @dataclass
 class OveroptimizationSettings(StageConfig):
-    """Size knobs of the over-optimisation recipe."""
+    """Size knobs of the over-optimisation recipe.
+
+    The defaults follow Gao, Schulman & Hilton (2022) at the size of a 2-core CPU: a gold
+    rule whose optimum lies inside the base model's answers (about TARGET_WORDS words, below
+    the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled,
+    and best-of-n far along the KL axis (n_max = 256 samples per prompt, drawn once and
+    reused for every n). PPO is off by default (ppo_steps = 0): a PPO curve whose steps are
+    readable (batches of 32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
     gold_reward: str = _s("gold_reward", "target_length", choices=tuple(rewards_builtin.names()))
-    gold_params: dict = _s("gold_params", factory=lambda: {"target": 12}, widget="page")
+    gold_params: dict = _s("gold_params", factory=lambda: {"target": TARGET_WORDS},
+                           widget="page")
     sft_run: int | None = setting(None, widget="page", optional=True)   # None: the base
     num_pairs: int = _s("num_pairs", 48, min=4, max=100_000)
     proxy_steps: int = _s("proxy_steps", 24, min=1, max=100_000)
     bon_prompts: int = _s("bon_prompts", 8, min=1, max=10_000)
-    n_max: int = _s("n_max", 32, min=2, max=1024)
-    ppo_steps: int = _s("ppo_steps", 12, min=1, max=100_000)
+    n_max: int = _s("n_max", 256, min=2, max=1024)
+    ppo_steps: int = _s("ppo_steps", 0, min=0, max=100_000)
     ppo_beta: float = _s("ppo_beta", 0.02, min=0.0, max=100.0, step=0.01)
     learning_rate: float = _s("learning_rate", 1e-3, min=1e-9, format="%.1e")
-    batch_size: int = _s("batch_size", 8, min=1, max=4096)
-    max_new_tokens: int = _s("max_new_tokens", 40, min=1, max=4096)
+    batch_size: int = _s("batch_size", 32, min=1, max=4096)
+    max_new_tokens: int = _s("max_new_tokens", 16, min=1, max=4096)
     seed: int = setting(0, min=0, max=2**31 - 1)
 
     def check(self) -> None:
@@ -170,14 +164,16 @@ class OveroptimizationSettings(StageConfig):
             raise ConfigError("gold_params", str(exc)) from exc
 
 
+TARGET_WORDS = 7
 GOLD_PAIRS_DATASET = "gold-pairs-overoptimization"
+FALL_SE = 2.0   # a fall counts as beyond noise when it exceeds FALL_SE standard errors
 
 
 def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
     gold = {"gold_reward": s.gold_reward, "gold_params": dict(s.gold_params)}
     common = {"model": s.model, "sft_run": s.sft_run, "max_new_tokens": s.max_new_tokens,
               "seed": s.seed}
-    return [
+    plan = [
         PlannedRun("pairs", "gold_pairs",
                    {**common, **gold, "num_prompts": s.num_pairs,
                     "out_dataset": GOLD_PAIRS_DATASET, "overwrite": True},
@@ -191,49 +187,80 @@ def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
                    {**common, **gold, "num_prompts": s.bon_prompts, "n_max": s.n_max,
                     "reward_run": ref("proxy")},
                    label="best-of-n"),
-        PlannedRun("ppo", "ppo",
-                   {**common, **gold, "reward_run": ref("proxy"), "max_steps": s.ppo_steps,
-                    "beta": s.ppo_beta, "learning_rate": s.learning_rate,
-                    "batch_size": s.batch_size, "heldout_every": 0, "save_every": 0},
-                   label="PPO"),
     ]
+    if s.ppo_steps:
+        plan.append(PlannedRun("ppo", "ppo",
+                               {**common, **gold, "reward_run": ref("proxy"),
+                                "max_steps": s.ppo_steps, "beta": s.ppo_beta,
+                                "learning_rate": s.learning_rate, "batch_size": s.batch_size,
+                                "heldout_every": 0, "save_every": 0},
+                               label="PPO"))
+    return plan
+
+
+def bon_peak_and_fall(points: list[dict]) -> dict:
+    """Best-of-n's gold curve (rows of n, kl_bon, bon_gold_score and bon_gold_gap_se, in
+    order of n): its peak, and whether the gold score fell after it beyond its noise.
+
+    The noise is the paired standard error over the prompts of the gap between the peak's
+    point and the last one (the same prompts and samples at every n). `fell` when the peak is
+    not the last point, the SE is known, and the fall exceeds FALL_SE standard errors."""
+    gold = [p["bon_gold_score"] for p in points]
+    i = max(range(len(gold)), key=lambda j: gold[j])
+    fall = gold[i] - gold[-1]
+    se = points[i].get("bon_gold_gap_se")
+    fell = i < len(gold) - 1 and se is not None and fall > FALL_SE * se
+    return {"peak_n": int(points[i]["n"]), "peak_kl": points[i]["kl_bon"], "peak": gold[i],
+            "first": gold[0], "last": gold[-1], "last_n": int(points[-1]["n"]),
+            "last_kl": points[-1]["kl_bon"], "fall": fall, "fall_se": se, "fell": fell}
 
 
 def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dict:
     table: list[dict] = []
-    bon = by_step(store, runs.get("bon"), ["kl_bon", "bon_proxy_score", "bon_gold_score"])
+    bon = by_step(store, runs.get("bon"), ["kl_bon", "bon_proxy_score", "bon_gold_score",
+                                           "bon_gold_score_se", "bon_gold_gap_se"])
     for n, m in bon.items():
         table.append({"run": "best-of-n", "point": f"n={n}", "kl": rnd(m.get("kl_bon"), 3),
+                      "sqrt_kl": rnd(math.sqrt(max(0.0, m["kl_bon"])), 3)
+                      if "kl_bon" in m else None,
                       "proxy": rnd(m.get("bon_proxy_score"), 3),
-                      "gold": rnd(m.get("bon_gold_score"), 3)})
+                      "gold": rnd(m.get("bon_gold_score"), 3),
+                      "gold_se": rnd(m.get("bon_gold_score_se"), 3)})
     ppo = by_step(store, runs.get("ppo"), ["kl", "score_mean", "gold_score"])
     for step, m in ppo.items():
         table.append({"run": "ppo", "point": f"step {step}", "kl": rnd(m.get("kl"), 3),
                       "proxy": rnd(m.get("score_mean"), 3),
                       "gold": rnd(m.get("gold_score"), 3)})
-    bon_pts = [(m["kl_bon"], m["bon_proxy_score"], m["bon_gold_score"]) for m in bon.values()
+    planned = [p["key"] for p in (group.get("config") or {}).get("plan", [])] or list(runs)
+    with_ppo = "ppo" in planned
+    keys = ["pairs", "proxy", "bon"] + (["ppo"] if with_ppo else [])
+    bon_pts = [{"n": n, **m} for n, m in bon.items()
                if {"kl_bon", "bon_proxy_score", "bon_gold_score"} <= set(m)]
     ppo_pts = [(m["kl"], m["score_mean"], m["gold_score"]) for m in ppo.values()
                if {"kl", "score_mean", "gold_score"} <= set(m)]
-    if len(bon_pts) < 2 or len(ppo_pts) < 2:
-        return incomplete(runs, ["pairs", "proxy", "bon", "ppo"], table)
-    b = peak_and_fall([p[0] for p in bon_pts], [p[2] for p in bon_pts])
-    # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
-    # the gold score in order of KL, tested against its own noise
-    p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
-    proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
-    params = {"bon_proxy0": rnd(bon_pts[0][1]), "bon_proxy1": rnd(bon_pts[-1][1]),
-              "bon_peak_kl": rnd(b["peak_x"]), "bon_peak": rnd(b["peak"]),
-              "bon_first": rnd(b["first"]), "bon_last": rnd(b["last"]),
-              "bon_last_kl": rnd(b["last_x"]),
-              "bon_back": rnd(b["given_back"], 0) if b["given_back"] is not None else 0,
-              "ppo_proxy0": rnd(proxy_first), "ppo_proxy1": rnd(proxy_last),
-              "ppo_peak_kl": rnd(p["peak_x"]), "ppo_peak": rnd(p["peak"]),
-              "ppo_first": rnd(p["first"]), "ppo_last": rnd(p["last"]),
-              "ppo_last_kl": rnd(p["last_x"]),
-              "ppo_back": rnd(p["given_back"], 0) if p["given_back"] is not None else 0}
-    key = f"recipes.overoptimization.sentence_bon_{'fell' if b['fell'] else 'held'}" \
-          f"_ppo_{'fell' if p['fell'] else 'held'}"
+    if len(bon_pts) < 2 or (with_ppo and len(ppo_pts) < 2):
+        return incomplete(runs, keys, table)
+    b = bon_peak_and_fall(bon_pts)
+    prompts = ((runs.get("bon") or {}).get("summary") or {}).get("prompts")
+    params = {"bon_proxy0": rnd(bon_pts[0]["bon_proxy_score"]),
+              "bon_proxy1": rnd(bon_pts[-1]["bon_proxy_score"]),
+              "bon_peak_n": b["peak_n"], "bon_peak_kl": rnd(b["peak_kl"]),
+              "bon_peak": rnd(b["peak"]), "bon_first": rnd(b["first"]),
+              "bon_last": rnd(b["last"]), "bon_last_n": b["last_n"],
+              "bon_last_kl": rnd(b["last_kl"]), "bon_fall": rnd(b["fall"]),
+              "bon_fall_se": rnd(b["fall_se"], 3) if b["fall_se"] is not None else "?",
+              "bon_prompts": prompts if prompts is not None else "?"}
+    key = f"recipes.overoptimization.sentence_bon_{'fell' if b['fell'] else 'held'}"
+    if with_ppo:
+        # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
+        # the gold score in order of KL, tested against its own noise
+        p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
+        proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
+        params.update({"ppo_proxy0": rnd(proxy_first), "ppo_proxy1": rnd(proxy_last),
+                       "ppo_peak_kl": rnd(p["peak_x"]), "ppo_peak": rnd(p["peak"]),
+                       "ppo_first": rnd(p["first"]), "ppo_last": rnd(p["last"]),
+                       "ppo_last_kl": rnd(p["last_x"])})
+        key += f"_ppo_{'fell' if p['fell'] else 'held'}"
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
@@ -241,10 +268,10 @@ register(Recipe(
     name="overoptimization", settings_cls=OveroptimizationSettings,
     plan=plan_overoptimization,
     charts=[Chart("recipes.overoptimization.chart_bon", ["bon_proxy_score", "bon_gold_score"],
-                  x="kl_bon", runs=["bon"]),
+                  x="kl_bon", x_transform="sqrt", runs=["bon"]),
             Chart("recipes.overoptimization.chart_ppo", ["score_mean", "gold_score"],
                   x="kl", x_transform="sqrt", runs=["ppo"])],
-    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=10))
+    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=20))
 
 
 # ==========================================================================================
