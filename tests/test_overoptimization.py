@@ -70,7 +70,8 @@ def _group(*keys: str) -> dict:
     return {"config": {"plan": [{"key": k} for k in keys]}}
 
 
-def _check_wording(sentence: dict) -> None:
+def check_wording(sentence: dict) -> None:
+    """The sentence formats in both languages with every placeholder filled, none unknown."""
     from ui.i18n import catalogue
 
     for lang in ("en", "fr"):
@@ -90,7 +91,7 @@ def test_a_fall_beyond_its_paired_noise_is_reported_with_peak_n_and_kl(store):
     assert (p["bon_peak_n"], p["bon_peak"], p["bon_peak_kl"]) == (8, -0.3, 1.2)
     assert (p["bon_last_n"], p["bon_last"], p["bon_last_kl"]) == (256, -0.58, 4.55)
     assert p["bon_fall"] == 0.28 and p["bon_fall_se"] == 0.04 and p["bon_prompts"] == 8
-    _check_wording(out["sentence"])
+    check_wording(out["sentence"])
     # the table: one row per n, with √KL (the paper's axis) and the gold score's SE
     rows = out["table"]
     assert [r["point"] for r in rows] == [f"n={n}" for n in N]
@@ -109,7 +110,7 @@ def test_a_fall_within_its_noise_or_without_one_does_not_show(store):
                                    "bon": _bon(store, RISE_FALL, gap)})
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_held"
     assert out["sentence"]["params"]["bon_fall_se"] == 0.15
-    _check_wording(out["sentence"])
+    check_wording(out["sentence"])
     # no standard error stored (one prompt): nothing to test the fall against
     out = summarize(store, group, {"pairs": done, "proxy": done,
                                    "bon": _bon(store, RISE_FALL, None, prompts=1)})
@@ -120,7 +121,7 @@ def test_a_fall_within_its_noise_or_without_one_does_not_show(store):
                                    "bon": _bon(store, rising, [0.0] * len(N))})
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_held"
     assert out["sentence"]["params"]["bon_peak_n"] == 256
-    _check_wording(out["sentence"])
+    check_wording(out["sentence"])
 
 
 def test_ppo_is_off_by_default_and_judged_against_its_noise_when_on(store):
@@ -155,10 +156,10 @@ def test_ppo_is_off_by_default_and_judged_against_its_noise_when_on(store):
                  [-.89, -.6, -.9, -.83, -.49, -.8, -.56, -.74, -.6, -.35, -.76, -1.15])
     out = recipe.summarize(store, group, {**base, "ppo": noisy})
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_held"
-    _check_wording(out["sentence"])
+    check_wording(out["sentence"])
     # a clean rise and fall against KL
     clean = _ppo(store, [0.1, 0.4, 0.9, 1.5, 2.2, 3.0, 3.6, 4.1],
                  [-1.0, -0.6, -0.4, -0.4, -0.6, -0.9, -1.2, -1.3])
     out = recipe.summarize(store, group, {**base, "ppo": clean})
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_fell"
-    _check_wording(out["sentence"])
+    check_wording(out["sentence"])

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.experiments.plan import Chart, PlannedRun, Recipe, ref, register
+from engine.objectives import mean_standard_error
 from engine.schema import ConfigError, StageConfig, setting
 from engine.training import rewards_builtin
 
@@ -573,13 +574,27 @@ register(Recipe(
 # ==========================================================================================
 @dataclass
 class UncertainRewardSettings(RewardPPOSettings):
-    """Size knobs of the uncertain-reward recipe."""
+    """Size knobs of the uncertain-reward recipe (the 2-core CPU size: about 12 minutes)."""
     k: int = _s("ensemble_k", 3, min=2, max=16)
     dataset: str = _s("reward_dataset", "sample-preferences", widget="page")
     ppo_steps: int = _s("ppo_steps", 10, min=1, max=100_000)
     uncertainty_lambda: float = _s("uncertainty_lambda", 1.0, min=0.0, max=100.0, step=0.1)
     gold_reward: str = _s("gold_reward", "ends_with_period",
                           choices=("", *rewards_builtin.names()))
+
+
+@dataclass
+class UncertainRewardGPUSettings(UncertainRewardSettings):
+    """The uncertain reward at the size where the conservative objective is expected to
+    matter (for a GPU, not measured on the 2-core CPU): 5 members (Coste et al. 2023 found
+    4–5 enough), a small KL penalty (their β = 0.01), and PPO long and wide enough for the
+    mean-optimising policy to leave the region its reward models agree on."""
+    k: int = _s("ensemble_k", 5, min=2, max=16)
+    reward_steps: int = _s("reward_steps", 200, min=1, max=100_000)
+    ppo_steps: int = _s("ppo_steps", 300, min=1, max=100_000)
+    beta: float = _s("ppo_beta", 0.01, min=0.0, max=100.0, step=0.01)
+    batch_size: int = _s("batch_size", 64, min=1, max=4096)
+    max_new_tokens: int = _s("max_new_tokens", 64, min=1, max=4096)
 
 
 def plan_uncertain_reward(s: UncertainRewardSettings) -> list[PlannedRun]:
@@ -599,6 +614,31 @@ def plan_uncertain_reward(s: UncertainRewardSettings) -> list[PlannedRun]:
     ]
 
 
+def window_size(steps: int) -> int:
+    """How many steps a window of `window_mean_se` holds: half the run, at least 2."""
+    return max(2, steps // 2) if steps >= 2 else steps
+
+
+def window_mean_se(xs: list[float], first: bool = False) -> tuple[float | None, float | None]:
+    """The mean of the last (or first) half of a run's per-step values (at least 2 steps)
+    and its standard error over those steps (objectives.mean_standard_error: each step's
+    value is one batch's mean, the steps are the unit that varies)."""
+    if not xs:
+        return None, None
+    k = window_size(len(xs))
+    part = xs[:k] if first else xs[-k:]
+    return mean(part), mean_standard_error(part)
+
+
+def beyond_noise(diff: float | None, *ses: float | None) -> tuple[float | None, bool]:
+    """The SE of a difference of independent means, sqrt(Σ SE²), and whether `diff`
+    exceeds FALL_SE of them (False when a SE is unknown)."""
+    if diff is None or any(se is None for se in ses):
+        return None, False
+    se = math.sqrt(sum(x * x for x in ses))
+    return se, diff > FALL_SE * se
+
+
 def summarize_uncertain_reward(store, group: dict, runs: dict[str, dict]) -> dict:
     table, stats = [], {}
     members = sorted(k for k in runs if k.startswith("rm_"))
@@ -609,33 +649,62 @@ def summarize_uncertain_reward(store, group: dict, runs: dict[str, dict]) -> dic
     for key in ("ppo_mean", "ppo_conservative"):
         run = runs.get(key)
         std = values(store, run, "reward_ensemble_std")
-        s0, s1 = head_tail(std)
+        s0, s0_se = window_mean_se(std, first=True)
+        s1, s1_se = window_mean_se(std)
         gold = values(store, run, "gold_score")
-        row = {"run": key, "ensemble_std_first": rnd(s0, 3), "ensemble_std_last": rnd(s1, 3),
+        g1, g1_se = window_mean_se(gold)
+        row = {"run": key, "ensemble_std_first": rnd(s0, 3), "ensemble_std_first_se": rnd(s0_se, 3),
+               "ensemble_std_last": rnd(s1, 3), "ensemble_std_last_se": rnd(s1_se, 3),
                "ensemble_std_mean": rnd(mean(std), 3),
                "score_last": rnd(head_tail(values(store, run, "score_mean"))[1], 3),
                "kl_last": rnd(head_tail(values(store, run, "kl"))[1], 3),
-               "gold_last": rnd(head_tail(gold)[1], 3) if gold else None}
+               "gold_last": rnd(g1, 3) if gold else None,
+               "gold_last_se": rnd(g1_se, 3) if gold else None,
+               "steps": len(std)}
         table.append(row)
-        stats[key] = row
+        stats[key] = {**row, "raw": (s0, s0_se, s1, s1_se, g1, g1_se)}
     if any(stats[k]["ensemble_std_mean"] is None for k in ("ppo_mean", "ppo_conservative")):
         return incomplete(runs, members + ["ppo_mean", "ppo_conservative"], table)
     m, c = stats["ppo_mean"], stats["ppo_conservative"]
-    lam = (runs["ppo_conservative"].get("config") or {}).get("uncertainty_lambda")
-    params = {"k": len(members), "lam": lam, "std0": m["ensemble_std_first"],
-              "std_mean": m["ensemble_std_last"], "std_cons": c["ensemble_std_last"],
+    (m0, m0_se, m1, m1_se, mg, mg_se), (_, _, c1, c1_se, cg, cg_se) = m["raw"], c["raw"]
+    cfg = runs["ppo_conservative"].get("config") or {}
+    # did the mean-optimising run reach answers the members disagree on (its σ rose)?
+    rise_se, _ = beyond_noise(m1 - m0, m0_se, m1_se)
+    # the effect: the conservative run ends where the members disagree less
+    d_std_se, lower = beyond_noise(m1 - c1, m1_se, c1_se)
+    with_gold = mg is not None and cg is not None
+    d_gold_se = beyond_noise(cg - mg, mg_se, cg_se)[0] if with_gold else None
+    gpu = UncertainRewardGPUSettings()
+    params = {"k": len(members), "lam": cfg.get("uncertainty_lambda"),
+              "steps": m["steps"], "steps_half": window_size(m["steps"]),
+              "batch": cfg.get("batch_size"), "beta": cfg.get("beta"),
+              "std0": rnd(m0, 3), "std_mean": rnd(m1, 3), "std_mean_se": rnd(m1_se, 3),
+              "std_cons": rnd(c1, 3), "std_cons_se": rnd(c1_se, 3),
+              "d_std": rnd(m1 - c1, 3), "d_std_se": rnd(d_std_se, 3),
+              "rise": rnd(m1 - m0, 3), "rise_se": rnd(rise_se, 3),
               "kl_mean": m["kl_last"], "kl_cons": c["kl_last"],
-              "gold_mean": m["gold_last"], "gold_cons": c["gold_last"]}
-    # the effect: the conservative run ends where the members disagree clearly less
-    shows = c["ensemble_std_last"] <= 0.9 * m["ensemble_std_last"]
-    key = "recipes.uncertain_reward.sentence_" + ("shows" if shows else "no_effect") + \
-        ("_gold" if m["gold_last"] is not None and c["gold_last"] is not None else "")
+              "gold_mean": rnd(mg, 3), "gold_mean_se": rnd(mg_se, 3),
+              "gold_cons": rnd(cg, 3), "gold_cons_se": rnd(cg_se, 3),
+              "d_gold": rnd(cg - mg, 3) if with_gold else None, "d_gold_se": rnd(d_gold_se, 3),
+              "gpu_k": gpu.k, "gpu_steps": gpu.ppo_steps, "gpu_batch": gpu.batch_size,
+              "gpu_beta": gpu.beta}
+    params = {k: ("?" if v is None else v) for k, v in params.items()}
+    # the sentence claims the effect on σ only beyond its noise; the gold scores and the
+    # rise of σ under the mean come with their standard errors for the reader to weigh
+    key = "recipes.uncertain_reward.sentence_" + ("shows" if lower else "no_effect") + \
+        ("_gold" if with_gold else "")
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
+UNCERTAIN_CHARTS = line_charts("uncertain_reward", {"std": "reward_ensemble_std",
+                                                    "score": "score_mean", "gold": "gold_score"},
+                               ["ppo_mean", "ppo_conservative"])
 register(Recipe(
     name="uncertain_reward", settings_cls=UncertainRewardSettings, plan=plan_uncertain_reward,
-    charts=line_charts("uncertain_reward", {"std": "reward_ensemble_std", "score": "score_mean",
-                                            "gold": "gold_score"},
-                       ["ppo_mean", "ppo_conservative"]),
-    summarize=summarize_uncertain_reward, formula="conservative_reward", minutes=10))
+    charts=UNCERTAIN_CHARTS, summarize=summarize_uncertain_reward,
+    formula="conservative_reward", minutes=12))
+# the same recipe at the size where its effect is expected: offered for a GPU
+register(Recipe(
+    name="uncertain_reward_gpu", settings_cls=UncertainRewardGPUSettings,
+    plan=plan_uncertain_reward, charts=UNCERTAIN_CHARTS, summarize=summarize_uncertain_reward,
+    formula="conservative_reward", minutes=40, device="gpu"))
