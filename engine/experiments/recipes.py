@@ -138,18 +138,20 @@ class OveroptimizationSettings(StageConfig):
 
     The defaults follow Gao, Schulman & Hilton (2022) at the size of a 2-core CPU: a gold
     rule whose optimum lies inside the base model's answers (about TARGET_WORDS words, below
-    the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled,
-    and best-of-n far along the KL axis (n_max = 256 samples per prompt, drawn once and
-    reused for every n). PPO is off by default (ppo_steps = 0): a PPO curve whose steps are
+    the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled
+    (long and fast enough to learn the pairs' main signal, "shorter wins", which it then
+    extrapolates below the target), and best-of-n far along the KL axis (n_max = 128 samples
+    per prompt, drawn once and reused for every n). PPO is off by default (ppo_steps = 0): a PPO curve whose steps are
     readable (batches of 32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
     gold_reward: str = _s("gold_reward", "target_length", choices=tuple(rewards_builtin.names()))
     gold_params: dict = _s("gold_params", factory=lambda: {"target": TARGET_WORDS},
                            widget="page")
     sft_run: int | None = setting(None, widget="page", optional=True)   # None: the base
-    num_pairs: int = _s("num_pairs", 48, min=4, max=100_000)
-    proxy_steps: int = _s("proxy_steps", 24, min=1, max=100_000)
+    num_pairs: int = _s("num_pairs", 64, min=4, max=100_000)
+    proxy_steps: int = _s("proxy_steps", 60, min=1, max=100_000)
+    proxy_learning_rate: float = _s("proxy_learning_rate", 5e-4, min=1e-9, format="%.1e")
     bon_prompts: int = _s("bon_prompts", 8, min=1, max=10_000)
-    n_max: int = _s("n_max", 256, min=2, max=1024)
+    n_max: int = _s("n_max", 128, min=2, max=1024)
     ppo_steps: int = _s("ppo_steps", 0, min=0, max=100_000)
     ppo_beta: float = _s("ppo_beta", 0.02, min=0.0, max=100.0, step=0.01)
     learning_rate: float = _s("learning_rate", 1e-3, min=1e-9, format="%.1e")
@@ -181,8 +183,8 @@ def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
                    label="gold pairs"),
         PlannedRun("proxy", "reward",
                    {"model": s.model, "dataset": GOLD_PAIRS_DATASET,
-                    "max_steps": s.proxy_steps, "save_every": 0, "normalize_samples": 16,
-                    "seed": s.seed},
+                    "max_steps": s.proxy_steps, "learning_rate": s.proxy_learning_rate,
+                    "save_every": 0, "normalize_samples": 16, "seed": s.seed},
                    label="proxy reward model"),
         PlannedRun("bon", "best_of_n",
                    {**common, **gold, "num_prompts": s.bon_prompts, "n_max": s.n_max,
