@@ -119,7 +119,7 @@ def test_a_fall_within_its_noise_or_without_one_does_not_show(store):
     rising = [-0.6 + 0.03 * i for i in range(len(N))]
     out = summarize(store, group, {"pairs": done, "proxy": done,
                                    "bon": _bon(store, rising, [0.0] * len(N))})
-    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_held"
+    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_rose"
     assert out["sentence"]["params"]["bon_peak_n"] == 256
     check_wording(out["sentence"])
 
@@ -163,3 +163,13 @@ def test_ppo_is_off_by_default_and_judged_against_its_noise_when_on(store):
     out = recipe.summarize(store, group, {**base, "ppo": clean})
     assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_fell"
     check_wording(out["sentence"])
+
+
+def test_every_sentence_the_summary_can_pick_exists_in_both_languages():
+    from ui.i18n import catalogue
+
+    for lang in ("en", "fr"):
+        cat = catalogue(lang)
+        for bon in ("fell", "held", "rose"):
+            for ppo in ("", "_ppo_fell", "_ppo_held"):
+                assert f"recipes.overoptimization.sentence_bon_{bon}{ppo}" in cat, (lang, bon, ppo)

@@ -253,7 +253,9 @@ def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dic
               "bon_last_kl": rnd(b["last_kl"]), "bon_fall": rnd(b["fall"]),
               "bon_fall_se": rnd(b["fall_se"], 3) if b["fall_se"] is not None else "?",
               "bon_prompts": prompts if prompts is not None else "?"}
-    key = f"recipes.overoptimization.sentence_bon_{'fell' if b['fell'] else 'held'}"
+    # the gold score's highest point is the last one: it rose with the proxy, no peak
+    verdict = "fell" if b["fell"] else "rose" if b["peak_n"] == b["last_n"] else "held"
+    key = f"recipes.overoptimization.sentence_bon_{verdict}"
     if with_ppo:
         # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
         # the gold score in order of KL, tested against its own noise
