@@ -276,7 +276,7 @@ register(Recipe(
                   x="kl_bon", x_transform="sqrt", runs=["bon"]),
             Chart("recipes.overoptimization.chart_ppo", ["score_mean", "gold_score"],
                   x="kl", x_transform="sqrt", runs=["ppo"])],
-    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=20))
+    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=12))
 
 
 # ==========================================================================================
