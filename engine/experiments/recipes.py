@@ -110,8 +110,9 @@ def line_charts(recipe: str, metrics: dict[str, str], runs: list[str]) -> list[C
 
 def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
     """Where a noisy curve (one PPO batch a point, x not growing steadily) peaks and how
-    much of its gain it gives back after the peak: the points sorted by x, the peak taken on their 3-point moving average, and
-    the fall measured from that peak to the mean of the raw points beyond it. `fell` only
+    much of its gain it gives back after the peak: the points sorted by x, the peak taken
+    on their 3-point moving average, and the fall measured from that peak to the mean of
+    the raw points beyond it. `fell` only
     when at least two points lie beyond the peak and the fall exceeds twice its standard
     error (the noise: the spread of the points around the moving average)."""
     pts = sorted(zip(xs, ys))
@@ -139,10 +140,12 @@ class OveroptimizationSettings(StageConfig):
     The defaults follow Gao, Schulman & Hilton (2022) at the size of a 2-core CPU: a gold
     rule whose optimum lies inside the base model's answers (about TARGET_WORDS words, below
     the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled
-    (long and fast enough to learn the pairs' main signal, "shorter wins", which it then
-    extrapolates below the target), and best-of-n far along the KL axis (n_max = 128 samples
-    per prompt, drawn once and reused for every n). PPO is off by default (ppo_steps = 0): a PPO curve whose steps are
-    readable (batches of 32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
+    (meant to learn the pairs' main signal, "shorter wins", and extrapolate it below the
+    target), and best-of-n far along the KL axis (n_max = 128 samples per prompt, drawn
+    once and reused for every n). At this size the gold score does not fall: the proxy
+    learns a spurious feature the length rule cannot see (docs/EXPERIMENTS.md, recipe 1a).
+    PPO is off by default (ppo_steps = 0): a PPO curve whose steps are readable (batches of
+    32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
     gold_reward: str = _s("gold_reward", "target_length", choices=tuple(rewards_builtin.names()))
     gold_params: dict = _s("gold_params", factory=lambda: {"target": TARGET_WORDS},
                            widget="page")
