@@ -672,6 +672,20 @@ def best_of_n_estimate(proxy: list[float], gold: list[float], n: int) -> tuple[f
     return sum(wk * x for wk, x in zip(w, p)), sum(wk * x for wk, x in zip(w, g))
 
 
+@equation(r"\mathrm{SE}(\bar x) = \frac{s}{\sqrt{P}},\quad s^2 = \frac{1}{P-1}"
+          r"\sum_{i=1}^{P}(x_i - \bar x)^2")
+def mean_standard_error(xs: list[float]) -> float | None:
+    """SE(x̄) = s/√P with s² = Σ_i (x_i − x̄)²/(P − 1): the standard error of the mean of P
+    independent values (one per prompt: the prompts are the unit that varies). A difference
+    of means measured on the same prompts takes the SE of the per-prompt differences
+    (paired). None for fewer than two values (no spread to measure the noise by)."""
+    P = len(xs)
+    if P < 2:
+        return None
+    m = sum(xs) / P
+    return (sum((x - m) ** 2 for x in xs) / (P - 1) / P) ** 0.5
+
+
 @equation(r"\mathrm{sim} = \binom{B}{2}^{-1}\sum_{i<j}\frac{|S_i \cap S_j|}{|S_i \cup S_j|}")
 def self_similarity(sets: list[set]) -> float:
     """sim = mean over the B(B−1)/2 pairs i < j of the Jaccard similarity |S_i ∩ S_j| /

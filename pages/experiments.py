@@ -130,7 +130,9 @@ def recipe_cards() -> None:
                 settings, _ = settings_form(recipe.settings_cls, f"recipe_{recipe.name}",
                                             fixed={"model": model_spec()})
             n_runs = len(recipe.plan(settings)) if settings is not None else 0
-            st.caption(t("experiments.recipe_meta", minutes=f"{recipe.minutes:g}", runs=n_runs))
+            meta = "experiments.recipe_meta_gpu" if recipe.device == "gpu" else \
+                "experiments.recipe_meta"
+            st.caption(t(meta, minutes=f"{recipe.minutes:g}", runs=n_runs))
             if st.button(t("experiments.start"), key=f"exp_start_{recipe.name}",
                          icon=":material/play_arrow:", type="primary",
                          disabled=settings is None):

@@ -109,6 +109,9 @@ def test_best_of_n_stage_on_the_tiny_model(store, bigram_dir):
         by.setdefault(m["name"], {})[m["step"]] = m["value"]
     assert sorted(by["bon_n"]) == [1, 2, 4] and by["bon_n"] == {1: 1, 2: 2, 4: 4}
     assert by["kl_bon"] == pytest.approx({1: 0.0, 2: 0.1931472, 4: 0.6362944}, abs=1e-7)
+    # standard errors over the 3 prompts at every n; the gap of n_max to itself is 0
+    assert set(by["bon_gold_score_se"]) == set(by["bon_proxy_score_se"]) == {1, 2, 4}
+    assert by["bon_gold_gap_se"][4] == 0.0
     proxies = [by["bon_proxy_score"][n] for n in (1, 2, 4)]
     assert proxies == sorted(proxies)  # best-of-n by the proxy never lowers its mean
     # a 0/1 gold rule on 3 prompts × 4 answers: at n = 1 the plain mean of 12 zeros and ones

@@ -92,6 +92,7 @@ QUANTITY = {
     "kl_best_of_n": ("KL_bon", r"\mathrm{KL}_{\mathrm{bon}}(n)"),
     "best_of_n_weights": ("w_k", "w_k"),
     "best_of_n_estimate": ("Ê[g(y*_n)]", r"\hat{\mathbb{E}}\big[g(y^{*}_{n})\big]"),
+    "mean_standard_error": ("SE(x̄)", r"\mathrm{SE}(\bar x)"),
     "self_similarity": ("sim", r"\mathrm{sim}"),
     "wilson_interval": ("p±", r"p_o^{\pm}"),
     "kappa_interval": ("κ±", r"\kappa^{\pm}"),

@@ -59,53 +59,6 @@ def _run(store, stage, metrics: dict[str, list[float]], key: str, **config) -> d
     return {**store.get_run(rid), "group_key": key}
 
 
-def test_overoptimization_says_peak_and_fall_only_when_the_gold_score_falls(store):
-    summarize = recipes()["overoptimization"].summarize
-    n = [1, 2, 4, 8, 16]
-    kl_bon = [0.0, 0.31, 0.64, 1.2, 1.8]
-    proxy = [0.0, 0.5, 0.9, 1.2, 1.5]
-    ppo_kl, ppo_proxy = [0.1, 0.4, 0.9, 1.5, 2.2, 3.0], [0.0, 0.2, 0.5, 0.8, 1.0, 1.3]
-    # gold rises then falls (both): the over-optimisation wording with the peak's KL
-    rise_fall = {"pairs": {}, "proxy": {},
-                 "bon": _run(store, "best_of_n", {"kl_bon": kl_bon, "bon_proxy_score": proxy,
-                                                  "bon_gold_score": [-1.0, -0.7, -0.5, -0.8,
-                                                                     -1.1]}, "bon"),
-                 "ppo": _run(store, "ppo", {"kl": ppo_kl, "score_mean": ppo_proxy,
-                                            "gold_score": [-1.0, -0.6, -0.4, -0.5, -0.9,
-                                                           -1.2]}, "ppo")}
-    for key in ("pairs", "proxy"):
-        rise_fall[key] = {"status": "succeeded"}
-    out = summarize(store, {}, rise_fall)
-    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_fell"
-    p = out["sentence"]["params"]
-    assert p["bon_peak_kl"] == 0.64 and p["bon_peak"] == -0.5 and p["bon_last"] == -1.1
-    assert p["bon_back"] == 120   # fell 0.6 below a peak that had gained 0.5
-    assert len(out["table"]) == len(n) + len(ppo_kl)
-    # gold keeps rising with the proxy: no claim of over-optimisation
-    rising = dict(rise_fall,
-                  bon=_run(store, "best_of_n", {"kl_bon": kl_bon, "bon_proxy_score": proxy,
-                                                "bon_gold_score": [-1.0, -0.8, -0.6, -0.5,
-                                                                   -0.45]}, "bon"),
-                  ppo=_run(store, "ppo", {"kl": ppo_kl, "score_mean": ppo_proxy,
-                                          "gold_score": [-1.0, -0.9, -0.7, -0.6, -0.5,
-                                                         -0.4]}, "ppo"))
-    out = summarize(store, {}, rising)
-    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_held_ppo_held"
-    # PPO's batch noise with a KL that goes back and forth (a real 12-step run on the
-    # embedded model): the highest smoothed point is not a peak the numbers show
-    noisy = dict(rising, ppo=_run(store, "ppo", {
-        "kl": [0.0, 1.03, 0.78, 2.65, 3.66, 6.8, 5.45, 4.76, 7.2, 6.72, 5.89, 2.8],
-        "score_mean": [-.29, .72, -.55, -.11, .38, .01, .68, .38, .61, .89, .14, -.02],
-        "gold_score": [-.89, -.6, -.9, -.83, -.49, -.8, -.56, -.74, -.6, -.35, -.76, -1.15]},
-        "ppo"))
-    assert summarize(store, {}, noisy)["sentence"]["key"] == \
-        "recipes.overoptimization.sentence_bon_held_ppo_held"
-    # a missing run: no conclusion
-    out = summarize(store, {}, {k: v for k, v in rising.items() if k != "ppo"})
-    assert out["sentence"]["key"] == "recipes.incomplete"
-    assert "ppo" in out["sentence"]["params"]["runs"]
-
-
 def test_clip_kl_and_length_sentences_follow_the_numbers(store):
     from engine.experiments.recipes import BETAS, EPSILONS, beta_key, eps_key
 

@@ -72,7 +72,8 @@ def cmd_experiment(args) -> int:
         print_json([{"name": r.name,
                      "title": next(filter(None, map(_english, recipe_text_keys(r.name, "title"))),
                                    r.name),
-                     "minutes": r.minutes, "runs": len(r.plan(r.make_settings())),
+                     "minutes": r.minutes, "device": r.device,
+                     "runs": len(r.plan(r.make_settings())),
                      "settings": _settings(r)} for r in known.values()])
         return 0
     if args.recipe not in known:

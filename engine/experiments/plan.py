@@ -95,7 +95,8 @@ class Recipe:
     summarize: Callable[[Any, dict, dict[str, dict]], dict]
     # (store, group, runs by key) -> {"table": [row dicts], "sentence": {"key", "params"}}
     formula: str = ""            # name of an equation in objectives.LATEX (the recipe card)
-    minutes: float = 10          # expected minutes on a 2-core CPU with the embedded model
+    minutes: float = 10          # expected minutes with the embedded model on the device:
+    device: str = "cpu"          # "cpu" (a 2-core CPU) or "gpu" (a preset sized for one GPU)
 
     def make_settings(self, settings: Any = None):
         """The recipe's settings from None (defaults), an instance or JSON-like data,

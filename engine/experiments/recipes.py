@@ -2,8 +2,9 @@
 summary (a table and one sentence) computed from the numbers the runs stored.
 
     overoptimization   Gao, Schulman & Hilton (2022): a proxy reward model trained on pairs a
-                       gold reward labelled; best-of-n and PPO against the proxy, the gold
-                       score logged beside it (does it peak and fall while the proxy climbs?)
+                       gold reward labelled; best-of-n (and PPO, when asked) against the
+                       proxy, the gold score logged beside it (does it peak and fall beyond
+                       its noise while the proxy climbs?)
     clip_epsilon       PPO's clip ε ∈ {0.05, 0.2, ∞} at a high learning rate: clip fraction,
                        per-update KL, score variance, ratio histograms
     kl_penalty         β ∈ {0, 0.05, 0.3}: the reward-vs-KL frontier and the answers' diversity
@@ -14,8 +15,9 @@ summary (a table and one sentence) computed from the numbers the runs stored.
 
 The sentence never claims an effect the numbers do not show: each summary tests its effect
 against a stated threshold and picks the "shows" or the "does not show" wording.
-Defaults are sized for about ten minutes on a 2-core CPU with the embedded model
-(docs/EXPERIMENTS.md records the measured times and outcomes).
+Defaults are sized for 10 to 20 minutes on a 2-core CPU with the embedded model
+(docs/EXPERIMENTS.md records the measured times and outcomes); `uncertain_reward_gpu` is the
+uncertain reward at the size where its effect is expected, for a GPU.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.experiments.plan import Chart, PlannedRun, Recipe, ref, register
+from engine.objectives import mean_standard_error
 from engine.schema import ConfigError, StageConfig, setting
 from engine.training import rewards_builtin
 
@@ -105,26 +108,11 @@ def line_charts(recipe: str, metrics: dict[str, str], runs: list[str]) -> list[C
             for title, metric in metrics.items()]
 
 
-def peak_and_fall(xs: list[float], gold: list[float]) -> dict:
-    """Where a curve peaks and how much of its gain it gives back after the peak.
-
-    `fell` is True when the peak is not the last point and the last value lies below the
-    peak by at least 10% of the curve's range and 0.01 (an over-optimisation the numbers
-    show, not a wiggle)."""
-    i = max(range(len(gold)), key=lambda j: gold[j])
-    peak, first, last = gold[i], gold[0], gold[-1]
-    span = max(gold) - min(gold)
-    fall = peak - last
-    fell = i < len(gold) - 1 and fall >= max(0.01, 0.1 * span)
-    gain = peak - first
-    return {"peak_x": xs[i], "peak": peak, "first": first, "last": last, "last_x": xs[-1],
-            "fell": fell, "given_back": (100.0 * fall / gain) if gain > 1e-9 else None}
-
-
 def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
-    """`peak_and_fall` for noisy points (one PPO batch each) whose x does not grow
-    steadily: the points sorted by x, the peak taken on their 3-point moving average, and
-    the fall measured from that peak to the mean of the raw points beyond it. `fell` only
+    """Where a noisy curve (one PPO batch a point, x not growing steadily) peaks and how
+    much of its gain it gives back after the peak: the points sorted by x, the peak taken
+    on their 3-point moving average, and the fall measured from that peak to the mean of
+    the raw points beyond it. `fell` only
     when at least two points lie beyond the peak and the fall exceeds twice its standard
     error (the noise: the spread of the points around the moving average)."""
     pts = sorted(zip(xs, ys))
@@ -147,19 +135,31 @@ def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
 # ==========================================================================================
 @dataclass
 class OveroptimizationSettings(StageConfig):
-    """Size knobs of the over-optimisation recipe."""
+    """Size knobs of the over-optimisation recipe.
+
+    The defaults follow Gao, Schulman & Hilton (2022) at the size of a 2-core CPU: a gold
+    rule whose optimum lies inside the base model's answers (about TARGET_WORDS words, below
+    the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled
+    (meant to learn the pairs' main signal, "shorter wins", and extrapolate it below the
+    target), and best-of-n far along the KL axis (n_max = 128 samples per prompt, drawn
+    once and reused for every n). At this size the gold score does not fall: the proxy
+    learns a spurious feature the length rule cannot see (docs/EXPERIMENTS.md, recipe 1a).
+    PPO is off by default (ppo_steps = 0): a PPO curve whose steps are readable (batches of
+    32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
     gold_reward: str = _s("gold_reward", "target_length", choices=tuple(rewards_builtin.names()))
-    gold_params: dict = _s("gold_params", factory=lambda: {"target": 12}, widget="page")
+    gold_params: dict = _s("gold_params", factory=lambda: {"target": TARGET_WORDS},
+                           widget="page")
     sft_run: int | None = setting(None, widget="page", optional=True)   # None: the base
-    num_pairs: int = _s("num_pairs", 48, min=4, max=100_000)
-    proxy_steps: int = _s("proxy_steps", 24, min=1, max=100_000)
+    num_pairs: int = _s("num_pairs", 64, min=4, max=100_000)
+    proxy_steps: int = _s("proxy_steps", 60, min=1, max=100_000)
+    proxy_learning_rate: float = _s("proxy_learning_rate", 5e-4, min=1e-9, format="%.1e")
     bon_prompts: int = _s("bon_prompts", 8, min=1, max=10_000)
-    n_max: int = _s("n_max", 32, min=2, max=1024)
-    ppo_steps: int = _s("ppo_steps", 12, min=1, max=100_000)
+    n_max: int = _s("n_max", 128, min=2, max=1024)
+    ppo_steps: int = _s("ppo_steps", 0, min=0, max=100_000)
     ppo_beta: float = _s("ppo_beta", 0.02, min=0.0, max=100.0, step=0.01)
     learning_rate: float = _s("learning_rate", 1e-3, min=1e-9, format="%.1e")
-    batch_size: int = _s("batch_size", 8, min=1, max=4096)
-    max_new_tokens: int = _s("max_new_tokens", 40, min=1, max=4096)
+    batch_size: int = _s("batch_size", 32, min=1, max=4096)
+    max_new_tokens: int = _s("max_new_tokens", 16, min=1, max=4096)
     seed: int = setting(0, min=0, max=2**31 - 1)
 
     def check(self) -> None:
@@ -170,70 +170,105 @@ class OveroptimizationSettings(StageConfig):
             raise ConfigError("gold_params", str(exc)) from exc
 
 
+TARGET_WORDS = 7
 GOLD_PAIRS_DATASET = "gold-pairs-overoptimization"
+FALL_SE = 2.0   # a fall counts as beyond noise when it exceeds FALL_SE standard errors
 
 
 def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
     gold = {"gold_reward": s.gold_reward, "gold_params": dict(s.gold_params)}
     common = {"model": s.model, "sft_run": s.sft_run, "max_new_tokens": s.max_new_tokens,
               "seed": s.seed}
-    return [
+    plan = [
         PlannedRun("pairs", "gold_pairs",
                    {**common, **gold, "num_prompts": s.num_pairs,
                     "out_dataset": GOLD_PAIRS_DATASET, "overwrite": True},
                    label="gold pairs"),
         PlannedRun("proxy", "reward",
                    {"model": s.model, "dataset": GOLD_PAIRS_DATASET,
-                    "max_steps": s.proxy_steps, "save_every": 0, "normalize_samples": 16,
-                    "seed": s.seed},
+                    "max_steps": s.proxy_steps, "learning_rate": s.proxy_learning_rate,
+                    "save_every": 0, "normalize_samples": 16, "seed": s.seed},
                    label="proxy reward model"),
         PlannedRun("bon", "best_of_n",
                    {**common, **gold, "num_prompts": s.bon_prompts, "n_max": s.n_max,
                     "reward_run": ref("proxy")},
                    label="best-of-n"),
-        PlannedRun("ppo", "ppo",
-                   {**common, **gold, "reward_run": ref("proxy"), "max_steps": s.ppo_steps,
-                    "beta": s.ppo_beta, "learning_rate": s.learning_rate,
-                    "batch_size": s.batch_size, "heldout_every": 0, "save_every": 0},
-                   label="PPO"),
     ]
+    if s.ppo_steps:
+        plan.append(PlannedRun("ppo", "ppo",
+                               {**common, **gold, "reward_run": ref("proxy"),
+                                "max_steps": s.ppo_steps, "beta": s.ppo_beta,
+                                "learning_rate": s.learning_rate, "batch_size": s.batch_size,
+                                "heldout_every": 0, "save_every": 0},
+                               label="PPO"))
+    return plan
+
+
+def bon_peak_and_fall(points: list[dict]) -> dict:
+    """Best-of-n's gold curve (rows of n, kl_bon, bon_gold_score and bon_gold_gap_se, in
+    order of n): its peak, and whether the gold score fell after it beyond its noise.
+
+    The noise is the paired standard error over the prompts of the gap between the peak's
+    point and the last one (the same prompts and samples at every n). `fell` when the peak is
+    not the last point, the SE is known, and the fall exceeds FALL_SE standard errors."""
+    gold = [p["bon_gold_score"] for p in points]
+    i = max(range(len(gold)), key=lambda j: gold[j])
+    fall = gold[i] - gold[-1]
+    se = points[i].get("bon_gold_gap_se")
+    fell = i < len(gold) - 1 and se is not None and fall > FALL_SE * se
+    return {"peak_n": int(points[i]["n"]), "peak_kl": points[i]["kl_bon"], "peak": gold[i],
+            "first": gold[0], "last": gold[-1], "last_n": int(points[-1]["n"]),
+            "last_kl": points[-1]["kl_bon"], "fall": fall, "fall_se": se, "fell": fell}
 
 
 def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dict:
     table: list[dict] = []
-    bon = by_step(store, runs.get("bon"), ["kl_bon", "bon_proxy_score", "bon_gold_score"])
+    bon = by_step(store, runs.get("bon"), ["kl_bon", "bon_proxy_score", "bon_gold_score",
+                                           "bon_gold_score_se", "bon_gold_gap_se"])
     for n, m in bon.items():
         table.append({"run": "best-of-n", "point": f"n={n}", "kl": rnd(m.get("kl_bon"), 3),
+                      "sqrt_kl": rnd(math.sqrt(max(0.0, m["kl_bon"])), 3)
+                      if "kl_bon" in m else None,
                       "proxy": rnd(m.get("bon_proxy_score"), 3),
-                      "gold": rnd(m.get("bon_gold_score"), 3)})
+                      "gold": rnd(m.get("bon_gold_score"), 3),
+                      "gold_se": rnd(m.get("bon_gold_score_se"), 3)})
     ppo = by_step(store, runs.get("ppo"), ["kl", "score_mean", "gold_score"])
     for step, m in ppo.items():
         table.append({"run": "ppo", "point": f"step {step}", "kl": rnd(m.get("kl"), 3),
                       "proxy": rnd(m.get("score_mean"), 3),
                       "gold": rnd(m.get("gold_score"), 3)})
-    bon_pts = [(m["kl_bon"], m["bon_proxy_score"], m["bon_gold_score"]) for m in bon.values()
+    planned = [p["key"] for p in (group.get("config") or {}).get("plan", [])] or list(runs)
+    with_ppo = "ppo" in planned
+    keys = ["pairs", "proxy", "bon"] + (["ppo"] if with_ppo else [])
+    bon_pts = [{"n": n, **m} for n, m in bon.items()
                if {"kl_bon", "bon_proxy_score", "bon_gold_score"} <= set(m)]
     ppo_pts = [(m["kl"], m["score_mean"], m["gold_score"]) for m in ppo.values()
                if {"kl", "score_mean", "gold_score"} <= set(m)]
-    if len(bon_pts) < 2 or len(ppo_pts) < 2:
-        return incomplete(runs, ["pairs", "proxy", "bon", "ppo"], table)
-    b = peak_and_fall([p[0] for p in bon_pts], [p[2] for p in bon_pts])
-    # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
-    # the gold score in order of KL, tested against its own noise
-    p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
-    proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
-    params = {"bon_proxy0": rnd(bon_pts[0][1]), "bon_proxy1": rnd(bon_pts[-1][1]),
-              "bon_peak_kl": rnd(b["peak_x"]), "bon_peak": rnd(b["peak"]),
-              "bon_first": rnd(b["first"]), "bon_last": rnd(b["last"]),
-              "bon_last_kl": rnd(b["last_x"]),
-              "bon_back": rnd(b["given_back"], 0) if b["given_back"] is not None else 0,
-              "ppo_proxy0": rnd(proxy_first), "ppo_proxy1": rnd(proxy_last),
-              "ppo_peak_kl": rnd(p["peak_x"]), "ppo_peak": rnd(p["peak"]),
-              "ppo_first": rnd(p["first"]), "ppo_last": rnd(p["last"]),
-              "ppo_last_kl": rnd(p["last_x"]),
-              "ppo_back": rnd(p["given_back"], 0) if p["given_back"] is not None else 0}
-    key = f"recipes.overoptimization.sentence_bon_{'fell' if b['fell'] else 'held'}" \
-          f"_ppo_{'fell' if p['fell'] else 'held'}"
+    if len(bon_pts) < 2 or (with_ppo and len(ppo_pts) < 2):
+        return incomplete(runs, keys, table)
+    b = bon_peak_and_fall(bon_pts)
+    prompts = ((runs.get("bon") or {}).get("summary") or {}).get("prompts")
+    params = {"bon_proxy0": rnd(bon_pts[0]["bon_proxy_score"]),
+              "bon_proxy1": rnd(bon_pts[-1]["bon_proxy_score"]),
+              "bon_peak_n": b["peak_n"], "bon_peak_kl": rnd(b["peak_kl"]),
+              "bon_peak": rnd(b["peak"]), "bon_first": rnd(b["first"]),
+              "bon_last": rnd(b["last"]), "bon_last_n": b["last_n"],
+              "bon_last_kl": rnd(b["last_kl"]), "bon_fall": rnd(b["fall"]),
+              "bon_fall_se": rnd(b["fall_se"], 3) if b["fall_se"] is not None else "?",
+              "bon_prompts": prompts if prompts is not None else "?"}
+    # the gold score's highest point is the last one: it rose with the proxy, no peak
+    verdict = "fell" if b["fell"] else "rose" if b["peak_n"] == b["last_n"] else "held"
+    key = f"recipes.overoptimization.sentence_bon_{verdict}"
+    if with_ppo:
+        # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
+        # the gold score in order of KL, tested against its own noise
+        p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
+        proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
+        params.update({"ppo_proxy0": rnd(proxy_first), "ppo_proxy1": rnd(proxy_last),
+                       "ppo_peak_kl": rnd(p["peak_x"]), "ppo_peak": rnd(p["peak"]),
+                       "ppo_first": rnd(p["first"]), "ppo_last": rnd(p["last"]),
+                       "ppo_last_kl": rnd(p["last_x"])})
+        key += f"_ppo_{'fell' if p['fell'] else 'held'}"
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
@@ -241,10 +276,10 @@ register(Recipe(
     name="overoptimization", settings_cls=OveroptimizationSettings,
     plan=plan_overoptimization,
     charts=[Chart("recipes.overoptimization.chart_bon", ["bon_proxy_score", "bon_gold_score"],
-                  x="kl_bon", runs=["bon"]),
+                  x="kl_bon", x_transform="sqrt", runs=["bon"]),
             Chart("recipes.overoptimization.chart_ppo", ["score_mean", "gold_score"],
                   x="kl", x_transform="sqrt", runs=["ppo"])],
-    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=10))
+    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=12))
 
 
 # ==========================================================================================
@@ -546,13 +581,27 @@ register(Recipe(
 # ==========================================================================================
 @dataclass
 class UncertainRewardSettings(RewardPPOSettings):
-    """Size knobs of the uncertain-reward recipe."""
+    """Size knobs of the uncertain-reward recipe (the 2-core CPU size: about 12 minutes)."""
     k: int = _s("ensemble_k", 3, min=2, max=16)
     dataset: str = _s("reward_dataset", "sample-preferences", widget="page")
     ppo_steps: int = _s("ppo_steps", 10, min=1, max=100_000)
     uncertainty_lambda: float = _s("uncertainty_lambda", 1.0, min=0.0, max=100.0, step=0.1)
     gold_reward: str = _s("gold_reward", "ends_with_period",
                           choices=("", *rewards_builtin.names()))
+
+
+@dataclass
+class UncertainRewardGPUSettings(UncertainRewardSettings):
+    """The uncertain reward at the size where the conservative objective is expected to
+    matter (for a GPU, not measured on the 2-core CPU): 5 members (Coste et al. 2023 found
+    4–5 enough), a small KL penalty (their β = 0.01), and PPO long and wide enough for the
+    mean-optimising policy to leave the region its reward models agree on."""
+    k: int = _s("ensemble_k", 5, min=2, max=16)
+    reward_steps: int = _s("reward_steps", 200, min=1, max=100_000)
+    ppo_steps: int = _s("ppo_steps", 300, min=1, max=100_000)
+    beta: float = _s("ppo_beta", 0.01, min=0.0, max=100.0, step=0.01)
+    batch_size: int = _s("batch_size", 64, min=1, max=4096)
+    max_new_tokens: int = _s("max_new_tokens", 64, min=1, max=4096)
 
 
 def plan_uncertain_reward(s: UncertainRewardSettings) -> list[PlannedRun]:
@@ -572,6 +621,31 @@ def plan_uncertain_reward(s: UncertainRewardSettings) -> list[PlannedRun]:
     ]
 
 
+def window_size(steps: int) -> int:
+    """How many steps a window of `window_mean_se` holds: half the run, at least 2."""
+    return max(2, steps // 2) if steps >= 2 else steps
+
+
+def window_mean_se(xs: list[float], first: bool = False) -> tuple[float | None, float | None]:
+    """The mean of the last (or first) half of a run's per-step values (at least 2 steps)
+    and its standard error over those steps (objectives.mean_standard_error: each step's
+    value is one batch's mean, the steps are the unit that varies)."""
+    if not xs:
+        return None, None
+    k = window_size(len(xs))
+    part = xs[:k] if first else xs[-k:]
+    return mean(part), mean_standard_error(part)
+
+
+def beyond_noise(diff: float | None, *ses: float | None) -> tuple[float | None, bool]:
+    """The SE of a difference of independent means, sqrt(Σ SE²), and whether `diff`
+    exceeds FALL_SE of them (False when a SE is unknown)."""
+    if diff is None or any(se is None for se in ses):
+        return None, False
+    se = math.sqrt(sum(x * x for x in ses))
+    return se, diff > FALL_SE * se
+
+
 def summarize_uncertain_reward(store, group: dict, runs: dict[str, dict]) -> dict:
     table, stats = [], {}
     members = sorted(k for k in runs if k.startswith("rm_"))
@@ -582,33 +656,62 @@ def summarize_uncertain_reward(store, group: dict, runs: dict[str, dict]) -> dic
     for key in ("ppo_mean", "ppo_conservative"):
         run = runs.get(key)
         std = values(store, run, "reward_ensemble_std")
-        s0, s1 = head_tail(std)
+        s0, s0_se = window_mean_se(std, first=True)
+        s1, s1_se = window_mean_se(std)
         gold = values(store, run, "gold_score")
-        row = {"run": key, "ensemble_std_first": rnd(s0, 3), "ensemble_std_last": rnd(s1, 3),
+        g1, g1_se = window_mean_se(gold)
+        row = {"run": key, "ensemble_std_first": rnd(s0, 3), "ensemble_std_first_se": rnd(s0_se, 3),
+               "ensemble_std_last": rnd(s1, 3), "ensemble_std_last_se": rnd(s1_se, 3),
                "ensemble_std_mean": rnd(mean(std), 3),
                "score_last": rnd(head_tail(values(store, run, "score_mean"))[1], 3),
                "kl_last": rnd(head_tail(values(store, run, "kl"))[1], 3),
-               "gold_last": rnd(head_tail(gold)[1], 3) if gold else None}
+               "gold_last": rnd(g1, 3) if gold else None,
+               "gold_last_se": rnd(g1_se, 3) if gold else None,
+               "steps": len(std)}
         table.append(row)
-        stats[key] = row
+        stats[key] = {**row, "raw": (s0, s0_se, s1, s1_se, g1, g1_se)}
     if any(stats[k]["ensemble_std_mean"] is None for k in ("ppo_mean", "ppo_conservative")):
         return incomplete(runs, members + ["ppo_mean", "ppo_conservative"], table)
     m, c = stats["ppo_mean"], stats["ppo_conservative"]
-    lam = (runs["ppo_conservative"].get("config") or {}).get("uncertainty_lambda")
-    params = {"k": len(members), "lam": lam, "std0": m["ensemble_std_first"],
-              "std_mean": m["ensemble_std_last"], "std_cons": c["ensemble_std_last"],
+    (m0, m0_se, m1, m1_se, mg, mg_se), (_, _, c1, c1_se, cg, cg_se) = m["raw"], c["raw"]
+    cfg = runs["ppo_conservative"].get("config") or {}
+    # did the mean-optimising run reach answers the members disagree on (its σ rose)?
+    rise_se, _ = beyond_noise(m1 - m0, m0_se, m1_se)
+    # the effect: the conservative run ends where the members disagree less
+    d_std_se, lower = beyond_noise(m1 - c1, m1_se, c1_se)
+    with_gold = mg is not None and cg is not None
+    d_gold_se = beyond_noise(cg - mg, mg_se, cg_se)[0] if with_gold else None
+    gpu = UncertainRewardGPUSettings()
+    params = {"k": len(members), "lam": cfg.get("uncertainty_lambda"),
+              "steps": m["steps"], "steps_half": window_size(m["steps"]),
+              "batch": cfg.get("batch_size"), "beta": cfg.get("beta"),
+              "std0": rnd(m0, 3), "std_mean": rnd(m1, 3), "std_mean_se": rnd(m1_se, 3),
+              "std_cons": rnd(c1, 3), "std_cons_se": rnd(c1_se, 3),
+              "d_std": rnd(m1 - c1, 3), "d_std_se": rnd(d_std_se, 3),
+              "rise": rnd(m1 - m0, 3), "rise_se": rnd(rise_se, 3),
               "kl_mean": m["kl_last"], "kl_cons": c["kl_last"],
-              "gold_mean": m["gold_last"], "gold_cons": c["gold_last"]}
-    # the effect: the conservative run ends where the members disagree clearly less
-    shows = c["ensemble_std_last"] <= 0.9 * m["ensemble_std_last"]
-    key = "recipes.uncertain_reward.sentence_" + ("shows" if shows else "no_effect") + \
-        ("_gold" if m["gold_last"] is not None and c["gold_last"] is not None else "")
+              "gold_mean": rnd(mg, 3), "gold_mean_se": rnd(mg_se, 3),
+              "gold_cons": rnd(cg, 3), "gold_cons_se": rnd(cg_se, 3),
+              "d_gold": rnd(cg - mg, 3) if with_gold else None, "d_gold_se": rnd(d_gold_se, 3),
+              "gpu_k": gpu.k, "gpu_steps": gpu.ppo_steps, "gpu_batch": gpu.batch_size,
+              "gpu_beta": gpu.beta}
+    params = {k: ("?" if v is None else v) for k, v in params.items()}
+    # the sentence claims the effect on σ only beyond its noise; the gold scores and the
+    # rise of σ under the mean come with their standard errors for the reader to weigh
+    key = "recipes.uncertain_reward.sentence_" + ("shows" if lower else "no_effect") + \
+        ("_gold" if with_gold else "")
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
+UNCERTAIN_CHARTS = line_charts("uncertain_reward", {"std": "reward_ensemble_std",
+                                                    "score": "score_mean", "gold": "gold_score"},
+                               ["ppo_mean", "ppo_conservative"])
 register(Recipe(
     name="uncertain_reward", settings_cls=UncertainRewardSettings, plan=plan_uncertain_reward,
-    charts=line_charts("uncertain_reward", {"std": "reward_ensemble_std", "score": "score_mean",
-                                            "gold": "gold_score"},
-                       ["ppo_mean", "ppo_conservative"]),
-    summarize=summarize_uncertain_reward, formula="conservative_reward", minutes=10))
+    charts=UNCERTAIN_CHARTS, summarize=summarize_uncertain_reward,
+    formula="conservative_reward", minutes=12))
+# the same recipe at the size where its effect is expected: offered for a GPU
+register(Recipe(
+    name="uncertain_reward_gpu", settings_cls=UncertainRewardGPUSettings,
+    plan=plan_uncertain_reward, charts=UNCERTAIN_CHARTS, summarize=summarize_uncertain_reward,
+    formula="conservative_reward", minutes=40, device="gpu"))

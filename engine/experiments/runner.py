@@ -264,9 +264,12 @@ def sweep_table(store: Store, group: dict, runs: dict[str, dict]) -> list[dict]:
 def charts_of(group: dict) -> list[Chart]:
     if group.get("recipe"):
         try:
-            return list(get_recipe(group["recipe"]).charts)
+            charts = get_recipe(group["recipe"]).charts
         except KeyError:
             return []
+        # a chart of planned runs the group's size left out (PPO at ppo_steps = 0) is dropped
+        planned = {p.key for p in plan_of(group)}
+        return [c for c in charts if c.runs is None or not planned or planned & set(c.runs)]
     stage = group.get("stage") or ""
     return [Chart(f"metrics.{m}", [m]) for m in SWEEP_CHARTS.get(stage, ())]
 

@@ -11,7 +11,8 @@ proxy (a reward-model run or a built-in rule) and the gold reward (a rule or a r
 run), then for n = 1, 2, 4, …, n_max logs at step n the expected proxy and gold score of
 best-of-n, estimated without bias from the n_max samples of each prompt
 (objectives.best_of_n_estimate: the weights C(N−k, n−1)/C(N, n) over proxy ranks),
-averaged over the prompts.
+averaged over the prompts, with its standard error over the prompts. Every n reuses the
+same n_max samples: the whole curve costs one sampling pass and one scoring pass.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from engine.objectives import best_of_n_estimate, kl_best_of_n
+from engine.objectives import best_of_n_estimate, kl_best_of_n, mean_standard_error
 from engine.schema import ADVANCED, ConfigError, SamplingSettings, StageConfig, like, setting
 from engine.training import rewards_builtin
 from engine.training.ppo import check_gold
@@ -80,18 +81,36 @@ def scorer_of(store, rule: str, params: dict | None, run_id: int | None):
 def best_of_n_curve(proxy: list[list[float]], gold: list[list[float]] | None,
                     n_max: int) -> list[dict[str, float]]:
     """For n = 1, 2, 4, …, n_max: KL_bon(n) and the expected proxy (and gold) score of
-    best-of-n by the proxy, each prompt's estimate from its n_max samples, averaged over
-    prompts. proxy/gold: [prompts][n_max]."""
-    out, n = [], 1
+    best-of-n by the proxy, each prompt's estimate from its n_max samples (the same samples
+    for every n), averaged over prompts. proxy/gold: [prompts][n_max].
+
+    With two prompts or more each score also gets its standard error over the prompts
+    (`*_se`, objectives.mean_standard_error of the per-prompt estimates), and the gold score
+    the paired SE of its gap to the last point (`bon_gold_gap_se`: the SE of the per-prompt
+    differences gold_i(n) − gold_i(n_max)), the noise a fall after a peak is tested against.
+    """
+    golds = gold if gold is not None else proxy
+    per_n: list[tuple[int, list[tuple[float, float]]]] = []
+    n = 1
     while n <= n_max:
-        ests = [best_of_n_estimate(p, g if gold is not None else p, n)
-                for p, g in zip(proxy, gold if gold is not None else proxy)]
+        per_n.append((n, [best_of_n_estimate(p, g, n) for p, g in zip(proxy, golds)]))
+        n *= 2
+    last_gold = [e[1] for e in per_n[-1][1]]
+    out = []
+    for n, ests in per_n:
         row = {"bon_n": float(n), "kl_bon": kl_best_of_n(n),
                "bon_proxy_score": sum(e[0] for e in ests) / len(ests)}
+        se = mean_standard_error([e[0] for e in ests])
+        if se is not None:
+            row["bon_proxy_score_se"] = se
         if gold is not None:
             row["bon_gold_score"] = sum(e[1] for e in ests) / len(ests)
+            se = mean_standard_error([e[1] for e in ests])
+            if se is not None:
+                row["bon_gold_score_se"] = se
+                row["bon_gold_gap_se"] = mean_standard_error(
+                    [e[1] - g for e, g in zip(ests, last_gold)])
         out.append(row)
-        n *= 2
     return out
 
 
@@ -146,11 +165,7 @@ def run_best_of_n(cfg: BestOfNConfig, ctx) -> dict:
     gold = by_prompt(gold_scorer.score(flat_prompts, flat_answers)) if gold_scorer else None
     curve = best_of_n_curve(proxy, gold, N)
     for row in curve:
-        metrics = {"bon_n": row["bon_n"], "kl_bon": row["kl_bon"],
-                   "bon_proxy_score": row["bon_proxy_score"]}
-        if gold is not None:
-            metrics["bon_gold_score"] = row["bon_gold_score"]
-        ctx.metrics(int(row["bon_n"]), metrics)
+        ctx.metrics(int(row["bon_n"]), row)
     # the samples: one answer of each prompt (n = 1) and the proxy's pick of all N (n = N)
     for step, pick in ((1, lambda p: 0), (N, lambda p: max(range(N), key=lambda i: p[i]))):
         rows = []
