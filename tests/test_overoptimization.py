@@ -10,7 +10,7 @@ import math
 import pytest
 
 from engine import objectives as O
-from engine.experiments.plan import recipes
+from engine.experiments.catalogue import recipes
 from engine.training.best_of_n import best_of_n_curve
 
 

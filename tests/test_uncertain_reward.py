@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.experiments.plan import recipes
+from engine.experiments.catalogue import recipes
 from tests.test_overoptimization import check_wording
 
 
