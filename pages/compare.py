@@ -37,7 +37,8 @@ def capability_section(cid: int, cfg: dict, summary: list[dict], rows: list[dict
     set_name = cfg.get("capability") or SHIPPED
     questions = cap[0]["n"] if cap else 0
     st.caption(t("compare.cap_set_shipped", n=questions) if set_name == SHIPPED
-               else t("compare.cap_set_dataset", name=set_name, n=questions))
+               else t("compare.cap_set_dataset", name=set_name, n=questions,
+                      split=cfg.get("split") or "eval"))
 
     def versus_base(model: str) -> str:
         if model == "base":

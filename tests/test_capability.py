@@ -84,6 +84,25 @@ def test_a_bad_question_file_names_line_and_field(tmp_path):
         load_questions(path)
 
 
+def test_an_sft_dataset_as_the_question_set(store):
+    from engine.capability import questions_for
+    from engine.data import ensure_sample_datasets
+    from storage import NotFound
+
+    ensure_sample_datasets(store)
+    completions = {r["prompt"]: r["response"] for r in store.list_rows("sample-sft",
+                                                                       split="eval")}
+    questions = questions_for(store, "sample-sft", "eval", limit=3, seed=0)
+    assert len(questions) == 3
+    for q in questions:   # the prompt as it is, the completion's first sentence the reference
+        assert q["references"] == [first_sentence(completions[q["prompt"]])]
+        assert is_correct(completions[q["prompt"]], q["references"])
+    with pytest.raises(ValueError, match="'sample-preferences' is a preference dataset"):
+        questions_for(store, "sample-preferences", "eval")
+    with pytest.raises(NotFound, match="nope"):
+        questions_for(store, "nope")
+
+
 # -- accuracy, interval, verdict -----------------------------------------------------------------
 def _rows(model: str, correct: int, n: int = 10) -> list[dict]:
     return [{"model": model, "question_id": f"q{i}", "lang": "en" if i % 2 else "fr",
