@@ -63,8 +63,9 @@ def capability_section(cid: int, cfg: dict, summary: list[dict], rows: list[dict
     sentence = retention_sentence(cap)
     if sentence:
         st.markdown(t(sentence["key"], **sentence["params"]))
-    else:
-        st.caption(t("compare.cap_need_base"))
+    else:  # nothing to compare: no base model, or the base model alone
+        st.caption(t("compare.cap_need_other" if [c["model"] for c in cap] == ["base"]
+                     else "compare.cap_need_base"))
     st.caption(t("compare.cap_rule"))
     with st.expander(t("compare.cap_answers"), icon=":material/quiz:"):
         by_question: dict[str, dict] = {}

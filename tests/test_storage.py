@@ -133,6 +133,6 @@ def test_a_version_2_database_is_upgraded_in_place_and_keeps_its_runs(lab_home):
     db.conn.commit()
     db.close()
     again = Store(path)
-    assert again.schema_version() == 4
+    assert again.schema_version() == 5
     assert again.get_run(run_id)["config"] == {"max_steps": 3}
     assert {"run_groups", "constitutions"} <= set(again.db.table_names())
