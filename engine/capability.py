@@ -11,11 +11,13 @@ and each answer is scored against the question's references by a normalised matc
 Normalising (`normalize`) lower-cases, maps œ/æ to oe/ae, strips accents, turns
 punctuation (apostrophes and hyphens included) into spaces, writes the number words of
 English and French as digits ("twenty-four", "vingt-quatre", "dix-huit", "vingt et un" ->
-"24", "24", "18", "21"; up to 99, "hundred"/"cent" and "thousand"/"mille" alone), then drops
-the articles "the a an le la les l un une" (the French elided l' too). So "The capital is
-Paris." matches "Paris", "vingt-cinq" matches "25", while "Parisian" does not match
-"Paris" and "120" does not match "12" (whole words only). A model that lists several
-candidates in its first sentence is credited; greedy short answers rarely do that.
+"24", "24", "18", "21"; English up to 99, French up to 69, "hundred"/"cent" and
+"thousand"/"mille" alone), then drops the articles "the a an le la les l un une" (the
+French elided l' too). So "The capital is Paris." matches "Paris", "vingt-cinq" matches
+"25", while "Parisian" does not match "Paris" and "120" does not match "12" (whole words
+only). A model that lists several candidates in its first sentence is credited (the
+embedded model once answers 72 / 8 with "seven-two-three-four-five-six-seven-eight-nine");
+greedy short answers rarely do that.
 
 The shipped set (assets/capability_questions.jsonl, written for this project: capitals,
 arithmetic, colours, simple science, EN and FR) is built so that no reference appears in
