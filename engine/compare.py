@@ -27,7 +27,7 @@ import torch
 from engine.inference.chat import IGNORE_INDEX, collate_completions, encode_completion, prompt_text
 from engine.objectives import logprobs_from_logits
 from engine.training.reward import pearson
-from engine.schema import SamplingSettings, StageConfig, like
+from engine.schema import ConfigError, SamplingSettings, StageConfig, like
 
 MAX_MODELS = 5  # base, SFT, PPO, DPO and GRPO side by side
 CHOICES = ("a", "b", "tie")
@@ -49,6 +49,20 @@ class CompareConfig(StageConfig, SamplingSettings):
     seed: int = 0
     batch_size: int = 8
     compute_kl: bool = True
+    # capability retention (engine.capability): "shipped" (the shipped EN/FR questions), an
+    # SFT dataset's name (its prompts and completions), or None to skip; answered greedily
+    capability: str | None = "shipped"
+    capability_limit: int = 0          # > 0: ask only this many questions (0: all)
+    capability_max_new_tokens: int = 24
+
+    def check(self) -> None:
+        if self.capability_limit < 0:
+            raise ConfigError("capability_limit", "must be 0 (every question) or more, "
+                                                  f"not {self.capability_limit}")
+        if self.capability_max_new_tokens < 1:
+            raise ConfigError("capability_max_new_tokens", "must be at least 1")
+        if self.capability is not None and not str(self.capability).strip():
+            raise ConfigError("capability", "give 'shipped', an SFT dataset's name, or none")
 
 
 # -- equations -------------------------------------------------------------------------
@@ -179,6 +193,7 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
         raise ValueError("compare: the same model is chosen twice")
     labels = {s: source_of(store, s)[2] for s in sources}  # fails early on a bad run id
     prompts = resolve_prompts(store, cfg)
+    questions = (capability_questions(store, cfg) if cfg.capability else [])
     sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                               top_p=cfg.top_p, greedy=cfg.greedy, seed=cfg.seed,
                               batch_size=cfg.batch_size)
@@ -186,6 +201,7 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
     answers: dict[str, list[str]] = {}
     kls: dict[str, list[float | None]] = {}
     lengths: dict[str, list[int]] = {}
+    capability_rows: list[dict] = []
     for i, source in enumerate(sources):
         ctx.check_cancel()
         ctx.progress(i, total, f"{labels[source]}: {len(prompts)} answers")
@@ -201,7 +217,14 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
                 kls[source] = source_kl(model, tok, prompts, answers[source], cfg.batch_size)
             else:
                 kls[source] = [None] * len(prompts)
-        ctx.log(f"{labels[source]}: {len(prompts)} answers in {time.perf_counter() - t0:.1f} s")
+            if questions:
+                ctx.check_cancel()
+                ctx.progress(i, total, f"{labels[source]}: {len(questions)} questions")
+                capability_rows += score_capability(model, tok, questions, cfg,
+                                                    labels[source], source)
+        ctx.log(f"{labels[source]}: {len(prompts)} answers"
+                + (f", {len(questions)} questions" if questions else "")
+                + f" in {time.perf_counter() - t0:.1f} s")
     rewards: dict[str, list[float | None]] = {s: [None] * len(prompts) for s in sources}
     if cfg.reward_run:
         ctx.check_cancel()
@@ -225,9 +248,34 @@ def run_compare(cfg: CompareConfig, ctx) -> dict:
                          "source": source, "words": len(words(answers[source][j]))})
     store.add_comparison_outputs(comparison_id, rows)
     summary = model_summary(rows)
+    out = {"comparison_id": comparison_id, "prompts": len(prompts),
+           "models": [labels[s] for s in sources], "per_model": summary}
+    if questions:
+        from engine.capability import capability_summary, retention_sentence
+
+        store.add_capability_answers(comparison_id, capability_rows)
+        cap = capability_summary(capability_rows)
+        out["capability"] = {"set": cfg.capability, "questions": len(questions),
+                             "per_model": cap, "sentence": retention_sentence(cap)}
     ctx.progress(total, total, "done")
-    return {"comparison_id": comparison_id, "prompts": len(prompts),
-            "models": [labels[s] for s in sources], "per_model": summary}
+    return out
+
+
+def capability_questions(store, cfg: CompareConfig) -> list[dict]:
+    """The comparison's capability questions (engine.capability.questions_for)."""
+    from engine.capability import questions_for
+
+    return questions_for(store, cfg.capability, cfg.split, cfg.capability_limit, cfg.seed)
+
+
+def score_capability(model, tok, questions: list[dict], cfg: CompareConfig, label: str,
+                     source: str) -> list[dict]:
+    """One model's greedy answers to the questions, each scored (engine.capability)."""
+    from engine.capability import answer_questions, score_rows
+
+    answers = answer_questions(model, tok, questions, cfg.capability_max_new_tokens,
+                               max(cfg.batch_size, 16))
+    return score_rows(label, source, questions, answers)
 
 
 def method_of(label: str) -> str:
@@ -412,3 +460,111 @@ def short_prompt(prompt: Any, width: int = 80) -> str:
     text = prompt_text(prompt) if not isinstance(prompt, str) else prompt
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
+
+
+# -- headless: `python -m engine compare` -----------------------------------------------------
+def parse_sources(text: str) -> list[str]:
+    """"base,12,15" -> ["base", "12", "15"]; anything else than base or a run id is named."""
+    out = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        if part != "base" and not part.isdigit():
+            raise ValueError(f"compare: source {part!r} is neither 'base' nor a run id")
+        out.append(part)
+    if not out:
+        raise ValueError("compare: --sources names no model (e.g. --sources base,12)")
+    return out
+
+
+def check_headless(store, cfg: CompareConfig) -> None:
+    """What the job would fail on, said before anything runs, naming the source or dataset."""
+    from engine.inference.models import ModelLoadError, source_of
+    from storage import NotFound
+
+    for source in cfg.sources:
+        try:
+            source_of(store, source)
+        except (NotFound, ModelLoadError) as exc:
+            raise ValueError(f"compare: source {source}: {exc}") from None
+    names = [d["name"] for d in store.list_datasets()]
+    for what, name in (("--prompts", cfg.dataset), ("--capability", cfg.capability)):
+        if name and name != "shipped" and name not in names:
+            raise ValueError(f"compare: {what} dataset {name!r} does not exist; known: "
+                             f"{', '.join(sorted(names)) or 'none'}")
+    if cfg.reward_run is not None:
+        try:
+            run = store.get_run(int(cfg.reward_run))
+        except NotFound as exc:
+            raise ValueError(f"compare: --reward-run {cfg.reward_run}: {exc}") from None
+        if run["stage"] != "reward" or run["status"] != "succeeded":
+            raise ValueError(f"compare: --reward-run {cfg.reward_run} is a {run['status']} "
+                             f"{run['stage']} run, not a finished reward run")
+    resolve_prompts(store, cfg)
+    if cfg.capability:
+        capability_questions(store, cfg)
+
+
+def headless_report(summary: dict) -> dict:
+    """The comparison's table as one JSON-ready dict: per model its reward, length, KL,
+    distinct-1/2 and capability accuracy with its 95 % interval and n."""
+    from engine.experiments.cli import sentence_text
+
+    cap = summary.get("capability") or {}
+    cap_by_model = {c["model"]: c for c in cap.get("per_model") or []}
+    models = []
+    for s in summary.get("per_model") or []:
+        c = cap_by_model.get(s["model"])
+        models.append({**s, "capability": None if c is None else
+                       {k: c[k] for k in ("accuracy", "low", "high", "n", "correct", "by_lang")}})
+    out = {"comparison_id": summary.get("comparison_id"), "prompts": summary.get("prompts"),
+           "models": models}
+    if cap:
+        out["capability"] = {"set": cap["set"], "questions": cap["questions"],
+                             "sentence": sentence_text(cap.get("sentence"))}
+    return out
+
+
+def cmd_compare(args) -> int:
+    from engine.cli import print_json, store_of
+    from engine.runtime import stages
+    from engine.runtime.jobs import run_sync
+
+    data = stages.apply_overrides({}, args.set)
+    data["sources"] = parse_sources(args.sources)
+    data["dataset"] = args.prompts
+    if args.reward_run is not None:
+        data["reward_run"] = args.reward_run
+    if args.capability is not None:
+        data["capability"] = None if args.capability.lower() == "none" else args.capability
+    cfg = stages.get("compare").make_config(data)
+    store = store_of(args)
+    check_headless(store, cfg)
+    t0 = time.perf_counter()
+    run = run_sync(store, "compare", cfg, name=args.name)
+    out = {"run_id": run["id"], "status": run["status"],
+           "seconds": round(time.perf_counter() - t0, 2), "dataset": cfg.dataset,
+           "split": cfg.split, **headless_report(run["summary"] or {})}
+    if run["error"]:
+        out["error"] = run["error"].split("\n\n")[0]
+    print_json(out)
+    return 0 if run["status"] == "succeeded" else 1
+
+
+def register_cli(subparsers) -> None:
+    """`compare --sources base,ID,... --prompts DATASET` for `python -m engine`."""
+    p = subparsers.add_parser(
+        "compare", help="answer a dataset's prompts with the base model and runs; print "
+                        "reward, length, KL, diversity and capability accuracy as JSON")
+    p.add_argument("--sources", required=True, metavar="base,ID,...",
+                   help=f"'base' and/or finished run ids, comma-separated (1 to {MAX_MODELS})")
+    p.add_argument("--prompts", required=True, metavar="DATASET",
+                   help="the dataset whose prompts are answered (split and num_prompts by --set)")
+    p.add_argument("--reward-run", type=int, help="a finished reward run: score every answer")
+    p.add_argument("--capability", metavar="shipped|DATASET|none",
+                   help="the capability question set (default: the shipped EN/FR questions)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other setting of the comparison (num_prompts, split, seed, "
+                        "max_new_tokens, greedy, capability_limit, model, ...)")
+    p.add_argument("--name")
+    p.set_defaults(func=cmd_compare)

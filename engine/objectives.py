@@ -704,3 +704,29 @@ LATEX.update({
     "distinct_n": r"\text{distinct-}n = \frac{|\{\text{unique } n\text{-grams}\}|}"
                   r"{|\{n\text{-grams}\}|}",
 })
+
+
+# ======================================================================================
+# What RLHF costs (issue 24): capability retention on a question set
+# ======================================================================================
+@equation(r"\mathrm{acc}_{\mathrm{cap}} = \frac{1}{n}\sum_{i=1}^{n}"
+          r"\mathbb{1}\big[\mathrm{match}(\hat y_i, \mathcal{R}_i)\big]")
+def capability_accuracy(correct: list[bool]) -> float | None:
+    """acc_cap = (1/n) Σ_i 1[match(ŷ_i, R_i)]: the share of the n questions whose greedy
+    answer ŷ_i matches one of the question's references R_i (the rule of
+    engine.capability.is_correct). None when there is no question."""
+    return sum(1 for c in correct if c) / len(correct) if correct else None
+
+
+@equation(r"\text{retention} = \begin{cases}\text{lower} & u_m < l_0\\ "
+          r"\text{higher} & l_m > u_0\\ \text{same} & \text{otherwise}\end{cases}")
+def retention_verdict(low: float, high: float, base_low: float, base_high: float) -> str:
+    """retention = 'lower' if u_m < l_0, 'higher' if l_m > u_0, else 'same': a model's 95%
+    interval [l_m, u_m] of its accuracy against the base model's [l_0, u_0]. Only intervals
+    that do not overlap count as a difference (a conservative test: overlapping intervals
+    can still hide a real difference, but never show one that is not there)."""
+    if high < base_low:
+        return "lower"
+    if low > base_high:
+        return "higher"
+    return "same"

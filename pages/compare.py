@@ -3,6 +3,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from engine.capability import SHIPPED, capability_summary, load_questions, retention_sentence
 from engine.compare import (MAX_MODELS, CompareConfig, blind_items, comparison_models,
                             model_summary, outputs_by_prompt, pending_items, record_vote,
                             reward_preference, short_prompt, win_rate)
@@ -20,6 +21,61 @@ st.caption(t("compare.intro"))
 
 def _fmt(value, digits: int = 3) -> str:
     return "—" if value is None else f"{value:.{digits}g}"
+
+
+def _pct(value) -> str:
+    return "—" if value is None else f"{value:.0%}"
+
+
+def capability_section(cid: int, cfg: dict, summary: list[dict], rows: list[dict]) -> None:
+    """Accuracy on the question set per model with its 95% interval, beside the mean reward
+    and the blind A/B win rate against the base, and the sentence computed from them."""
+    cap = capability_summary(rows)
+    votes = store.list_votes(cid)
+    reward_of = {s["model"]: s["mean_reward"] for s in summary}
+    st.subheader(t("compare.cap_title"))
+    set_name = cfg.get("capability") or SHIPPED
+    questions = cap[0]["n"] if cap else 0
+    st.caption(t("compare.cap_set_shipped", n=questions) if set_name == SHIPPED
+               else t("compare.cap_set_dataset", name=set_name, n=questions,
+                      split=cfg.get("split") or "eval"))
+
+    def versus_base(model: str) -> str:
+        if model == "base":
+            return "—"
+        wr = win_rate(votes, model, "base")
+        if not wr["n"]:
+            return "—"
+        return t("compare.cap_win", rate=_pct(wr["rate"]), votes=tn("compare.votes", wr["n"]),
+                 low=_pct(wr["low"]), high=_pct(wr["high"]))
+
+    table = pd.DataFrame([{
+        t("compare.col_model"): c["model"],
+        t("compare.cap_col_accuracy"): _pct(c["accuracy"]),
+        t("compare.cap_col_interval"): f"{_pct(c['low'])} – {_pct(c['high'])}",
+        t("compare.cap_col_correct"): t("compare.cap_correct", correct=c["correct"], n=c["n"]),
+        t("compare.cap_col_langs"): " · ".join(f"{lang.upper()} {_pct(v['accuracy'])}"
+                                               for lang, v in c["by_lang"].items()) or "—",
+        t("compare.col_reward"): _fmt(reward_of.get(c["model"])),
+        t("compare.cap_col_win"): versus_base(c["model"]),
+    } for c in cap])
+    st.dataframe(table, hide_index=True, width="stretch")
+    sentence = retention_sentence(cap)
+    if sentence:
+        st.markdown(t(sentence["key"], **sentence["params"]))
+    else:  # nothing to compare: no base model, or the base model alone
+        st.caption(t("compare.cap_need_other" if [c["model"] for c in cap] == ["base"]
+                     else "compare.cap_need_base"))
+    st.caption(t("compare.cap_rule"))
+    with st.expander(t("compare.cap_answers"), icon=":material/quiz:"):
+        by_question: dict[str, dict] = {}
+        for r in rows:
+            item = by_question.setdefault(r["question_id"], {
+                t("compare.cap_col_question"): r["prompt"],
+                t("compare.cap_col_reference"): " / ".join(r["references"])})
+            item[r["model"]] = ("✓ " if r["correct"] else "✗ ") + (r["answer"] or "")
+        st.dataframe(pd.DataFrame(list(by_question.values())), hide_index=True,
+                     width="stretch")
 
 
 def comparison_picker(key: str) -> int | None:
@@ -80,6 +136,21 @@ with tab_new:
         rewards[run["id"]] = run_label(run)
     reward_run = translated_choice(st.selectbox, t("compare.reward_run"), list(rewards),
                                    "compare_reward", rewards.get, help=t("compare.reward_help"))
+    # capability retention: the shipped questions (default), an SFT dataset's, or none
+    capabilities = {SHIPPED: t("compare.cap_shipped", n=len(load_questions()))}
+    for d in D.list_datasets(store, kind="sft"):
+        capabilities[d["name"]] = t("compare.cap_dataset", name=d["name"])
+    capabilities[None] = t("compare.cap_none")
+    c1, c2 = st.columns([3, 1])
+    with c1:
+        capability = translated_choice(st.selectbox, t("compare.cap_set"), list(capabilities),
+                                       "compare_capability", capabilities.get,
+                                       help=t("compare.cap_help"))
+    cap_limit = int(c2.number_input(t("compare.cap_limit"), 0, 10_000, 0, key="cmp_cap_limit",
+                                    help=t("compare.cap_limit_help"),
+                                    disabled=capability is None))
+    if capability not in (SHIPPED, None):
+        st.caption(t("compare.cap_dataset_note"))
     with st.expander(t("compare.sampling"), icon=":material/tune:"):
         c1, c2, c3, c4 = st.columns(4)
         d = CompareConfig()
@@ -106,7 +177,8 @@ with tab_new:
                                 prompts=prompts, dataset=dataset, split=split,
                                 num_prompts=num_prompts, reward_run=reward_run,
                                 max_new_tokens=max_new, temperature=temperature, top_p=top_p,
-                                greedy=greedy, seed=seed, compute_kl=compute_kl)
+                                greedy=greedy, seed=seed, compute_kl=compute_kl,
+                                capability=capability, capability_limit=cap_limit)
             st.session_state["compare_job"] = jobs.submit("compare", cfg)
 
     job_id = st.session_state.get("compare_job")
@@ -147,6 +219,9 @@ with tab_results:
             st.caption(t("compare.kl_negative"))
         if any(s["reward_length_corr"] is None for s in summary):
             st.caption(t("compare.corr_undefined"))
+        capability_rows = store.get_capability_answers(cid)
+        if capability_rows:
+            capability_section(cid, cfg, summary, capability_rows)
         scored = [o for o in outputs if o.get("reward") is not None]
         if scored:
             df = pd.DataFrame([{"model": o["model"], "length": o["length"],

@@ -18,7 +18,7 @@ from typing import Any, Iterable
 
 import sqlite_utils
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
 RUN_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "interrupted")
 FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")
@@ -126,6 +126,7 @@ class Store:
             self._add_v2(db)
             self._add_v3(db)
             self._add_v4(db)
+            self._add_v5(db)
             db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
 
     @staticmethod
@@ -201,6 +202,16 @@ class Store:
         for name in ("step_time", "earlier_seconds"):
             if name not in have:
                 db["runs"].add_column(name, float)
+
+    @staticmethod
+    def _add_v5(db: sqlite_utils.Database) -> None:
+        """Capability answers of a comparison (issue 24): each model's greedy answer to each
+        question of the set, its references and whether it matched."""
+        db["capability_answers"].create(
+            {"id": int, "comparison_id": int, "model": str, "source": str, "question_id": str,
+             "lang": str, "prompt": str, "refs": str, "answer": str, "correct": int},
+            pk="id", foreign_keys=[("comparison_id", "comparisons", "id")], if_not_exists=True)
+        db["capability_answers"].create_index(["comparison_id"], if_not_exists=True)
 
     @staticmethod
     def _add_v3(db: sqlite_utils.Database) -> None:
@@ -711,6 +722,25 @@ class Store:
         for r in self.db["comparison_outputs"].rows_where(
                 "comparison_id = ?", [int(comparison_id)], order_by="prompt_index, id"):
             r["extra"] = _loads(r["extra"], {})
+            rows.append(r)
+        return rows
+
+    def add_capability_answers(self, comparison_id: int, rows: Iterable[dict]) -> None:
+        """Rows {model, source, question_id, lang, prompt, references, answer, correct}."""
+        recs = [{"comparison_id": int(comparison_id), "model": r["model"],
+                 "source": str(r.get("source") or ""), "question_id": str(r["question_id"]),
+                 "lang": r.get("lang"), "prompt": split_prompt(r["prompt"])[0],
+                 "refs": _dumps(list(r["references"])), "answer": r["answer"],
+                 "correct": int(bool(r["correct"]))} for r in rows]
+        with self._write():
+            self.db["capability_answers"].insert_all(recs)
+
+    def get_capability_answers(self, comparison_id: int) -> list[dict]:
+        rows = []
+        for r in self.db["capability_answers"].rows_where(
+                "comparison_id = ?", [int(comparison_id)], order_by="id"):
+            r["references"] = _loads(r.pop("refs"), [])
+            r["correct"] = bool(r["correct"])
             rows.append(r)
         return rows
 

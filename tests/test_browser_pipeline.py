@@ -327,6 +327,7 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
                     assert re.search(rf"(^|\W){method} ·", models.inner_text(), re.M), \
                         models.inner_text()
                 ui.select(label("compare.reward_run"), "reward-")
+                ui.number(label("compare.cap_limit"), 6)   # 3 EN + 3 FR capability questions
                 ui.expand(label("compare.sampling"))
                 ui.number(label("compare.max_new_tokens"), 12)
                 ui.button(label("compare.start"))
@@ -339,6 +340,10 @@ def test_newcomer_runs_the_whole_pipeline_in_a_browser(lab_home, models_home, ti
                 assert sorted(r[method] for r in table[1:]) == sorted(
                     [label("compare.method_base"), "SFT", "PPO", "DPO", "GRPO"]), table
                 assert all(r[reward] != "—" for r in table[1:]), table  # scored by the RM
+                capability = ui.table(1)   # accuracy on the 6 questions, with its interval
+                interval = capability[0].index(label("compare.cap_col_interval"))
+                assert len(capability) == 6 and all(" – " in r[interval]
+                                                    for r in capability[1:]), capability
                 ui.shot("compare-results")
 
                 # -- export the PPO adapter and download it ----------------------------------------

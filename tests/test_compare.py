@@ -125,7 +125,7 @@ def test_comparison_job_end_to_end_with_tiny_model(store, tiny_model_dir):
     jobs = JobManager(store)
     job = jobs.submit("compare", {"model": str(tiny_model_dir), "sources": ["base", rid],
                                   "prompts": prompts, "max_new_tokens": 8, "seed": 3,
-                                  "name": "before-after"})
+                                  "name": "before-after", "capability_limit": 2})
     assert jobs.wait(job, 120) == "succeeded", store.get_run(job)["error"]
     summary = store.get_run(job)["summary"]
     cid = summary["comparison_id"]
@@ -147,6 +147,11 @@ def test_comparison_job_end_to_end_with_tiny_model(store, tiny_model_dir):
     assert [o["response"] for o in run_rows] == again
     assert [o["length"] for o in run_rows] == lengths
     assert {s["model"] for s in summary["per_model"]} == {"base", f"sft#{rid}"}
+    # capability_limit=2: one English and one French question, answered by both models
+    answers = store.get_capability_answers(cid)
+    assert sorted((a["model"], a["lang"]) for a in answers) == [
+        ("base", "en"), ("base", "fr"), (f"sft#{rid}", "en"), (f"sft#{rid}", "fr")]
+    assert [c["n"] for c in summary["capability"]["per_model"]] == [2, 2]
     inference_cache.clear()
 
 
@@ -242,6 +247,7 @@ def test_compare_page_starts_a_job_and_shows_it(store, tiny_model_dir):
     assert at.multiselect(key=widget_key("compare_models")).value == ["base", str(rid)]
     at.text_area(key="compare_prompts").set_value("Hello\nName a colour.")
     at.number_input(key="cmp_mnt").set_value(6)
+    at.number_input(key="cmp_cap_limit").set_value(2)   # capability: tests/test_capability.py
     at.button(key="compare_start").click().run()
     job = at.session_state["compare_job"]
     assert get_manager(store).wait(job, 120) == "succeeded", store.get_run(job)["error"]
@@ -263,7 +269,7 @@ def test_comparison_with_reward_model_on_dataset_prompts(store, tiny_model_dir):
     job = jobs.submit("compare", {"model": str(tiny_model_dir), "sources": [rid, "base"],
                                   "dataset": "prefs", "split": "eval", "num_prompts": 3,
                                   "reward_run": reward_id, "max_new_tokens": 6,
-                                  "compute_kl": False})
+                                  "compute_kl": False, "capability": None})
     assert jobs.wait(job, 180) == "succeeded", store.get_run(job)["error"]
     cid = store.get_run(job)["summary"]["comparison_id"]
     prompts = store.get_comparison(cid)["config"]["prompts"]

@@ -152,7 +152,8 @@ def test_pages_with_finished_runs_render_in_french(store, tiny_model_dir, monkey
     reward_run_with_eval_pairs(store, [0.8, -0.2, 0.3], norm_mean=0.1)
     ppo_run(store)
     for stage, cfg in (("compare", {"prompts": ["Bonjour ?"], "max_new_tokens": 8,
-                                    "sources": ["base", sft], "reward_run": scorer}),
+                                    "sources": ["base", sft], "reward_run": scorer,
+                                    "capability_limit": 4}),
                        ("export", {"run_id": sft})):
         run = run_sync(store, stage, {"model": model, **cfg})
         assert run["status"] == "succeeded", (stage, run["error"])

@@ -98,6 +98,8 @@ QUANTITY = {
     "kappa_interval": ("κ±", r"\kappa^{\pm}"),
     "trend_slope": ("b̂", r"\hat b"),
     "trend_verdict": ("verdict", r"\text{verdict}"),
+    "capability_accuracy": ("acc_cap", r"\mathrm{acc}_{\mathrm{cap}}"),
+    "retention_verdict": ("retention", r"\text{retention}"),
 }
 
 

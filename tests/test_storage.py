@@ -10,9 +10,10 @@ from storage import DatasetExists, NotFound, Store
 
 def test_schema_is_versioned_and_created_on_first_use(lab_home):
     store = Store(lab_home / "fresh.db")
-    assert store.schema_version() == 4
+    assert store.schema_version() == 5
     assert {"datasets", "sft_examples", "pref_pairs", "runs", "metrics", "samples", "artifacts",
-            "votes", "logs", "run_groups", "constitutions"} <= set(store.db.table_names())
+            "votes", "logs", "run_groups", "constitutions",
+            "capability_answers"} <= set(store.db.table_names())
     assert {"group_id", "group_key"} <= set(store.db["runs"].columns_dict)
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     # a second open keeps the data and does not re-create
@@ -132,6 +133,6 @@ def test_a_version_2_database_is_upgraded_in_place_and_keeps_its_runs(lab_home):
     db.conn.commit()
     db.close()
     again = Store(path)
-    assert again.schema_version() == 4
+    assert again.schema_version() == 5
     assert again.get_run(run_id)["config"] == {"max_steps": 3}
     assert {"run_groups", "constitutions"} <= set(again.db.table_names())
