@@ -97,6 +97,8 @@ QUANTITY = {
     "kappa_interval": ("κ±", r"\kappa^{\pm}"),
     "trend_slope": ("b̂", r"\hat b"),
     "trend_verdict": ("verdict", r"\text{verdict}"),
+    "prompt_clustered_mean": ("SE(s̄)", r"\mathrm{SE}(\bar s)"),
+    "difference_with_se": ("Δ", r"\Delta"),
 }
 
 
