@@ -13,6 +13,9 @@ The pages word it in the session's language (`sentences`), the run summary and t
 English (`summary`). No sentence claims a change its numbers do not show."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from engine.objectives import TREND_SE, difference_with_se, trend_verdict
 
 METRICS = ("eval_train_score", "eval_train_score_se", "eval_heldout_score",
@@ -88,6 +91,33 @@ def sentences(c: dict | None, k: float = TREND_SE) -> list[dict]:
                     "params": {"gap_first": c["gap_first"], "gap_last": c["gap_last"],
                                "gap_change": c["gap_change"],
                                "bound": k * c["gap_change_se"]}})
+    return out
+
+
+ANSWERS_FILE = "heldout.jsonl"
+
+
+def append_answers(run_dir: Path, step: int, rows: list[dict]) -> None:
+    """One held-out point's answers (`PPOTrainer.last_heldout`: set, prompt, answer,
+    score, gold) as one JSON line {"step", "rows"} of the run folder's heldout.jsonl, so
+    that every stored mean and SE can be recomputed from its answers (a resumed run
+    appends the points it redoes: a step's last line is the one its metrics hold)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ANSWERS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": int(step), "rows": rows}, ensure_ascii=False) + "\n")
+
+
+def read_answers(run_dir: Path) -> dict[int, list[dict]]:
+    """The answers of each held-out point from heldout.jsonl ({step: rows}, a step's last
+    line); {} without the file."""
+    path = run_dir / ANSWERS_FILE
+    if not path.exists():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            point = json.loads(line)
+            out[int(point["step"])] = point["rows"]
     return out
 
 

@@ -812,8 +812,9 @@ class PPOTrainer:
         reference too. Each score is the mean over prompts of each prompt's mean answer,
         with its standard error clustered by prompt (objectives.prompt_clustered_mean:
         the SE of the K prompt means, metrics `<name>_se`); `eval_heldout_answers` counts
-        the held-out answers scored. The per-answer numbers of the last point stay in
-        `self.last_heldout`. {} when not due or no held-out set."""
+        the held-out answers scored. The last point's answers with their scores stay in
+        `self.last_heldout` (run_steps appends them to the run's heldout.jsonl). {} when
+        not due or no held-out set."""
         if not self.heldout_due(step):
             return {}
         train, held = self.heldout_sets()
@@ -827,10 +828,12 @@ class PPOTrainer:
         kl = sequence_kl(ro.logp[n:], ref, ro.mask[n:].float())
         scores = self.reward_scores(ro.prompts, ro.texts)
         gold = self.gold_scores(ro.prompts[n:], ro.texts[n:]) if self.gold is not None else None
-        self.last_heldout = {"answers": A, "prompts": ro.prompts, "texts": ro.texts,
-                             "train_scores": scores[:n].tolist(),
-                             "heldout_scores": scores[n:].tolist(),
-                             "heldout_gold": None if gold is None else gold.tolist()}
+        golds = [None] * n + (gold.tolist() if gold is not None else [None] * len(held) * A)
+        self.last_heldout = [
+            {"set": "train" if i < n else "heldout", "prompt": prompt, "answer": text,
+             "score": float(score), **({"gold": g} if g is not None else {})}
+            for i, (prompt, text, score, g) in enumerate(zip(ro.prompts, ro.texts,
+                                                                 scores.tolist(), golds))]
 
         def per_prompt(values: torch.Tensor) -> tuple[float | None, float | None]:
             return prompt_clustered_mean(values.reshape(-1, A).tolist())
@@ -963,7 +966,10 @@ def run_steps(trainer, cfg, ctx, score: str, label: str,
     for step in range(start + 1, cfg.max_steps + 1):
         ctx.check_cancel()
         metrics, rows = trainer.step(step)
-        metrics.update(trainer.heldout_eval(step))
+        evaluated = trainer.heldout_eval(step)
+        if evaluated and getattr(ctx, "is_main_process", True):
+            heldout.append_answers(ctx.run_dir, step, trainer.last_heldout)
+        metrics.update(evaluated)
         _check_finite(step, metrics, finite)
         ctx.metrics(step, metrics)
         ctx.samples(step, rows)
