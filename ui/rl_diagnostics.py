@@ -108,8 +108,7 @@ def challenges(run_id: int, cfg: dict, score: str, smoothing: float = 0.0) -> No
         gold = cfg.get("gold_reward") or (f"#{cfg['gold_reward_run']}"
                                           if cfg.get("gold_reward_run") is not None else "?")
         chart_with_formulas(run_id, [score, "gold_score", "eval_heldout_gold"], t("ppo.chart_gold"), [],
-               t("ppo.gold_caption", gold=gold), smoothing,
-               errors=error_bars(run_id, ["eval_heldout_gold"]))
+               t("ppo.gold_caption", gold=gold), smoothing)
     if "reward_ensemble_std" in names:
         chart_with_formulas(run_id, ["reward_ensemble_std"], t("ppo.chart_ensemble"),
                [LATEX["conservative_reward"]],

@@ -142,7 +142,7 @@ class RLSettings:
       each on one base) combined by their mean or by mean − λ·std (conservative_reward).
     """
     missing_eos_penalty: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
-    heldout_every: int = setting(4, min=0, max=10_000_000, group=ADVANCED)
+    heldout_every: int = setting(10, min=0, max=10_000_000, group=ADVANCED)
     heldout_prompts: int = setting(8, min=1, max=1024, group=ADVANCED)
     heldout_answers: int = setting(4, min=1, max=1024, group=ADVANCED)
     gold_reward: str = setting("", choices=("", *rewards_builtin.names()), group=ADVANCED)
