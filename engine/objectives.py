@@ -538,6 +538,46 @@ def trend_verdict(slope: float | None, se: float | None, k: float = TREND_SE) ->
     return "flat"
 
 
+@equation(r"\mathrm{SE}(\bar s) = \sqrt{\frac{\sum_{k=1}^{K}(\bar s_k-\bar s)^2}{K\,(K-1)}},"
+          r"\quad \bar s = \frac{1}{K}\sum_{k=1}^{K}\bar s_k,\quad "
+          r"\bar s_k = \frac{1}{A_k}\sum_{a=1}^{A_k} s_{k,a}")
+def prompt_clustered_mean(scores: list[list[float]]) -> tuple[float | None, float | None]:
+    """The mean score of several answers to each of K prompts, and its standard error
+    clustered by prompt (the answers to one prompt are not independent draws: they share
+    it):
+
+        s̄_k   = (1/A_k)·Σ_a s_{k,a}                   the mean of prompt k's answers
+        s̄     = (1/K)·Σ_k s̄_k                        every prompt weighs the same
+        SE(s̄) = sqrt( Σ_k (s̄_k − s̄)² / (K·(K − 1)) )   the SE of the K prompt means
+
+    `scores[k]` holds prompt k's answers' scores. The SE counts K prompts, not K·A
+    answers: more answers per prompt make each s̄_k less noisy, but only more prompts
+    bring the SE of a prompt-to-prompt spread down. Returns (s̄, SE); (None, None) with no
+    prompt, SE None with one prompt (no spread to measure)."""
+    means = [sum(row) / len(row) for row in scores if len(row)]
+    K = len(means)
+    if K == 0:
+        return None, None
+    mean = sum(means) / K
+    if K < 2:
+        return mean, None
+    return mean, (sum((m - mean) ** 2 for m in means) / (K * (K - 1))) ** 0.5
+
+
+@equation(r"\Delta = \bar s_2 - \bar s_1,\quad "
+          r"\mathrm{SE}(\Delta) = \sqrt{\mathrm{SE}_1^2 + \mathrm{SE}_2^2}")
+def difference_with_se(first: float, se_first: float | None, second: float,
+                       se_second: float | None) -> tuple[float, float | None]:
+    """Δ = s̄₂ − s̄₁ and SE(Δ) = sqrt(SE₁² + SE₂²): the difference of two measured means
+    and its standard error, the two measured independently. Two held-out points drawn
+    with the same random seed are positively correlated, so this SE is then an upper
+    bound (a change counted as beyond noise by it is so all the more). Returns (Δ, SE);
+    SE None when either SE is unknown."""
+    if se_first is None or se_second is None:
+        return second - first, None
+    return second - first, (se_first ** 2 + se_second ** 2) ** 0.5
+
+
 # ======================================================================================
 # AI feedback checked against people: Cohen's kappa
 # ======================================================================================

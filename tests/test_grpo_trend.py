@@ -175,3 +175,13 @@ def test_prompt_language_keeps_the_prompts_of_one_language(store):
     with pytest.raises(ConfigError, match="none of the 1 prompts") as err:
         load_prompts(store, "english-only", language="fr")
     assert err.value.field == "prompt_language"
+
+
+def test_the_default_held_out_check_scores_at_least_32_answers(store):
+    from engine import data
+    from engine.training.ppo import in_language, load_prompts
+
+    cfg = GRPOConfig()
+    load_prompts(store, cfg.dataset)                               # imports the samples
+    held = in_language(data.prompts_of(store, cfg.dataset, "eval"), cfg.prompt_language)
+    assert min(len(held), cfg.heldout_prompts) * cfg.heldout_answers >= 32

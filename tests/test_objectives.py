@@ -100,6 +100,8 @@ QUANTITY = {
     "trend_verdict": ("verdict", r"\text{verdict}"),
     "capability_accuracy": ("acc_cap", r"\mathrm{acc}_{\mathrm{cap}}"),
     "retention_verdict": ("retention", r"\text{retention}"),
+    "prompt_clustered_mean": ("SE(s̄)", r"\mathrm{SE}(\bar s)"),
+    "difference_with_se": ("Δ", r"\Delta"),
 }
 
 

@@ -342,9 +342,10 @@ LEGEND_ROW_PX = 30  # a legend line under a chart
 
 
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
-               height: int = 220, rule: float | None = None):
+               height: int = 220, rule: float | None = None, errors: pd.DataFrame | None = None):
     """A metric line chart: series named by `metric_label` (legend and tooltip), smoothed by
-    an EMA (`smoothed`: never an eval_ series or a short one) on top of the faded raw curve.
+    an EMA (`smoothed`: never an eval_ series or a short one) on top of the faded raw curve;
+    `errors` (columns step, series, lo, hi): an error bar from lo to hi at those points.
 
     The y axis fits the data (not from zero): a loss moving from 10.83 to 10.79 must show.
     Drawn from a plain Vega-Lite spec: Altair's schema validation cost ~60 ms a chart, and
@@ -380,6 +381,13 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
     layers.append({"mark": {"type": "line", "point": bool(len(df) < 40)},
                    "encoding": {"x": x, "color": color, "tooltip": tooltip, "y": {
                        "field": "smooth", **num, "scale": {"zero": False}, **y_axis}}})
+    if errors is not None and not errors.empty:
+        layers.append({"data": {"values": errors.to_dict("records")},
+                       "mark": {"type": "errorbar", "ticks": True},
+                       "encoding": {"x": x, "color": color,
+                                    "y": {"field": "lo", **num, "scale": {"zero": False},
+                                          **y_axis},
+                                    "y2": {"field": "hi"}}})
     if rule is not None:
         layers.append({"data": {"values": [{"y": float(rule)}]},
                        "mark": {"type": "rule", "strokeDash": [4, 4]},

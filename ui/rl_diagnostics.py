@@ -1,13 +1,17 @@
 """What the PPO and GRPO pages share about the course's challenges (issue 16): the
-token-limit warning, held-out vs training score with a sentence on the gap, the gold score
+token-limit warning, held-out vs training score with their error bars and a sentence on
+whether the held-out score and the gap moved beyond their noise (issue 24), the gold score
 beside the optimised one, the reward ensemble's disagreement and the answers' diversity."""
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from engine.objectives import LATEX
+from engine.training import heldout
 from engine.training.ppo import EOS_WARN
-from ui.common import get_store, line_chart, metrics_frame, run_label, translated_choice
+from ui.common import (get_store, line_chart, metric_label, metrics_frame, run_label,
+                       translated_choice)
 from ui.i18n import t
 
 
@@ -38,28 +42,34 @@ def eos_warning(cfg: dict, last: dict) -> None:
                    icon=":material/content_cut:")
 
 
-def gap_sentence(run_id: int) -> str | None:
-    """The last held-out evaluation in words: both scores and their gap."""
-    rows = get_store().get_metrics(run_id, ["eval_train_score", "eval_heldout_score"])
-    by_step: dict[int, dict[str, float]] = {}
-    for r in rows:
-        by_step.setdefault(r["step"], {})[r["name"]] = r["value"]
-    both = [s for s, v in by_step.items() if len(v) == 2]
-    if not both:
-        return None
-    step = max(both)
-    train, held = by_step[step]["eval_train_score"], by_step[step]["eval_heldout_score"]
-    return t("ppo.gap_sentence", train=train, heldout=held, gap=train - held, step=step)
+def heldout_sentences(run_id: int) -> str | None:
+    """Whether the held-out score moved beyond its noise, and whether the gap to the
+    training prompts grew beyond it (engine.training.heldout), in the session's language."""
+    said = heldout.sentences(heldout.change(heldout.points(get_store(), run_id)))
+    return " ".join(t(s["key"], **s["params"]) for s in said) or None
+
+
+def error_bars(run_id: int, names: list[str], k: float = 2.0) -> pd.DataFrame:
+    """The points of `names` that have a stored SE (metric `<name>_se`) as error bars
+    value ± k·SE (columns step, series, lo, hi; series named as line_chart names them)."""
+    rows = get_store().get_metrics(run_id, [*names, *(f"{n}_se" for n in names)])
+    by_key = {(r["name"], r["step"]): float(r["value"]) for r in rows}
+    bars = [{"step": int(step), "series": metric_label(name), "lo": value - k * se,
+             "hi": value + k * se}
+            for (name, step), value in by_key.items() if name in names
+            for se in [by_key.get((f"{name}_se", step))] if se is not None]
+    return pd.DataFrame(bars, columns=["step", "series", "lo", "hi"])
 
 
 def chart_with_formulas(run_id: int, names: list[str], title: str, formulas: list[str],
                         caption: str | None = None, smoothing: float = 0.0,
-                        rule: float | None = None) -> None:
+                        rule: float | None = None, errors: pd.DataFrame | None = None) -> None:
     """A run's metrics charted beside their formulas (LaTeX from objectives.LATEX) and a
-    caption."""
+    caption; `errors`: error bars (`error_bars`)."""
     chart, eq = st.columns([3, 2])
     with chart:
-        line_chart(metrics_frame(run_id, names), title, smoothing=smoothing, rule=rule)
+        line_chart(metrics_frame(run_id, names), title, smoothing=smoothing, rule=rule,
+                   errors=errors)
     with eq:
         for formula in formulas:
             st.latex(formula)
@@ -67,13 +77,31 @@ def chart_with_formulas(run_id: int, names: list[str], title: str, formulas: lis
             st.caption(caption)
 
 
+def generalisation(run_id: int, cfg: dict) -> None:
+    """Training vs held-out score, each point ±2 SE, the two formulas of the check, how
+    each point was measured and whether the score (and the gap) moved beyond its noise."""
+    evals = ["eval_train_score", "eval_heldout_score"]
+    sentence = heldout_sentences(run_id)
+    if sentence is None:
+        chart_with_formulas(run_id, evals, t("ppo.chart_generalisation"), [], t("ppo.no_heldout"))
+        return
+    count = get_store().get_metrics(run_id, ["eval_heldout_answers"])
+    per_prompt = int(cfg.get("heldout_answers") or 1)
+    caption = sentence
+    if count:
+        answers = int(count[-1]["value"])
+        caption = t("ppo.generalisation_caption", answers=answers, per_prompt=per_prompt,
+                    prompts=answers // per_prompt) + " " + sentence
+    chart_with_formulas(run_id, evals, t("ppo.chart_generalisation"),
+                        [LATEX["prompt_clustered_mean"], LATEX["difference_with_se"]], caption,
+                        errors=error_bars(run_id, evals))
+
+
 def challenges(run_id: int, cfg: dict, score: str, smoothing: float = 0.0) -> None:
     """Generalisation, gold vs optimised score, ensemble disagreement, diversity: the charts
     of a PPO or GRPO run (`score`: the stage's mean reward metric)."""
     names = set(get_store().metric_names(run_id))
-    sentence = gap_sentence(run_id)
-    chart_with_formulas(run_id, ["eval_train_score", "eval_heldout_score"], t("ppo.chart_generalisation"),
-           [], sentence or t("ppo.no_heldout"))
+    generalisation(run_id, cfg)
     if "eval_heldout_kl" in names:
         chart_with_formulas(run_id, ["eval_heldout_kl"], t("ppo.chart_heldout_kl"), [LATEX["sequence_kl"]])
     if "gold_score" in names:

@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 
 from engine.errors import NonFiniteError
-from engine.inference.generate import sample_groups
 from engine.inference.models import adapter_dir
 from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantages, grpo_loss,
                                group_reward_std, kl_k3, masked_mean,
@@ -33,7 +32,7 @@ from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantage
                                zero_signal_fraction)
 from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig, \
     like, setting
-from engine.training import rewards_builtin, train_utils
+from engine.training import heldout, rewards_builtin, train_utils
 from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PROMPT_LANGUAGES, PPOConfig, PPOTrainer,
                                  RLSettings, Rollout, _trim, run_steps, score_rollout,
                                  truncate_after_eos)
@@ -48,6 +47,10 @@ class GRPOConfig(RLSettings, SamplingSettings, TrainConfig):
     dataset: str = like("dataset", DEFAULT_PROMPT_DATASET)   # prompts of an SFT/preference set
     # English: the embedded 135M model's French is mostly gibberish, which form rules pay
     prompt_language: str = setting("en", choices=PROMPT_LANGUAGES)
+    # the held-out check at the first and the last step (the sentence compares those two),
+    # 5 answers a prompt: the shipped samples hold 7 English eval prompts, 7 × 5 ≥ 32 answers
+    heldout_every: int = setting(12, min=0, max=10_000_000, group=ADVANCED)
+    heldout_answers: int = setting(5, min=1, max=1024, group=ADVANCED)
     # the defaults (issue 27): 12 steps of 4 English prompts × 8 answers at 1e-3, β 0.1,
     # 32 new tokens: the reward's trend rose beyond 2 SE on seeds 0, 1 and 2 (bench/RESULTS.md,
     # "Default GRPO run", with the runs that did not: 4 answers a prompt left most groups
@@ -164,22 +167,7 @@ class GRPOTrainer(PPOTrainer):
         group b; each prompt computed once, its KV cache repeated G times:
         engine.inference.generate.sample_groups), truncated after EOS. The sampling pass's
         log-probs are log π_θ_old, on every device and dtype (see PPOTrainer.generate)."""
-        cfg, tok, G = self.cfg, self.tokenizer, self.cfg.group_size
-        query, query_mask = self.encode(prompts)
-        self.policy.set_adapter(self.POLICY)
-        tokens, logp = sample_groups(self.policy, query, query_mask, G,
-                                     max_new_tokens=cfg.max_new_tokens,
-                                     temperature=cfg.temperature, top_p=cfg.top_p,
-                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                     decode_cache=cfg.decode_cache)
-        query, query_mask = query.repeat_interleave(G, 0), query_mask.repeat_interleave(G, 0)
-        response, mask, has_eos = truncate_after_eos(tokens, tok.eos_token_id, tok.pad_token_id)
-        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
-                 for r, m in zip(response, mask)]
-        ro = Rollout([p for p in prompts for _ in range(G)], query, query_mask, response,
-                     mask, has_eos, texts)
-        ro.logp = logp * mask
-        return ro
+        return self.sample_answers(prompts, self.cfg.group_size)
 
     @torch.no_grad()
     def score(self, ro: Rollout, step: int = 0) -> dict[str, torch.Tensor]:
@@ -356,5 +344,6 @@ def train_grpo(cfg: GRPOConfig, ctx) -> dict:
         "reward": trainer.reward_label,
         "gold": trainer.gold_label,
         "last_gold": last.get("gold_score"),
+        **heldout.summary(ctx.store, ctx.run_id),   # the held-out score beyond its noise?
     }
 

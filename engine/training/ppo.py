@@ -36,10 +36,10 @@ from safetensors.torch import save_file
 from torch import nn
 
 from engine import data
-from engine.training import rewards_builtin, train_utils
+from engine.training import heldout, rewards_builtin, train_utils
 from engine.training import reward as reward_mod
 from engine.inference.chat import collate_prompts, completion_ids, encode_prompt, prompt_text
-from engine.inference.generate import DECODE_CACHES, generation_cache_options
+from engine.inference.generate import DECODE_CACHES, generation_cache_options, sample_groups
 from engine.errors import NonFiniteError
 from engine.inference.models import add_lora, adapter_dir, load_adapter
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
@@ -47,7 +47,8 @@ from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
                                entropy_from_logits,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
                                masked_mean, masked_var, per_token_rewards, ppo_ratio,
-                               sequence_kl, value_clip_fraction, whiten)
+                               prompt_clustered_mean, sequence_kl, value_clip_fraction,
+                               whiten)
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
 from engine.inference.logprobs import (GRAD_ROW_TOKENS, answer_rows, backward_by_rows,
                                        gather_rows)
@@ -131,9 +132,10 @@ class RLSettings:
     """What PPO and GRPO share beyond the step loop (issue 16: the course's challenges).
 
     - the token limit: answers that never emit EOS lose `missing_eos_penalty`;
-    - generalisation: every `heldout_every` steps one answer to each of `heldout_prompts`
-      held-out prompts (the dataset's eval split, none of them a training prompt) and to
-      as many fixed training prompts, sampled the same way and scored by the run's reward;
+    - generalisation: every `heldout_every` steps `heldout_answers` answers to each of
+      `heldout_prompts` held-out prompts (the dataset's eval split, none of them a training
+      prompt) and to as many fixed training prompts, sampled the same way with one fixed
+      seed and scored by the run's reward, each mean with its SE clustered by prompt;
     - over-optimisation: a gold reward (a built-in rule, or a reward-model run) scores the
       samples too, and is never optimised;
     - an uncertain reward: an ensemble of reward-model runs (`reward_runs`, one adapter
@@ -143,8 +145,9 @@ class RLSettings:
     # of one language (the other's left out: rewards_builtin.language_of, function words)
     prompt_language: str = setting("any", choices=PROMPT_LANGUAGES)
     missing_eos_penalty: float = setting(1.0, min=0.0, max=100.0, step=0.1, group=ADVANCED)
-    heldout_every: int = setting(4, min=0, max=10_000_000, group=ADVANCED)
+    heldout_every: int = setting(10, min=0, max=10_000_000, group=ADVANCED)
     heldout_prompts: int = setting(8, min=1, max=1024, group=ADVANCED)
+    heldout_answers: int = setting(4, min=1, max=1024, group=ADVANCED)
     gold_reward: str = setting("", choices=("", *rewards_builtin.names()), group=ADVANCED)
     gold_params: dict = setting(factory=dict, widget="page")
     gold_reward_run: int | None = setting(None, widget="page")
@@ -796,30 +799,73 @@ class PPOTrainer:
         return bool(every) and (step == 1 or step % every == 0 or step == self.cfg.max_steps)
 
     @torch.no_grad()
+    def sample_answers(self, prompts: list, n: int) -> Rollout:
+        """n answers to each prompt from π_θ in one sampling loop with the run's sampling
+        settings (rows b·n .. b·n+n−1 answer prompt b; each prompt computed once, its KV
+        cache repeated n times: engine.inference.generate.sample_groups), truncated after
+        EOS; `ro.logp` the sampling pass's log-probs (see `generate`)."""
+        cfg, tok = self.cfg, self.tokenizer
+        query, query_mask = self.encode(prompts)
+        self.policy.set_adapter(self.POLICY)
+        tokens, logp = sample_groups(self.policy, query, query_mask, n,
+                                     max_new_tokens=cfg.max_new_tokens,
+                                     temperature=cfg.temperature, top_p=cfg.top_p,
+                                     eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                                     decode_cache=cfg.decode_cache)
+        query, query_mask = query.repeat_interleave(n, 0), query_mask.repeat_interleave(n, 0)
+        response, mask, has_eos = truncate_after_eos(tokens, tok.eos_token_id, tok.pad_token_id)
+        texts = [tok.decode(r[m.bool()], skip_special_tokens=True).strip()
+                 for r, m in zip(response, mask)]
+        ro = Rollout([p for p in prompts for _ in range(n)], query, query_mask, response,
+                     mask, has_eos, texts)
+        ro.logp = logp * mask
+        return ro
+
+    @torch.no_grad()
     def heldout_eval(self, step: int) -> dict[str, float]:
-        """Training vs held-out prompts at this step: one answer each, sampled the same way
-        (π_θ, the run's temperature, no gradient), scored by the run's reward (and the gold
-        one); the held-out answers' KL to the reference too. {} when not due or no held-out
-        set."""
+        """Training vs held-out prompts at this step: `heldout_answers` answers to each
+        prompt of both sets (K = heldout_prompts each), sampled in one call the way the run
+        samples (π_θ, its temperature and token limit, no gradient) with the same seed at
+        every point, so that two points differ by the policy rather than by the draw;
+        scored by the run's reward (and the gold one); the held-out answers' KL to the
+        reference too. Each score is the mean over prompts of each prompt's mean answer,
+        with its standard error clustered by prompt (objectives.prompt_clustered_mean:
+        the SE of the K prompt means, metrics `<name>_se`); `eval_heldout_answers` counts
+        the held-out answers scored. The last point's answers with their scores stay in
+        `self.last_heldout` (run_steps appends them to the run's heldout.jsonl). {} when
+        not due or no held-out set."""
         if not self.heldout_due(step):
             return {}
         train, held = self.heldout_sets()
         if not held:
             return {}
-        torch.manual_seed(self.cfg.seed * 7_919 + step)  # the same answers after a resume
-        ro = PPOTrainer.generate(self, train + held)   # one answer per prompt, both sets
-        if ro.logp is None:
-            ro.logp = self.policy_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
-        ref = self.ref_logprobs(ro.query, ro.query_mask, ro.response, ro.mask)
-        kl = sequence_kl(ro.logp, ref, ro.mask.float())
+        A = self.cfg.heldout_answers
+        torch.manual_seed(self.cfg.seed * 7_919)   # every point: the same random numbers
+        ro = self.sample_answers(train + held, A)
+        n = len(train) * A
+        ref = self.ref_logprobs(ro.query[n:], ro.query_mask[n:], ro.response[n:], ro.mask[n:])
+        kl = sequence_kl(ro.logp[n:], ref, ro.mask[n:].float())
         scores = self.reward_scores(ro.prompts, ro.texts)
-        n = len(train)
-        out = {"eval_train_score": float(scores[:n].mean()),
-               "eval_heldout_score": float(scores[n:].mean()),
-               "eval_heldout_kl": float(kl[n:].mean())}
-        if self.gold is not None:
-            out["eval_heldout_gold"] = float(self.gold_scores(held, ro.texts[n:]).mean())
-        return out
+        gold = self.gold_scores(ro.prompts[n:], ro.texts[n:]) if self.gold is not None else None
+        golds = [None] * n + (gold.tolist() if gold is not None else [None] * len(held) * A)
+        self.last_heldout = [
+            {"set": "train" if i < n else "heldout", "prompt": prompt, "answer": text,
+             "score": float(score), **({"gold": g} if g is not None else {})}
+            for i, (prompt, text, score, g) in enumerate(zip(ro.prompts, ro.texts,
+                                                                 scores.tolist(), golds))]
+
+        def per_prompt(values: torch.Tensor) -> tuple[float | None, float | None]:
+            return prompt_clustered_mean(values.reshape(-1, A).tolist())
+
+        train_mean, train_se = per_prompt(scores[:n])
+        held_mean, held_se = per_prompt(scores[n:])
+        gold_mean, gold_se = per_prompt(gold) if gold is not None else (None, None)
+        out = {"eval_train_score": train_mean, "eval_train_score_se": train_se,
+               "eval_heldout_score": held_mean, "eval_heldout_score_se": held_se,
+               "eval_heldout_kl": float(kl.mean()),
+               "eval_heldout_gold": gold_mean, "eval_heldout_gold_se": gold_se,
+               "eval_heldout_answers": float(len(held) * A)}
+        return {k: v for k, v in out.items() if v is not None}
 
     def _train(self, ro: Rollout, adv: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
@@ -939,7 +985,10 @@ def run_steps(trainer, cfg, ctx, score: str, label: str,
     for step in range(start + 1, cfg.max_steps + 1):
         ctx.check_cancel()
         metrics, rows = trainer.step(step)
-        metrics.update(trainer.heldout_eval(step))
+        evaluated = trainer.heldout_eval(step)
+        if evaluated and getattr(ctx, "is_main_process", True):
+            heldout.append_answers(ctx.run_dir, step, trainer.last_heldout)
+        metrics.update(evaluated)
         _check_finite(step, metrics, finite)
         ctx.metrics(step, metrics)
         ctx.samples(step, rows)
@@ -978,6 +1027,7 @@ def train_ppo(cfg: PPOConfig, ctx) -> dict:
         "reward": trainer.reward_label,
         "gold": trainer.gold_label,
         "last_gold": last.get("gold_score"),
+        **heldout.summary(ctx.store, ctx.run_id),   # the held-out score beyond its noise?
     }
 
 
