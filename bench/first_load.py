@@ -11,8 +11,10 @@ until the server answers HTTP (`/_stcore/health`) before the clock starts, so th
 start (Python, Streamlit's import) is not counted: the clock sees the browser fetching the
 page, the websocket and the first script run (app.py and pages/home.py with their imports).
 
---floor also times a script that only draws a heading (`st.title`), started the same way:
-what Streamlit and the browser cost on this machine before any line of the lab runs.
+--floor also times a script that only draws a heading (`st.title`), started the same way
+and interleaved with the app's starts (the same load on both): what Streamlit and the
+browser cost on this machine before any line of the lab runs; `app_minus_floor_median_s`
+is the median of the per-repeat differences, what the lab itself adds.
 """
 from __future__ import annotations
 
@@ -86,8 +88,7 @@ def one_load(browser, script: Path, tmp: Path) -> dict:
             "load_1min": round(load, 2), "heading": heading.strip()[:60]}
 
 
-def series(browser, script: Path, repeats: int, tmp: Path) -> dict:
-    runs = [one_load(browser, script, tmp) for _ in range(repeats)]
+def summary(runs: list[dict]) -> dict:
     times = [r["first_load_s"] for r in runs]
     return {"times_s": times, "median_s": round(statistics.median(times), 3),
             "html_s": [r["html_s"] for r in runs],
@@ -109,11 +110,18 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
                                         args=LAUNCH_ARGS)
-            result["app"] = series(browser, ROOT / "app.py", args.repeats, tmp)
+            floor = tmp / "floor.py"
+            floor.write_text('import streamlit as st\n\nst.title("RLHF Lab")\n')
+            app, base = [], []
+            for _ in range(args.repeats):  # interleaved: both series see the same load
+                app.append(one_load(browser, ROOT / "app.py", tmp))
+                if args.floor:
+                    base.append(one_load(browser, floor, tmp))
+            result["app"] = summary(app)
             if args.floor:
-                floor = tmp / "floor.py"
-                floor.write_text('import streamlit as st\n\nst.title("RLHF Lab")\n')
-                result["floor"] = series(browser, floor, args.repeats, tmp)
+                result["floor"] = summary(base)
+                result["app_minus_floor_median_s"] = round(statistics.median(
+                    a["first_load_s"] - b["first_load_s"] for a, b in zip(app, base)), 3)
             browser.close()
     print(json.dumps(result, indent=1))
 
