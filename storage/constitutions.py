@@ -18,8 +18,7 @@ def _decode(row: dict) -> dict:
 
 def latest(store: Store, name: str) -> dict | None:
     """The latest version of constitution `name`, or None."""
-    rows = list(store.db["constitutions"].rows_where("name = ?", [name],
-                                                     order_by="version DESC", limit=1))
+    rows = store._select("constitutions", "name = ?", [name], order_by="version DESC", limit=1)
     return _decode(rows[0]) if rows else None
 
 
@@ -28,8 +27,7 @@ def get(store: Store, name: str, version: int | None = None) -> dict:
     if version is None:
         row = latest(store, name)
     else:
-        rows = list(store.db["constitutions"].rows_where("name = ? AND version = ?",
-                                                         [name, int(version)]))
+        rows = store._select("constitutions", "name = ? AND version = ?", [name, int(version)])
         row = _decode(rows[0]) if rows else None
     if row is None:
         what = f"constitution {name!r}" + ("" if version is None else f" version {version}")
@@ -39,16 +37,16 @@ def get(store: Store, name: str, version: int | None = None) -> dict:
 
 def list_latest(store: Store) -> list[dict]:
     """The latest version of every constitution, by name."""
-    rows = store.db["constitutions"].rows_where(
-        "version = (SELECT MAX(c2.version) FROM constitutions c2 "
+    rows = store._select(
+        "constitutions", "version = (SELECT MAX(c2.version) FROM constitutions c2 "
         "WHERE c2.name = constitutions.name)", order_by="name")
     return [_decode(r) for r in rows]
 
 
 def versions(store: Store, name: str) -> list[dict]:
     """Every version of a constitution, oldest first."""
-    return [_decode(r) for r in store.db["constitutions"].rows_where(
-        "name = ?", [name], order_by="version")]
+    return [_decode(r) for r in store._select("constitutions", "name = ?", [name],
+                                              order_by="version")]
 
 
 def insert_version(store: Store, name: str, principles: list[str], language: str,
@@ -61,20 +59,18 @@ def insert_version(store: Store, name: str, principles: list[str], language: str
         current = latest(store, name)
         if current is not None and current["principles"] == list(principles):
             if (current["language"], current["description"]) != (language, description):
-                store.db["constitutions"].update(
-                    current["id"], {"language": language, "description": description})
+                store._set("constitutions", current["id"],
+                           {"language": language, "description": description}, "constitution")
             return current["version"]
         version = 1 + (current["version"] if current else 0)
-        store.db["constitutions"].insert(
-            {"name": name, "version": version, "language": language,
-             "description": description,
-             "principles": json.dumps(list(principles), ensure_ascii=False),
-             "created": _now()})
+        store._insert("constitutions", {
+            "name": name, "version": version, "language": language, "description": description,
+            "principles": json.dumps(list(principles), ensure_ascii=False), "created": _now()})
     return version
 
 
 def delete(store: Store, name: str) -> int:
     """Delete every version of a constitution; returns the rows deleted."""
     with store._write():
-        cur = store.db.execute("DELETE FROM constitutions WHERE name = ?", [name])
+        cur = store.conn.execute("DELETE FROM constitutions WHERE name = ?", [name])
     return cur.rowcount

@@ -1,4 +1,4 @@
-"""The lab's SQLite database, through sqlite-utils.
+"""The lab's SQLite database (the standard library's sqlite3).
 
 One `Store` object per database path; it hands each thread its own connection
 (WAL journal, busy timeout) so a training thread, the Streamlit script threads
@@ -7,6 +7,8 @@ Every other package talks to storage through the methods here, never through SQL
 """
 from __future__ import annotations
 
+import datetime
+import decimal
 import json
 import os
 import socket
@@ -15,8 +17,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
-
-import sqlite_utils
 
 SCHEMA_VERSION = 5
 BUSY_TIMEOUT_MS = 60_000
@@ -62,6 +62,51 @@ def _loads(value: str | None, default: Any = None) -> Any:
     return json.loads(value)
 
 
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _value(value: Any) -> Any:
+    """A Python value as SQLite stores it (dicts and lists as JSON, as sqlite-utils did)."""
+    if isinstance(value, (dict, list, tuple)):
+        return json.dumps(value, default=repr, ensure_ascii=False)
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, (datetime.date, datetime.time, datetime.datetime)):
+        return value.isoformat()
+    return value
+
+
+def _columns(names: str, kind: str) -> list[tuple[str, str]]:
+    return [(name, kind) for name in names.split()]
+
+
+def _references(table: str) -> str:
+    return f"INTEGER REFERENCES {_quote(table)}({_quote('id')})"
+
+
+def _create_table(conn: sqlite3.Connection, table: str, columns: list[tuple[str, str]]) -> None:
+    """CREATE TABLE IF NOT EXISTS, laid out as sqlite-utils wrote it in databases made
+    before (the same schema text either way)."""
+    body = ",\n".join(f"   {_quote(name)} {kind}" for name, kind in columns)
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table)} (\n{body}\n)")
+
+
+def _create_index(conn: sqlite3.Connection, table: str, columns: list[str],
+                  unique: bool = False) -> None:
+    name = _quote(f"idx_{table}_{'_'.join(columns)}")
+    conn.execute(f"CREATE {'UNIQUE ' if unique else ''}INDEX IF NOT EXISTS {name}\n"
+                 f"    ON {_quote(table)} ({', '.join(_quote(c) for c in columns)})")
+
+
+def _add_columns(conn: sqlite3.Connection, table: str, columns: list[tuple[str, str]]) -> None:
+    """ALTER TABLE ADD COLUMN for each column the table does not have yet."""
+    have = {row[1] for row in conn.execute(f"PRAGMA table_info({_quote(table)})")}
+    for name, kind in columns:
+        if name not in have:
+            conn.execute(f"ALTER TABLE {_quote(table)} ADD COLUMN {_quote(name)} {kind}")
+
+
 def split_prompt(prompt: Any) -> tuple[str, str | None]:
     """Store a prompt as display text plus, for chat prompts, the message list as JSON."""
     if isinstance(prompt, list):
@@ -90,156 +135,207 @@ class Store:
 
     # -- connections ---------------------------------------------------------------
     @property
-    def db(self) -> sqlite_utils.Database:
-        db = getattr(self._local, "db", None)
-        if db is None:
+    def conn(self) -> sqlite3.Connection:
+        """This thread's connection (WAL journal, busy timeout, foreign keys)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    check_same_thread=False, isolation_level=None)
             conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
-            db = sqlite_utils.Database(conn)
-            self._local.db = db
+            self._local.conn = conn
+        return conn
+
+    @property
+    def db(self):
+        """A sqlite-utils view of this thread's connection, for tests and tools. The app
+        never uses it: sqlite-utils imports pandas, numpy and pyarrow (about a second),
+        which the first page load must not pay; everything here is plain sqlite3."""
+        import sqlite_utils
+
+        db = getattr(self._local, "db", None)
+        if db is None or db.conn is not self.conn:
+            db = self._local.db = sqlite_utils.Database(self.conn)
         return db
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.conn.close()
-            self._local.db = None
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = self._local.db = None
 
     def _write(self):
         """A write transaction that takes the lock up front (no deadlock on upgrade)."""
-        return _Tx(self.db.conn)
+        return _Tx(self.conn)
 
+    # -- rows as dicts (the few helpers every read and write below goes through) ----
+    def _select(self, table: str, where: str | None = None, args: Iterable = (),
+                order_by: str | None = None, limit: int | None = None,
+                offset: int | None = None, select: str = "*") -> list[dict]:
+        sql = f"SELECT {select} FROM {table}"
+        if where:
+            sql += f" WHERE {where}"
+        if order_by:
+            sql += f" ORDER BY {order_by}"
+        if limit is not None or offset:
+            sql += f" LIMIT {-1 if limit is None else int(limit)}"
+        if offset:
+            sql += f" OFFSET {int(offset)}"
+        cur = self.conn.execute(sql, list(args))
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, row)) for row in cur]
+
+    def _insert(self, table: str, record: dict) -> int:
+        """Insert one row; returns its id (rowid)."""
+        cols = list(record)
+        cur = self.conn.execute(
+            f"INSERT INTO {table} ({', '.join(_quote(c) for c in cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))})", [_value(record[c]) for c in cols])
+        return cur.lastrowid
+
+    def _insert_all(self, table: str, records: Iterable[dict]) -> None:
+        records = list(records)
+        if not records:
+            return
+        cols = list(dict.fromkeys(k for r in records for k in r))
+        self.conn.executemany(
+            f"INSERT INTO {table} ({', '.join(_quote(c) for c in cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))})",
+            ([_value(r.get(c)) for c in cols] for r in records))
+
+    def _set(self, table: str, row_id: int, fields: dict, what: str) -> None:
+        """UPDATE one row by id; NotFound names a row that does not exist."""
+        if fields:
+            cur = self.conn.execute(
+                f"UPDATE {table} SET {', '.join(_quote(c) + ' = ?' for c in fields)} "
+                f"WHERE id = ?", [*(_value(v) for v in fields.values()), int(row_id)])
+            found = cur.rowcount > 0
+        else:
+            found = self.conn.execute(f"SELECT 1 FROM {table} WHERE id = ?",
+                                      [int(row_id)]).fetchone() is not None
+        if not found:
+            raise NotFound(f"{what} {row_id} does not exist")
+
+    # -- schema --------------------------------------------------------------------
     def _migrate(self) -> None:
-        db = self.db
+        conn = self.conn
         with self._write():
-            if "meta" not in db.table_names():
-                db["meta"].create({"key": str, "value": str}, pk="key")
-            row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            _create_table(conn, "meta", [("key", "TEXT PRIMARY KEY"), ("value", "TEXT")])
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
             version = int(row[0]) if row else 0
             if version >= SCHEMA_VERSION:
                 return
-            self._create_v1(db)
-            self._add_v2(db)
-            self._add_v3(db)
-            self._add_v4(db)
-            self._add_v5(db)
-            db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+            self._create_v1(conn)
+            self._add_v2(conn)
+            self._add_v3(conn)
+            self._add_v4(conn)
+            self._add_v5(conn)
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                         [str(SCHEMA_VERSION)])
 
     @staticmethod
-    def _create_v1(db: sqlite_utils.Database) -> None:
-        db["datasets"].create(
-            {"id": int, "name": str, "kind": str, "description": str, "eval_fraction": float,
-             "created": float, "meta": str},
-            pk="id", not_null={"name", "kind"}, if_not_exists=True)
-        db["datasets"].create_index(["name"], unique=True, if_not_exists=True)
-        common = {"id": int, "dataset_id": int, "prompt": str, "prompt_messages": str}
-        db["sft_examples"].create(
-            {**common, "response": str, "split": str, "source": str, "meta": str, "created": float},
-            pk="id", foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True)
-        db["sft_examples"].create_index(["dataset_id"], if_not_exists=True)
-        db["pref_pairs"].create(
-            {**common, "chosen": str, "rejected": str, "split": str, "source": str, "meta": str,
-             "created": float},
-            pk="id", foreign_keys=[("dataset_id", "datasets", "id")], if_not_exists=True)
-        db["pref_pairs"].create_index(["dataset_id"], if_not_exists=True)
-        db["runs"].create(
-            {"id": int, "stage": str, "name": str, "status": str, "config": str, "parents": str,
-             "model": str, "dataset": str, "created": float, "started": float, "finished": float,
-             "error": str, "pid": int, "host": str, "step": int, "total_steps": int,
-             "progress": float, "message": str, "summary": str, "run_dir": str},
-            pk="id", if_not_exists=True)
-        db["runs"].create_index(["stage", "status"], if_not_exists=True)
-        db["metrics"].create(
-            {"run_id": int, "step": int, "name": str, "value": float, "time": float},
-            foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
-        db["metrics"].create_index(["run_id", "name", "step"], if_not_exists=True)
-        db["samples"].create(
-            {"id": int, "run_id": int, "step": int, "prompt": str, "response": str,
-             "reward": float, "kl": float, "extra": str, "time": float},
-            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
-        db["samples"].create_index(["run_id", "step"], if_not_exists=True)
-        db["artifacts"].create(
-            {"id": int, "run_id": int, "kind": str, "path": str, "sha256": str, "created": float},
-            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
-        db["logs"].create(
-            {"id": int, "run_id": int, "time": float, "level": str, "message": str},
-            pk="id", foreign_keys=[("run_id", "runs", "id")], if_not_exists=True)
-        db["logs"].create_index(["run_id"], if_not_exists=True)
-        db["votes"].create(
-            {"id": int, "comparison_id": int, "prompt": str, "model_a": str, "model_b": str,
-             "response_a": str, "response_b": str, "choice": str, "reward_a": float,
-             "reward_b": float, "created": float},
-            pk="id", if_not_exists=True)
-        db["comparisons"].create(
-            {"id": int, "name": str, "config": str, "run_id": int, "created": float},
-            pk="id", if_not_exists=True)
-        db["comparison_outputs"].create(
-            {"id": int, "comparison_id": int, "prompt_index": int, "prompt": str, "model": str,
-             "response": str, "reward": float, "kl": float, "length": int, "extra": str},
-            pk="id", foreign_keys=[("comparison_id", "comparisons", "id")], if_not_exists=True)
-        db["comparison_outputs"].create_index(["comparison_id"], if_not_exists=True)
+    def _create_v1(conn: sqlite3.Connection) -> None:
+        _create_table(conn, "datasets", [
+            ("id", "INTEGER PRIMARY KEY"), ("name", "TEXT NOT NULL"), ("kind", "TEXT NOT NULL"),
+            ("description", "TEXT"), ("eval_fraction", "REAL"), ("created", "REAL"),
+            ("meta", "TEXT")])
+        _create_index(conn, "datasets", ["name"], unique=True)
+        common = [("id", "INTEGER PRIMARY KEY"), ("dataset_id", _references("datasets")),
+                  ("prompt", "TEXT"), ("prompt_messages", "TEXT")]
+        tail = [("split", "TEXT"), ("source", "TEXT"), ("meta", "TEXT"), ("created", "REAL")]
+        _create_table(conn, "sft_examples", [*common, ("response", "TEXT"), *tail])
+        _create_index(conn, "sft_examples", ["dataset_id"])
+        _create_table(conn, "pref_pairs", [*common, ("chosen", "TEXT"), ("rejected", "TEXT"),
+                                           *tail])
+        _create_index(conn, "pref_pairs", ["dataset_id"])
+        _create_table(conn, "runs", [
+            ("id", "INTEGER PRIMARY KEY"), *_columns(
+                "stage name status config parents model dataset", "TEXT"),
+            *_columns("created started finished", "REAL"), ("error", "TEXT"),
+            ("pid", "INTEGER"), ("host", "TEXT"), ("step", "INTEGER"),
+            ("total_steps", "INTEGER"), ("progress", "REAL"), ("message", "TEXT"),
+            ("summary", "TEXT"), ("run_dir", "TEXT")])
+        _create_index(conn, "runs", ["stage", "status"])
+        _create_table(conn, "metrics", [
+            ("run_id", _references("runs")), ("step", "INTEGER"), ("name", "TEXT"),
+            ("value", "REAL"), ("time", "REAL")])
+        _create_index(conn, "metrics", ["run_id", "name", "step"])
+        _create_table(conn, "samples", [
+            ("id", "INTEGER PRIMARY KEY"), ("run_id", _references("runs")), ("step", "INTEGER"),
+            ("prompt", "TEXT"), ("response", "TEXT"), ("reward", "REAL"), ("kl", "REAL"),
+            ("extra", "TEXT"), ("time", "REAL")])
+        _create_index(conn, "samples", ["run_id", "step"])
+        _create_table(conn, "artifacts", [
+            ("id", "INTEGER PRIMARY KEY"), ("run_id", _references("runs")), ("kind", "TEXT"),
+            ("path", "TEXT"), ("sha256", "TEXT"), ("created", "REAL")])
+        _create_table(conn, "logs", [
+            ("id", "INTEGER PRIMARY KEY"), ("run_id", _references("runs")), ("time", "REAL"),
+            ("level", "TEXT"), ("message", "TEXT")])
+        _create_index(conn, "logs", ["run_id"])
+        _create_table(conn, "votes", [
+            ("id", "INTEGER PRIMARY KEY"), ("comparison_id", "INTEGER"),
+            *_columns("prompt model_a model_b response_a response_b choice", "TEXT"),
+            *_columns("reward_a reward_b created", "REAL")])
+        _create_table(conn, "comparisons", [
+            ("id", "INTEGER PRIMARY KEY"), ("name", "TEXT"), ("config", "TEXT"),
+            ("run_id", "INTEGER"), ("created", "REAL")])
+        _create_table(conn, "comparison_outputs", [
+            ("id", "INTEGER PRIMARY KEY"), ("comparison_id", _references("comparisons")),
+            ("prompt_index", "INTEGER"), ("prompt", "TEXT"), ("model", "TEXT"),
+            ("response", "TEXT"), ("reward", "REAL"), ("kl", "REAL"), ("length", "INTEGER"),
+            ("extra", "TEXT")])
+        _create_index(conn, "comparison_outputs", ["comparison_id"])
 
     @staticmethod
-    def _add_v2(db: sqlite_utils.Database) -> None:
+    def _add_v2(conn: sqlite3.Connection) -> None:
         """Runs know more of their attempts: when the run was (last) queued, when this
         attempt was claimed (`started` is the first start, kept across resumes), the step and
         time of this attempt's first step report (the pace of the ETA), and a cancel asked."""
-        have = set(db["runs"].columns_dict)
-        for name, kind in (("enqueued", float), ("claimed", float), ("attempt_step", int),
-                           ("attempt_time", float), ("cancel_requested", float)):
-            if name not in have:
-                db["runs"].add_column(name, kind)
+        _add_columns(conn, "runs", [("enqueued", "REAL"), ("claimed", "REAL"),
+                                    ("attempt_step", "INTEGER"), ("attempt_time", "REAL"),
+                                    ("cancel_requested", "REAL")])
 
     @staticmethod
-    def _add_v4(db: sqlite_utils.Database) -> None:
+    def _add_v4(conn: sqlite3.Connection) -> None:
         """The time of a run's latest step report (the ETA counts down from it) and the
         seconds its earlier attempts ran (a resumed run's duration leaves out its pauses)."""
-        have = set(db["runs"].columns_dict)
-        for name in ("step_time", "earlier_seconds"):
-            if name not in have:
-                db["runs"].add_column(name, float)
+        _add_columns(conn, "runs", [("step_time", "REAL"), ("earlier_seconds", "REAL")])
 
     @staticmethod
-    def _add_v5(db: sqlite_utils.Database) -> None:
+    def _add_v5(conn: sqlite3.Connection) -> None:
         """Capability answers of a comparison (issue 24): each model's greedy answer to each
         question of the set, its references and whether it matched."""
-        db["capability_answers"].create(
-            {"id": int, "comparison_id": int, "model": str, "source": str, "question_id": str,
-             "lang": str, "prompt": str, "refs": str, "answer": str, "correct": int},
-            pk="id", foreign_keys=[("comparison_id", "comparisons", "id")], if_not_exists=True)
-        db["capability_answers"].create_index(["comparison_id"], if_not_exists=True)
+        _create_table(conn, "capability_answers", [
+            ("id", "INTEGER PRIMARY KEY"), ("comparison_id", _references("comparisons")),
+            *_columns("model source question_id lang prompt refs answer", "TEXT"),
+            ("correct", "INTEGER")])
+        _create_index(conn, "capability_answers", ["comparison_id"])
 
     @staticmethod
-    def _add_v3(db: sqlite_utils.Database) -> None:
+    def _add_v3(conn: sqlite3.Connection) -> None:
         """Run groups (a sweep or an experiment recipe: one orchestrating run, its child
         runs tagged with `group_id` and the plan's `group_key`) and constitutions (named,
         versioned lists of principles for AI feedback)."""
-        db["run_groups"].create(
-            {"id": int, "name": str, "stage": str, "recipe": str, "config": str,
-             "status": str, "run_id": int, "created": float, "summary": str},
-            pk="id", if_not_exists=True)
-        have = set(db["runs"].columns_dict)
-        for name, kind in (("group_id", int), ("group_key", str)):
-            if name not in have:
-                db["runs"].add_column(name, kind)
-        db["runs"].create_index(["group_id"], if_not_exists=True)
-        db["constitutions"].create(
-            {"id": int, "name": str, "version": int, "language": str, "description": str,
-             "principles": str, "created": float},
-            pk="id", not_null={"name", "version"}, if_not_exists=True)
-        db["constitutions"].create_index(["name", "version"], unique=True, if_not_exists=True)
+        _create_table(conn, "run_groups", [
+            ("id", "INTEGER PRIMARY KEY"), *_columns("name stage recipe config status", "TEXT"),
+            ("run_id", "INTEGER"), ("created", "REAL"), ("summary", "TEXT")])
+        _add_columns(conn, "runs", [("group_id", "INTEGER"), ("group_key", "TEXT")])
+        _create_index(conn, "runs", ["group_id"])
+        _create_table(conn, "constitutions", [
+            ("id", "INTEGER PRIMARY KEY"), ("name", "TEXT NOT NULL"),
+            ("version", "INTEGER NOT NULL"), ("language", "TEXT"), ("description", "TEXT"),
+            ("principles", "TEXT"), ("created", "REAL")])
+        _create_index(conn, "constitutions", ["name", "version"], unique=True)
 
     def schema_version(self) -> int:
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0
 
     # -- settings of this database (the `meta` key/value table, there since version 1) --
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str, only_if_absent: bool = False) -> bool:
@@ -249,7 +345,7 @@ class Store:
             raise ValueError("meta key 'schema_version' is kept by the migrations")
         verb = "INSERT OR IGNORE" if only_if_absent else "INSERT OR REPLACE"
         with self._write():
-            cur = self.db.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", [key, str(value)])
+            cur = self.conn.execute(f"{verb} INTO meta (key, value) VALUES (?, ?)", [key, str(value)])
         return cur.rowcount > 0
 
     # -- datasets ------------------------------------------------------------------
@@ -267,21 +363,20 @@ class Store:
                 if not overwrite:
                     raise DatasetExists(f"dataset {name!r} already exists")
                 self._delete_dataset_rows(existing["id"])
-            table = self.db["datasets"]
-            table.insert({"name": name, "kind": kind, "description": description,
-                          "eval_fraction": eval_fraction, "created": _now(), "meta": "{}"})
-            return table.last_pk
+            return self._insert("datasets", {
+                "name": name, "kind": kind, "description": description,
+                "eval_fraction": eval_fraction, "created": _now(), "meta": "{}"})
 
     def _dataset_row(self, name_or_id: str | int) -> dict | None:
         if isinstance(name_or_id, int) or (isinstance(name_or_id, str) and name_or_id.isdigit()
                                            and self._by_name(name_or_id) is None):
-            rows = list(self.db["datasets"].rows_where("id = ?", [int(name_or_id)]))
+            rows = self._select("datasets", "id = ?", [int(name_or_id)])
         else:
             rows = [r for r in [self._by_name(str(name_or_id))] if r]
         return rows[0] if rows else None
 
     def _by_name(self, name: str) -> dict | None:
-        rows = list(self.db["datasets"].rows_where("name = ?", [name]))
+        rows = self._select("datasets", "name = ?", [name])
         return rows[0] if rows else None
 
     def get_dataset(self, name_or_id: str | int) -> dict:
@@ -290,14 +385,14 @@ class Store:
             raise NotFound(f"dataset {name_or_id!r} does not exist")
         row["meta"] = _loads(row["meta"], {})
         table = "sft_examples" if row["kind"] == "sft" else "pref_pairs"
-        row["rows"] = self.db.execute(
+        row["rows"] = self.conn.execute(
             f"SELECT COUNT(*) FROM {table} WHERE dataset_id = ?", [row["id"]]).fetchone()[0]
         return row
 
     def list_datasets(self, kind: str | None = None) -> list[dict]:
         out = []
-        for row in self.db["datasets"].rows_where(
-                "kind = ?" if kind else None, [kind] if kind else [], order_by="name"):
+        for row in self._select("datasets", "kind = ?" if kind else None,
+                                [kind] if kind else [], order_by="name"):
             out.append(self.get_dataset(row["id"]))
         return out
 
@@ -310,7 +405,7 @@ class Store:
         if "meta" in fields:
             fields["meta"] = _dumps(fields["meta"])
         with self._write():
-            self.db["datasets"].update(row["id"], fields)
+            self._set("datasets", row["id"], fields, "dataset")
 
     def delete_dataset(self, name_or_id: str | int) -> None:
         row = self.get_dataset(name_or_id)
@@ -318,9 +413,9 @@ class Store:
             self._delete_dataset_rows(row["id"])
 
     def _delete_dataset_rows(self, dataset_id: int) -> None:
-        self.db.execute("DELETE FROM sft_examples WHERE dataset_id = ?", [dataset_id])
-        self.db.execute("DELETE FROM pref_pairs WHERE dataset_id = ?", [dataset_id])
-        self.db.execute("DELETE FROM datasets WHERE id = ?", [dataset_id])
+        self.conn.execute("DELETE FROM sft_examples WHERE dataset_id = ?", [dataset_id])
+        self.conn.execute("DELETE FROM pref_pairs WHERE dataset_id = ?", [dataset_id])
+        self.conn.execute("DELETE FROM datasets WHERE id = ?", [dataset_id])
 
     def _rows_table(self, dataset: dict) -> str:
         return "sft_examples" if dataset["kind"] == "sft" else "pref_pairs"
@@ -346,7 +441,7 @@ class Store:
                 rec[f] = row[f]
             records.append(rec)
         with self._write():
-            self.db[table].insert_all(records, batch_size=500)
+            self._insert_all(table, records)
         return len(records)
 
     def list_rows(self, name_or_id: str | int, split: str | None = None,
@@ -356,8 +451,8 @@ class Store:
         if split:
             where += " AND split = ?"
             args.append(split)
-        rows = self.db[self._rows_table(ds)].rows_where(
-            where, args, order_by="id", limit=limit, offset=offset or None)
+        rows = self._select(self._rows_table(ds), where, args, order_by="id", limit=limit,
+                            offset=offset or None)
         return [_join_prompt(dict(r)) for r in rows]
 
     def update_row(self, name_or_id: str | int, row_id: int, fields: dict) -> None:
@@ -372,7 +467,7 @@ class Store:
         if "meta" in fields:
             fields["meta"] = _dumps(fields["meta"])
         with self._write():
-            self.db[self._rows_table(ds)].update(row_id, fields)
+            self._set(self._rows_table(ds), row_id, fields, f"dataset {ds['name']!r} row")
 
     def delete_rows(self, name_or_id: str | int, row_ids: Iterable[int]) -> int:
         ds = self.get_dataset(name_or_id)
@@ -381,7 +476,7 @@ class Store:
             return 0
         marks = ",".join("?" * len(ids))
         with self._write():
-            cur = self.db.execute(
+            cur = self.conn.execute(
                 f"DELETE FROM {self._rows_table(ds)} WHERE dataset_id = ? AND id IN ({marks})",
                 [ds["id"], *ids])
         return cur.rowcount
@@ -391,10 +486,10 @@ class Store:
         ds = self.get_dataset(name_or_id)
         table, ids = self._rows_table(ds), sorted({int(i) for i in eval_ids})
         with self._write():
-            self.db.execute(f"UPDATE {table} SET split = 'train' WHERE dataset_id = ?", [ds["id"]])
+            self.conn.execute(f"UPDATE {table} SET split = 'train' WHERE dataset_id = ?", [ds["id"]])
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
-                self.db.execute(f"UPDATE {table} SET split = 'eval' WHERE dataset_id = ? AND id IN "
+                self.conn.execute(f"UPDATE {table} SET split = 'eval' WHERE dataset_id = ? AND id IN "
                                 f"({','.join('?' * len(chunk))})", [ds["id"], *chunk])
 
     def move_rows(self, from_dataset: str | int, to_dataset: str | int) -> int:
@@ -405,9 +500,9 @@ class Store:
             raise ValueError(f"dataset {dst['name']!r} holds {dst['kind']} rows, "
                              f"not {src['kind']} rows")
         with self._write():
-            cur = self.db.execute(f"UPDATE {self._rows_table(src)} SET dataset_id = ? "
+            cur = self.conn.execute(f"UPDATE {self._rows_table(src)} SET dataset_id = ? "
                                   f"WHERE dataset_id = ?", [dst["id"], src["id"]])
-            self.db.execute("DELETE FROM datasets WHERE id = ?", [src["id"]])
+            self.conn.execute("DELETE FROM datasets WHERE id = ?", [src["id"]])
         return cur.rowcount
 
     def replace_dataset(self, name: str, by: str | int, overwrite: bool = True) -> None:
@@ -422,7 +517,7 @@ class Store:
                 raise DatasetExists(f"dataset {name!r} already exists")
             if old is not None and old["id"] != new["id"]:
                 self._delete_dataset_rows(old["id"])
-            self.db.execute("UPDATE datasets SET name = ? WHERE id = ?", [name, new["id"]])
+            self.conn.execute("UPDATE datasets SET name = ? WHERE id = ?", [name, new["id"]])
 
     # -- runs ----------------------------------------------------------------------
     def create_run(self, stage: str, config: dict, name: str | None = None,
@@ -439,15 +534,13 @@ class Store:
     def _insert_named(self, table_name: str, prefix: str, row: dict) -> int:
         """Insert a row; without a name it is named `<prefix>-<id>`. Returns the id."""
         with self._write():
-            table = self.db[table_name]
-            table.insert(row)
-            row_id = table.last_pk
+            row_id = self._insert(table_name, row)
             if not row.get("name"):
-                table.update(row_id, {"name": f"{prefix}-{row_id}"})
+                self._set(table_name, row_id, {"name": f"{prefix}-{row_id}"}, prefix)
         return row_id
 
     def _row(self, table_name: str, row_id: int, what: str) -> dict:
-        rows = list(self.db[table_name].rows_where("id = ?", [int(row_id)]))
+        rows = self._select(table_name, "id = ?", [int(row_id)])
         if not rows:
             raise NotFound(f"{what} {row_id} does not exist")
         return rows[0]
@@ -465,8 +558,8 @@ class Store:
             statuses = [status] if isinstance(status, str) else list(status)
             where.append(f"status IN ({','.join('?' * len(statuses))})")
             args.extend(statuses)
-        rows = self.db["runs"].rows_where(" AND ".join(where) or None, args,
-                                          order_by="id DESC", limit=limit)
+        rows = self._select("runs", " AND ".join(where) or None, args, order_by="id DESC",
+                            limit=limit)
         return [_decode_run(r) for r in rows]
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -481,7 +574,7 @@ class Store:
         if "status" in fields and fields["status"] not in RUN_STATES:
             raise ValueError(f"{what} status {fields['status']!r} is not one of {RUN_STATES}")
         with self._write():
-            self.db[table_name].update(int(row_id), fields)
+            self._set(table_name, int(row_id), fields, what)
 
     def claim_run(self, run_id: int) -> None:
         """Mark a run as running in this process (pid and host kept for crash detection).
@@ -536,15 +629,15 @@ class Store:
     def delete_run(self, run_id: int) -> None:
         with self._write():
             for table in ("metrics", "samples", "artifacts", "logs"):
-                self.db.execute(f"DELETE FROM {table} WHERE run_id = ?", [int(run_id)])
-            self.db.execute("DELETE FROM runs WHERE id = ?", [int(run_id)])
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id = ?", [int(run_id)])
+            self.conn.execute("DELETE FROM runs WHERE id = ?", [int(run_id)])
 
     def delete_after_step(self, run_id: int, step: int) -> None:
         """Drop a run's metrics and samples logged after `step` (a resume from the
         checkpoint of `step` redoes those steps; this keeps the curves single-valued)."""
         with self._write():
             for table in ("metrics", "samples"):
-                self.db.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?",
+                self.conn.execute(f"DELETE FROM {table} WHERE run_id = ? AND step > ?",
                                 [int(run_id), int(step)])
 
     # -- run groups (sweeps and experiment recipes: engine.experiments) --------------
@@ -564,12 +657,12 @@ class Store:
     def list_groups(self, limit: int | None = None) -> list[dict]:
         """Every group, newest first, each with `counts` ({status: runs of the group})."""
         counts: dict[int, dict[str, int]] = {}
-        for group_id, status, n in self.db.execute(
+        for group_id, status, n in self.conn.execute(
                 "SELECT group_id, status, COUNT(*) FROM runs WHERE group_id IS NOT NULL "
                 "GROUP BY group_id, status"):
             counts.setdefault(group_id, {})[status] = n
         out = []
-        for row in self.db["run_groups"].rows_where(order_by="id DESC", limit=limit):
+        for row in self._select("run_groups", order_by="id DESC", limit=limit):
             group = _decode_group(row)
             group["counts"] = counts.get(group["id"], {})
             out.append(group)
@@ -580,15 +673,15 @@ class Store:
 
     def group_runs(self, group_id: int) -> list[dict]:
         """The runs of a group, in the order they were created (deleted ones are gone)."""
-        rows = self.db["runs"].rows_where("group_id = ?", [int(group_id)], order_by="id")
+        rows = self._select("runs", "group_id = ?", [int(group_id)], order_by="id")
         return [_decode_run(r) for r in rows]
 
     def delete_group(self, group_id: int) -> None:
         """Forget a group; its runs stay (untagged), like any run."""
         with self._write():
-            self.db.execute("UPDATE runs SET group_id = NULL, group_key = NULL "
+            self.conn.execute("UPDATE runs SET group_id = NULL, group_key = NULL "
                             "WHERE group_id = ?", [int(group_id)])
-            self.db.execute("DELETE FROM run_groups WHERE id = ?", [int(group_id)])
+            self.conn.execute("DELETE FROM run_groups WHERE id = ?", [int(group_id)])
 
     # -- metrics, samples, logs, artifacts -----------------------------------------
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
@@ -596,7 +689,7 @@ class Store:
         rows = [{"run_id": int(run_id), "step": int(step), "name": k, "value": float(v), "time": t}
                 for k, v in values.items() if v is not None]
         with self._write():
-            self.db["metrics"].insert_all(rows)
+            self._insert_all("metrics", rows)
 
     def get_metrics(self, run_id: int, names: Iterable[str] | None = None) -> list[dict]:
         where, args = "run_id = ?", [int(run_id)]
@@ -604,16 +697,16 @@ class Store:
             names = list(names)
             where += f" AND name IN ({','.join('?' * len(names))})"
             args.extend(names)
-        return list(self.db["metrics"].rows_where(where, args, order_by="step, rowid",
-                                                  select="step, name, value, time"))
+        return self._select("metrics", where, args, order_by="step, rowid",
+                            select="step, name, value, time")
 
     def metric_names(self, run_id: int) -> list[str]:
-        return [r[0] for r in self.db.execute(
+        return [r[0] for r in self.conn.execute(
             "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", [int(run_id)])]
 
     def last_metrics(self, run_id: int) -> dict[str, float]:
         """The latest value of each metric of a run."""
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "SELECT name, value FROM metrics WHERE rowid IN "
             "(SELECT MAX(rowid) FROM metrics WHERE run_id = ? GROUP BY name)", [int(run_id)])
         return {name: value for name, value in rows}
@@ -624,11 +717,11 @@ class Store:
         (rows stored), from one aggregate query over all runs instead of one per run."""
         runs = self.list_runs(stage=stage, status=status)
         last: dict[int, dict[str, float]] = {}
-        for run_id, name, value in self.db.execute(
+        for run_id, name, value in self.conn.execute(
                 "SELECT run_id, name, value FROM metrics WHERE rowid IN "
                 "(SELECT MAX(rowid) FROM metrics GROUP BY run_id, name)"):
             last.setdefault(run_id, {})[name] = value
-        counts = dict(self.db.execute("SELECT run_id, COUNT(*) FROM metrics GROUP BY run_id"))
+        counts = dict(self.conn.execute("SELECT run_id, COUNT(*) FROM metrics GROUP BY run_id"))
         for run in runs:
             run["last_metrics"] = last.get(run["id"], {})
             run["n_metrics"] = counts.get(run["id"], 0)
@@ -644,7 +737,7 @@ class Store:
                          "response": r.pop("response"), "reward": r.pop("reward", None),
                          "kl": r.pop("kl", None), "extra": _dumps(r), "time": _now()})
         with self._write():
-            self.db["samples"].insert_all(recs)
+            self._insert_all("samples", recs)
 
     def get_samples(self, run_id: int, step: int | None = None) -> list[dict]:
         where, args = "run_id = ?", [int(run_id)]
@@ -652,52 +745,48 @@ class Store:
             where += " AND step = ?"
             args.append(int(step))
         rows = []
-        for r in self.db["samples"].rows_where(where, args, order_by="step, id"):
+        for r in self._select("samples", where, args, order_by="step, id"):
             r["extra"] = _loads(r["extra"], {})
             rows.append(r)
         return rows
 
     def log(self, run_id: int, message: str, level: str = "info") -> None:
         with self._write():
-            self.db["logs"].insert({"run_id": int(run_id), "time": _now(), "level": level,
-                                    "message": message})
+            self._insert("logs", {"run_id": int(run_id), "time": _now(), "level": level,
+                                  "message": message})
 
     def get_log(self, run_id: int, limit: int | None = None) -> list[dict]:
-        return list(self.db["logs"].rows_where("run_id = ?", [int(run_id)], order_by="id",
-                                               limit=limit))
+        return self._select("logs", "run_id = ?", [int(run_id)], order_by="id", limit=limit)
 
     def add_artifact(self, run_id: int, kind: str, path: str | os.PathLike,
                      sha256: str | None = None) -> int:
         with self._write():
-            table = self.db["artifacts"]
-            table.insert({"run_id": int(run_id), "kind": kind, "path": str(path),
-                          "sha256": sha256, "created": _now()})
-            return table.last_pk
+            return self._insert("artifacts", {"run_id": int(run_id), "kind": kind,
+                                              "path": str(path), "sha256": sha256,
+                                              "created": _now()})
 
     def list_artifacts(self, run_id: int, kind: str | None = None) -> list[dict]:
         where, args = "run_id = ?", [int(run_id)]
         if kind:
             where += " AND kind = ?"
             args.append(kind)
-        return list(self.db["artifacts"].rows_where(where, args, order_by="id"))
+        return self._select("artifacts", where, args, order_by="id")
 
     # -- comparisons and votes -----------------------------------------------------
     def create_comparison(self, name: str, config: dict, run_id: int | None = None) -> int:
         with self._write():
-            table = self.db["comparisons"]
-            table.insert({"name": name, "config": _dumps(config), "run_id": run_id,
-                          "created": _now()})
-            return table.last_pk
+            return self._insert("comparisons", {"name": name, "config": _dumps(config),
+                                                "run_id": run_id, "created": _now()})
 
     def list_comparisons(self) -> list[dict]:
         out = []
-        for r in self.db["comparisons"].rows_where(order_by="id DESC"):
+        for r in self._select("comparisons", order_by="id DESC"):
             r["config"] = _loads(r["config"], {})
             out.append(r)
         return out
 
     def get_comparison(self, comparison_id: int) -> dict:
-        rows = list(self.db["comparisons"].rows_where("id = ?", [int(comparison_id)]))
+        rows = self._select("comparisons", "id = ?", [int(comparison_id)])
         if not rows:
             raise NotFound(f"comparison {comparison_id} does not exist")
         row = rows[0]
@@ -715,12 +804,12 @@ class Store:
                          "reward": r.pop("reward", None), "kl": r.pop("kl", None),
                          "length": r.pop("length", None), "extra": _dumps(r)})
         with self._write():
-            self.db["comparison_outputs"].insert_all(recs)
+            self._insert_all("comparison_outputs", recs)
 
     def get_comparison_outputs(self, comparison_id: int) -> list[dict]:
         rows = []
-        for r in self.db["comparison_outputs"].rows_where(
-                "comparison_id = ?", [int(comparison_id)], order_by="prompt_index, id"):
+        for r in self._select("comparison_outputs", "comparison_id = ?", [int(comparison_id)],
+                              order_by="prompt_index, id"):
             r["extra"] = _loads(r["extra"], {})
             rows.append(r)
         return rows
@@ -733,12 +822,12 @@ class Store:
                  "refs": _dumps(list(r["references"])), "answer": r["answer"],
                  "correct": int(bool(r["correct"]))} for r in rows]
         with self._write():
-            self.db["capability_answers"].insert_all(recs)
+            self._insert_all("capability_answers", recs)
 
     def get_capability_answers(self, comparison_id: int) -> list[dict]:
         rows = []
-        for r in self.db["capability_answers"].rows_where(
-                "comparison_id = ?", [int(comparison_id)], order_by="id"):
+        for r in self._select("capability_answers", "comparison_id = ?", [int(comparison_id)],
+                              order_by="id"):
             r["references"] = _loads(r.pop("refs"), [])
             r["correct"] = bool(r["correct"])
             rows.append(r)
@@ -750,18 +839,16 @@ class Store:
         if choice not in ("a", "b", "tie", "both_bad"):
             raise ValueError(f"vote choice {choice!r} is not a, b, tie or both_bad")
         with self._write():
-            table = self.db["votes"]
-            table.insert({"comparison_id": comparison_id, "prompt": prompt, "model_a": model_a,
-                          "model_b": model_b, "response_a": response_a,
-                          "response_b": response_b, "choice": choice, "reward_a": reward_a,
-                          "reward_b": reward_b, "created": _now()})
-            return table.last_pk
+            return self._insert("votes", {
+                "comparison_id": comparison_id, "prompt": prompt, "model_a": model_a,
+                "model_b": model_b, "response_a": response_a, "response_b": response_b,
+                "choice": choice, "reward_a": reward_a, "reward_b": reward_b,
+                "created": _now()})
 
     def list_votes(self, comparison_id: int | None = None) -> list[dict]:
         if comparison_id is None:
-            return list(self.db["votes"].rows_where(order_by="id"))
-        return list(self.db["votes"].rows_where("comparison_id = ?", [int(comparison_id)],
-                                                order_by="id"))
+            return self._select("votes", order_by="id")
+        return self._select("votes", "comparison_id = ?", [int(comparison_id)], order_by="id")
 
 
 class _Tx:
@@ -778,7 +865,6 @@ class _Tx:
         return self.conn
 
     def __exit__(self, exc_type, exc, tb):
-        # sqlite-utils may already have committed inside (it wraps writes in `with conn`)
         if self.outer and self.conn.in_transaction:
             if exc_type is None:
                 self.conn.execute("COMMIT")

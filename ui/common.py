@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 import time
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import streamlit as st
 
 from engine.runtime.jobs import JobManager, get_manager, queue_position
@@ -13,6 +13,9 @@ from engine.runtime.runs import ACTIVE_STATES, RESUMABLE_STATES
 from storage import NotFound, Store
 from storage.db import default_db_path
 from ui.i18n import catalogue, current_language, t
+
+if TYPE_CHECKING:  # pandas (with numpy and pyarrow, ~1 s) loads with the first chart, not
+    import pandas as pd  # with the first page (the Home page draws none)
 
 EMBEDDED = "embedded"
 
@@ -293,6 +296,8 @@ def ema(values: pd.Series, smoothing: float) -> pd.Series:
 
 def metrics_frame(run_ids, names=None) -> pd.DataFrame:
     """Metrics of one or several runs as a long frame: run, step, name, value."""
+    import pandas as pd
+
     store = get_store()
     frames = []
     for rid in ([run_ids] if isinstance(run_ids, int) else run_ids):
@@ -310,6 +315,8 @@ def downsample(df: pd.DataFrame, max_points: int = 600) -> pd.DataFrame:
     """Keep at most max_points per (run, name) for drawing; storage keeps everything."""
     if df.empty or len(df) <= max_points:  # (no series can be longer than the frame)
         return df
+    import pandas as pd
+
     parts = []
     for _, g in df.groupby(["run", "name"], sort=False):
         if len(g) > max_points:
@@ -322,6 +329,8 @@ def _chart_frame(df: pd.DataFrame, smoothing: float) -> pd.DataFrame:
     """One row per drawn point: run, step, name, value, smooth (the EMA where `smoothed`,
     else the value), smoothed, series (the legend's name). Smoothed on every point, then
     downsampled; a series at a time (a chart holds a few)."""
+    import pandas as pd
+
     parts = []
     many_runs = df["run"].nunique() > 1
     for (run, name), g in df.groupby(["run", "name"], sort=True):
