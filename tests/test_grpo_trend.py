@@ -157,7 +157,7 @@ def test_a_run_of_two_steps_has_no_verdict(store):
 
 def test_prompt_language_keeps_the_prompts_of_one_language(store):
     from engine.schema import ConfigError
-    from engine.training.ppo import in_language, load_prompts
+    from engine.training.rl_prompts import in_language, load_prompts
 
     every = load_prompts(store, "sample-preferences")          # the shipped samples, EN + FR
     english = load_prompts(store, "sample-preferences", language="en")
@@ -179,7 +179,7 @@ def test_prompt_language_keeps_the_prompts_of_one_language(store):
 
 def test_the_default_held_out_check_scores_at_least_32_answers(store):
     from engine import data
-    from engine.training.ppo import in_language, load_prompts
+    from engine.training.rl_prompts import in_language, load_prompts
 
     cfg = GRPOConfig()
     load_prompts(store, cfg.dataset)                               # imports the samples

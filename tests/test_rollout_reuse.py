@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from engine.inference.chat import encode_completion, encode_prompt
-from engine.training.ppo import PPOTrainer, Rollout, rollout_reward_ids
+from engine.training.ppo import PPOTrainer, Rollout
+from engine.training.rl_rewards import rollout_reward_ids
 from tests.rl_helpers import PROMPTS
 from tests.rl_helpers import fake_sft_run as _fake_sft_run
 from tests.rl_helpers import ppo_config as _config

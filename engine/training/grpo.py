@@ -33,9 +33,10 @@ from engine.objectives import (clip_fraction, dr_grpo_advantages, grpo_advantage
 from engine.schema import ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig, \
     like, setting
 from engine.training import heldout, rewards_builtin, train_utils
-from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PROMPT_LANGUAGES, PPOConfig, PPOTrainer,
-                                 RLSettings, Rollout, _trim, run_steps, score_rollout,
-                                 truncate_after_eos)
+from engine.training.ppo import (DEFAULT_PROMPT_DATASET, PPOConfig, PPOTrainer, RLSettings,
+                                 Rollout, _trim, run_steps)
+from engine.training.rl_prompts import PROMPT_LANGUAGES
+from engine.training.rl_rewards import score_rollout
 
 ADVANTAGES = {"grpo": grpo_advantages, "dr_grpo": dr_grpo_advantages, "rloo": rloo_advantages}
 MODEL_REWARD = "model"   # the component name of the trained reward model (metric reward_model)

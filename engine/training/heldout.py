@@ -1,5 +1,5 @@
 """Whether a PPO or GRPO run's held-out score moved beyond its noise (issue 24), from the
-numbers the run stored: its held-out points (`PPOTrainer.heldout_eval`: each a mean over
+numbers the run stored: its held-out points (`HeldoutCheck.heldout_eval`: each a mean over
 prompts with its SE clustered by prompt), the first against the last.
 
 - the held-out score: Δ = s̄_last − s̄_first, SE(Δ) = sqrt(SE_first² + SE_last²)
@@ -10,13 +10,23 @@ prompts with its SE clustered by prompt), the first against the last.
   2·SE: only then is poor generalisation said.
 
 The pages word it in the session's language (`sentences`), the run summary and the CLI in
-English (`summary`). No sentence claims a change its numbers do not show."""
+English (`summary`). No sentence claims a change its numbers do not show.
+
+`HeldoutCheck` (the end of this module) takes the points during the run: a part of
+engine.training.ppo.PPOTrainer."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
-from engine.objectives import TREND_SE, difference_with_se, trend_verdict
+import torch
+
+from engine import data
+
+from engine.objectives import (TREND_SE, difference_with_se, prompt_clustered_mean, sequence_kl,
+                               trend_verdict)
+from engine.training.rl_prompts import in_language
 
 METRICS = ("eval_train_score", "eval_train_score_se", "eval_heldout_score",
            "eval_heldout_score_se", "eval_heldout_answers")
@@ -132,3 +142,81 @@ def summary(store, run_id: int) -> dict:
         return {}
     text = " ".join(english(s["key"]).format(**s["params"]) for s in sentences(c))
     return {"heldout": c, "heldout_sentence": text}
+
+
+class HeldoutCheck:
+    """Training vs held-out prompts during a PPO/GRPO run (a part of
+    engine.training.ppo.PPOTrainer, which sets cfg, store, prompts, log and samples
+    answers with `sample_answers`)."""
+
+    def heldout_sets(self) -> tuple[list, list]:
+        """(K fixed training prompts, K held-out prompts): the dataset's eval-split prompts
+        that are not training prompts, K = heldout_prompts, both picked once by the seed.
+        No held-out prompts: said once in the log, and ([], [])."""
+        if getattr(self, "_heldout", None) is None:
+            cfg = self.cfg
+            seen = {json.dumps(p, ensure_ascii=False, sort_keys=True) for p in self.prompts}
+            held = [p for p in in_language(data.prompts_of(self.store, cfg.dataset, "eval"),
+                                           cfg.prompt_language)
+                    if p and json.dumps(p, ensure_ascii=False, sort_keys=True) not in seen]
+            rng = random.Random(cfg.seed)
+            rng.shuffle(held)
+            train = list(self.prompts)
+            rng.shuffle(train)
+            K = cfg.heldout_prompts
+            self._heldout = (train[:K], held[:K]) if held else ([], [])
+            if not held:
+                self.log(f"no held-out prompts: dataset {cfg.dataset!r} has no eval-split "
+                         f"prompt outside the training prompts; the held-out evaluation is "
+                         f"skipped")
+        return self._heldout
+
+    def heldout_due(self, step: int) -> bool:
+        every = self.cfg.heldout_every
+        return bool(every) and (step == 1 or step % every == 0 or step == self.cfg.max_steps)
+
+    @torch.no_grad()
+    def heldout_eval(self, step: int) -> dict[str, float]:
+        """Training vs held-out prompts at this step: `heldout_answers` answers to each
+        prompt of both sets (K = heldout_prompts each), sampled in one call the way the run
+        samples (π_θ, its temperature and token limit, no gradient) with the same seed at
+        every point, so that two points differ by the policy rather than by the draw;
+        scored by the run's reward (and the gold one); the held-out answers' KL to the
+        reference too. Each score is the mean over prompts of each prompt's mean answer,
+        with its standard error clustered by prompt (objectives.prompt_clustered_mean:
+        the SE of the K prompt means, metrics `<name>_se`); `eval_heldout_answers` counts
+        the held-out answers scored. The last point's answers with their scores stay in
+        `self.last_heldout` (run_steps appends them to the run's heldout.jsonl). {} when
+        not due or no held-out set."""
+        if not self.heldout_due(step):
+            return {}
+        train, held = self.heldout_sets()
+        if not held:
+            return {}
+        A = self.cfg.heldout_answers
+        torch.manual_seed(self.cfg.seed * 7_919)   # every point: the same random numbers
+        ro = self.sample_answers(train + held, A)
+        n = len(train) * A
+        ref = self.ref_logprobs(ro.query[n:], ro.query_mask[n:], ro.response[n:], ro.mask[n:])
+        kl = sequence_kl(ro.logp[n:], ref, ro.mask[n:].float())
+        scores = self.reward_scores(ro.prompts, ro.texts)
+        gold = self.gold_scores(ro.prompts[n:], ro.texts[n:]) if self.gold is not None else None
+        golds = [None] * n + (gold.tolist() if gold is not None else [None] * len(held) * A)
+        self.last_heldout = [
+            {"set": "train" if i < n else "heldout", "prompt": prompt, "answer": text,
+             "score": float(score), **({"gold": g} if g is not None else {})}
+            for i, (prompt, text, score, g) in enumerate(zip(ro.prompts, ro.texts,
+                                                                 scores.tolist(), golds))]
+
+        def per_prompt(values: torch.Tensor) -> tuple[float | None, float | None]:
+            return prompt_clustered_mean(values.reshape(-1, A).tolist())
+
+        train_mean, train_se = per_prompt(scores[:n])
+        held_mean, held_se = per_prompt(scores[n:])
+        gold_mean, gold_se = per_prompt(gold) if gold is not None else (None, None)
+        out = {"eval_train_score": train_mean, "eval_train_score_se": train_se,
+               "eval_heldout_score": held_mean, "eval_heldout_score_se": held_se,
+               "eval_heldout_kl": float(kl.mean()),
+               "eval_heldout_gold": gold_mean, "eval_heldout_gold_se": gold_se,
+               "eval_heldout_answers": float(len(held) * A)}
+        return {k: v for k, v in out.items() if v is not None}

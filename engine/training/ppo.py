@@ -35,26 +35,25 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from engine import data
 from engine.training import heldout, rewards_builtin, train_utils
-from engine.training import reward as reward_mod
-from engine.inference.chat import collate_prompts, completion_ids, encode_prompt, prompt_text
+from engine.inference.chat import collate_prompts, encode_prompt
 from engine.inference.generate import DECODE_CACHES, generation_cache_options, sample_groups
 from engine.errors import NonFiniteError
 from engine.inference.models import add_lora, adapter_dir, load_adapter
 from engine.objectives import (adaptive_kl_update, approx_kl, clip_fraction,
-                               clipped_policy_loss, clipped_value_loss, conservative_reward,
-                               entropy_from_logits,
+                               clipped_policy_loss, clipped_value_loss, entropy_from_logits,
                                explained_variance, gae_advantages, kl_k1, logprobs_from_logits,
                                masked_mean, masked_var, per_token_rewards, ppo_ratio,
-                               prompt_clustered_mean, sequence_kl, value_clip_fraction,
-                               whiten)
+                               sequence_kl, value_clip_fraction, whiten)
 from engine.inference.packing import DEFAULT_ROW_TOKENS, packed_outputs, supports_packing, unpad
 from engine.inference.logprobs import (GRAD_ROW_TOKENS, answer_rows, backward_by_rows,
                                        gather_rows)
 from engine.schema import (ADVANCED, ConfigError, LoraSettings, SamplingSettings, TrainConfig,
                            like, setting)
 from engine.training.diversity import diversity
+from engine.training.heldout import HeldoutCheck
+from engine.training.rl_prompts import PROMPT_LANGUAGES, load_prompts
+from engine.training.rl_rewards import RewardSources, check_reward_runs, score_rollout
 
 # Fixed bin edges of the ratio histogram logged each step as ratio_hist_00 .. _NN
 # (values outside [0.5, 1.5] fall into the end bins); the page draws them.
@@ -65,7 +64,6 @@ CLIPFRAC_WARN = 0.3     # fraction of tokens where the clip binds
 DEFAULT_PROMPT_DATASET = "sample-preferences"
 EOS_WARN = 0.5          # the pages warn when fewer answers than this end with EOS
 REWARD_AGGREGATES = ("mean", "conservative")
-PROMPT_LANGUAGES = ("any", "en", "fr")   # rewards_builtin.language_of
 
 
 # ======================================================================================
@@ -254,96 +252,6 @@ class Rollout:
     reward_std: torch.Tensor | None = None    # the ensemble's disagreement σ_k per answer
 
 
-def load_prompts(store, dataset: str, split: str = "train", language: str = "any") -> list:
-    """The distinct prompts of an SFT or a preference dataset (train split; every row if it
-    has none), only those in `language` unless it is "any". The shipped samples are
-    imported on first use."""
-    if dataset in data.SAMPLES:
-        data.ensure_sample_datasets(store)
-    prompts = data.prompts_of(store, dataset, split) or data.prompts_of(store, dataset)
-    prompts = [p for p in prompts if p]
-    if not prompts:
-        raise ValueError(f"dataset {dataset!r} has no prompts")
-    kept = in_language(prompts, language)
-    if not kept:
-        raise ConfigError("prompt_language", f"none of the {len(prompts)} prompts of dataset "
-                          f"{dataset!r} is in {language!r}; choose 'any' or another dataset")
-    return kept
-
-
-def in_language(prompts: list, language: str) -> list:
-    """The prompts of `language` ("en"/"fr"): every prompt but those told to be in the other
-    language (rewards_builtin.language_of; a prompt whose language cannot be told is kept);
-    all of them for "any"."""
-    if language == "any":
-        return list(prompts)
-    return [p for p in prompts
-            if rewards_builtin.language_of(prompt_text(p)) in (language, None)]
-
-
-def run_base(run: dict) -> str:
-    """The base model a stored run trained on."""
-    return (run.get("config") or {}).get("model") or run.get("model") or "embedded"
-
-
-def check_reward_runs(store, cfg) -> None:
-    """The ensemble's runs exist, are reward models and share one base (`reward_runs` named
-    by the ConfigError otherwise): checked from the store before any model loads."""
-    from storage import NotFound
-
-    bases = {}
-    for rid in cfg.reward_runs:
-        try:
-            run = store.get_run(int(rid))
-        except NotFound:
-            raise ConfigError("reward_runs", f"run {rid} does not exist") from None
-        if run["stage"] != "reward":
-            raise ConfigError("reward_runs", f"run {rid} is a {run['stage']} run, not a "
-                              f"reward model")
-        bases[int(rid)] = run_base(run)
-    if len(set(bases.values())) > 1:
-        raise ConfigError("reward_runs", "the ensemble mixes base models ("
-                          + ", ".join(f"#{r}: {b}" for r, b in bases.items())
-                          + "); train every member on one base")
-
-
-class EnsembleScorer:
-    """K reward models as one reward: R̃ = r̄ − λ·σ_k(r) (objectives.conservative_reward;
-    λ = 0: the plain mean). After each `score` call, `last_std` holds σ_k per answer."""
-
-    def __init__(self, members: list, lam: float = 0.0):
-        self.members, self.lam = members, float(lam)
-        self.last_std: torch.Tensor | None = None
-
-    def score(self, prompts: list, responses: list[str]) -> list[float]:
-        return self._combine([list(m.score(prompts, responses)) for m in self.members])
-
-    def score_rollout(self, ro) -> list[float]:
-        return self._combine([list(score_rollout(m, ro)) for m in self.members])
-
-    def _combine(self, scores: list[list[float]]) -> list[float]:
-        r = torch.tensor(scores, dtype=torch.float32)              # [K, B]
-        self.last_std = r.std(0, unbiased=False)
-        return conservative_reward(r, self.lam).tolist()
-
-
-def score_rollout(scorer, ro) -> list[float]:
-    """A scorer's rewards of a rollout's answers: from their token ids where the scorer
-    reads them (a reward model on the policy's base), else from the texts."""
-    if hasattr(scorer, "score_rollout"):
-        return scorer.score_rollout(ro)
-    return scorer.score(ro.prompts, ro.texts)
-
-
-def rollout_reward_ids(ro, eos_id: int, max_length: int) -> list[list[int]]:
-    """Each sample's prompt + answer ids as a reward model reads them (chat.completion_ids,
-    the layout `encode_completion` gives the texts): the prompt without its padding, the
-    answer up to its EOS (EOS appended to an answer cut at the token limit)."""
-    return [completion_ids(q[qm.bool()].tolist(), r[m.bool()].tolist(), eos_id,
-                           max_length).input_ids
-            for q, qm, r, m in zip(ro.query, ro.query_mask, ro.response, ro.mask)]
-
-
 class ValueHead(nn.Module):
     """V_φ(s_t) = w·h_t + b on the policy's last hidden state, zero-initialised (V ≡ 0 at
     the start, so the first advantages are the rewards-to-go)."""
@@ -358,7 +266,7 @@ class ValueHead(nn.Module):
         return self.linear(hidden.float()).squeeze(-1)
 
 
-class PPOTrainer:
+class PPOTrainer(RewardSources, HeldoutCheck):
     """Holds the model (policy/ref adapters), the value head, the reward and the optimizer;
     `step(k)` does one PPO iteration and returns its metrics and sample rows."""
 
@@ -418,79 +326,6 @@ class PPOTrainer:
         """The PeftModel itself (unwrapped from any distributed wrapper)."""
         return self.accelerator.unwrap_model(self.model)
 
-    def _make_reward(self, cfg: PPOConfig, store, model):
-        """The reward: a built-in rule, a finished reward-model run, or an ensemble of them
-        (`reward_runs`: each its own adapter "reward_k" and head on the one base, combined
-        by EnsembleScorer). Returns (scorer with .score(prompts, responses), label, model).
-        """
-        if cfg.reward_runs:
-            members = []
-            for k, rid in enumerate(cfg.reward_runs):
-                scorer, _, model = self._reward_model(store, int(rid), model,
-                                                      f"{self.REWARD}_{k}")
-                members.append(scorer)
-            agg = cfg.reward_aggregate
-            label = (f"{'mean' if agg == 'mean' else f'mean − {cfg.uncertainty_lambda:g}·std'}"
-                     f" of reward#{', #'.join(str(r) for r in cfg.reward_runs)}")
-            lam = cfg.uncertainty_lambda if agg == "conservative" else 0.0
-            return EnsembleScorer(members, lam), label, model
-        if cfg.reward_run is None:
-            scorer = rewards_builtin.BuiltinScorer(cfg.builtin_reward, cfg.reward_params)
-            return scorer, scorer.label(), model
-        return self._reward_model(store, int(cfg.reward_run), model, self.REWARD)
-
-    def _make_gold(self, cfg: PPOConfig, store, model):
-        """The gold reward, never optimised (a rule, or a reward-model run attached like the
-        reward as the adapter "gold"); (None, None, model) without one."""
-        if cfg.gold_reward:
-            scorer = rewards_builtin.BuiltinScorer(cfg.gold_reward, cfg.gold_params)
-            return scorer, scorer.label(), model
-        if cfg.gold_reward_run is not None:
-            return self._reward_model(store, int(cfg.gold_reward_run), model, "gold")
-        return None, None, model
-
-    def _reward_model(self, store, run_id: int, model, adapter: str):
-        """A finished reward-model run as a scorer.
-
-        A reward model trained on the same base is attached to the same weights as the
-        adapter `adapter` plus its scalar head (one base in memory). One trained on another
-        base gets its own private copy of that base on our device (one more model in
-        memory) through engine.training.reward.load_scorer.
-        Returns (scorer with .score(prompts, responses), label, model).
-        """
-        run = store.get_run(run_id)
-        if run["stage"] != "reward":
-            raise ValueError(f"run {run['id']} is a {run['stage']} run, not a reward model")
-        path = reward_mod.reward_adapter_path(run["id"])
-        if not (path / "adapter_config.json").exists():
-            raise ValueError(f"reward run {run['id']} has no saved reward model (status "
-                             f"{run['status']}); pick a finished reward run")
-        spec = run_base(run)
-        if spec != self.cfg.model:
-            scorer = reward_mod.load_scorer(store, run["id"], device=self.device)
-            return scorer, f"reward#{run['id']} (own copy of {spec})", model
-        model = load_adapter(model, path, adapter_name=adapter, is_trainable=False)
-        head, stats = reward_mod.load_reward_head(run["id"])
-        head = head.to(self.device).eval()
-        for p in head.parameters():
-            p.requires_grad_(False)
-        max_length = int((run.get("config") or {}).get("max_length") or 512)
-        tokenizer = self.tokenizer
-
-        class _SharedScorer:
-            def score(self, prompts, responses):
-                return reward_mod.score_with_model(model, head, tokenizer, prompts, responses,
-                                                   max_length=max_length, stats=stats,
-                                                   adapter_name=adapter)
-
-            def score_rollout(self, ro):
-                """The rollout's own token ids (the policy's tokenizer is this model's):
-                no decoding and re-tokenising of the answers."""
-                return reward_mod.score_token_ids(
-                    model, head, rollout_reward_ids(ro, tokenizer.eos_token_id, max_length),
-                    stats, adapter, pad_id=tokenizer.pad_token_id)
-
-        return _SharedScorer(), f"reward#{run['id']}", model
 
     @contextmanager
     def reference(self):
@@ -757,46 +592,6 @@ class PPOTrainer:
             out["reward_std"] = float(ro.reward_std[i])
         return out
 
-    @torch.no_grad()
-    def gold_scores(self, prompts: list, texts: list[str]) -> torch.Tensor:
-        values = torch.tensor(self.gold.score(prompts, texts), dtype=torch.float32)
-        if not torch.isfinite(values).all():
-            raise NonFiniteError(f"the gold reward ({self.gold_label}) returned a non-finite "
-                                 f"score")
-        return values
-
-    @torch.no_grad()
-    def reward_scores(self, prompts: list, texts: list[str]) -> torch.Tensor:
-        """The run's reward of some answers, as the step scores them (before penalties)."""
-        return torch.tensor(self.scorer.score(prompts, texts), dtype=torch.float32)
-
-    def heldout_sets(self) -> tuple[list, list]:
-        """(K fixed training prompts, K held-out prompts): the dataset's eval-split prompts
-        that are not training prompts, K = heldout_prompts, both picked once by the seed.
-        No held-out prompts: said once in the log, and ([], [])."""
-        if getattr(self, "_heldout", None) is None:
-            import random
-
-            cfg = self.cfg
-            seen = {json.dumps(p, ensure_ascii=False, sort_keys=True) for p in self.prompts}
-            held = [p for p in in_language(data.prompts_of(self.store, cfg.dataset, "eval"),
-                                           cfg.prompt_language)
-                    if p and json.dumps(p, ensure_ascii=False, sort_keys=True) not in seen]
-            rng = random.Random(cfg.seed)
-            rng.shuffle(held)
-            train = list(self.prompts)
-            rng.shuffle(train)
-            K = cfg.heldout_prompts
-            self._heldout = (train[:K], held[:K]) if held else ([], [])
-            if not held:
-                self.log(f"no held-out prompts: dataset {cfg.dataset!r} has no eval-split "
-                         f"prompt outside the training prompts; the held-out evaluation is "
-                         f"skipped")
-        return self._heldout
-
-    def heldout_due(self, step: int) -> bool:
-        every = self.cfg.heldout_every
-        return bool(every) and (step == 1 or step % every == 0 or step == self.cfg.max_steps)
 
     @torch.no_grad()
     def sample_answers(self, prompts: list, n: int) -> Rollout:
@@ -821,51 +616,6 @@ class PPOTrainer:
         ro.logp = logp * mask
         return ro
 
-    @torch.no_grad()
-    def heldout_eval(self, step: int) -> dict[str, float]:
-        """Training vs held-out prompts at this step: `heldout_answers` answers to each
-        prompt of both sets (K = heldout_prompts each), sampled in one call the way the run
-        samples (π_θ, its temperature and token limit, no gradient) with the same seed at
-        every point, so that two points differ by the policy rather than by the draw;
-        scored by the run's reward (and the gold one); the held-out answers' KL to the
-        reference too. Each score is the mean over prompts of each prompt's mean answer,
-        with its standard error clustered by prompt (objectives.prompt_clustered_mean:
-        the SE of the K prompt means, metrics `<name>_se`); `eval_heldout_answers` counts
-        the held-out answers scored. The last point's answers with their scores stay in
-        `self.last_heldout` (run_steps appends them to the run's heldout.jsonl). {} when
-        not due or no held-out set."""
-        if not self.heldout_due(step):
-            return {}
-        train, held = self.heldout_sets()
-        if not held:
-            return {}
-        A = self.cfg.heldout_answers
-        torch.manual_seed(self.cfg.seed * 7_919)   # every point: the same random numbers
-        ro = self.sample_answers(train + held, A)
-        n = len(train) * A
-        ref = self.ref_logprobs(ro.query[n:], ro.query_mask[n:], ro.response[n:], ro.mask[n:])
-        kl = sequence_kl(ro.logp[n:], ref, ro.mask[n:].float())
-        scores = self.reward_scores(ro.prompts, ro.texts)
-        gold = self.gold_scores(ro.prompts[n:], ro.texts[n:]) if self.gold is not None else None
-        golds = [None] * n + (gold.tolist() if gold is not None else [None] * len(held) * A)
-        self.last_heldout = [
-            {"set": "train" if i < n else "heldout", "prompt": prompt, "answer": text,
-             "score": float(score), **({"gold": g} if g is not None else {})}
-            for i, (prompt, text, score, g) in enumerate(zip(ro.prompts, ro.texts,
-                                                                 scores.tolist(), golds))]
-
-        def per_prompt(values: torch.Tensor) -> tuple[float | None, float | None]:
-            return prompt_clustered_mean(values.reshape(-1, A).tolist())
-
-        train_mean, train_se = per_prompt(scores[:n])
-        held_mean, held_se = per_prompt(scores[n:])
-        gold_mean, gold_se = per_prompt(gold) if gold is not None else (None, None)
-        out = {"eval_train_score": train_mean, "eval_train_score_se": train_se,
-               "eval_heldout_score": held_mean, "eval_heldout_score_se": held_se,
-               "eval_heldout_kl": float(kl.mean()),
-               "eval_heldout_gold": gold_mean, "eval_heldout_gold_se": gold_se,
-               "eval_heldout_answers": float(len(held) * A)}
-        return {k: v for k, v in out.items() if v is not None}
 
     def _train(self, ro: Rollout, adv: torch.Tensor, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.cfg
