@@ -11,7 +11,7 @@ from engine.training import rewards_builtin
 from engine.training.grpo import MODEL_REWARD, GRPOConfig, reward_trend
 from engine.training.ppo import CLIPFRAC_WARN, KL_WARN
 from ui.common import (datasets_or_hint, get_store, job_panel, line_chart, metrics_frame,
-                       model_spec, run_label, translated_choice)
+                       model_spec, reward_name, run_label, translated_choice)
 from ui.i18n import t
 from ui.rl_diagnostics import (challenges, chart_with_formulas, eos_warning,
                                reward_model_choices)
@@ -134,7 +134,7 @@ def groups_table(run_id: int) -> None:
         row = {t("grpo.col_group"): extra.get("group"), t("grpo.col_reward"): s["reward"],
                t("grpo.col_advantage"): extra.get("advantage")}
         for name, value in (extra.get("rewards") or {}).items():
-            row[t("grpo.col_component", name=name)] = value
+            row[t("grpo.col_component", name=reward_name(name))] = value
         row.update({t("grpo.col_length"): extra.get("length"), t("grpo.col_prompt"): s["prompt"],
                     t("grpo.col_response"): s["response"]})
         rows.append(row)

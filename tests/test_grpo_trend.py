@@ -145,6 +145,11 @@ def test_the_page_says_whether_the_reward_rose(store, bigram_dir):  # noqa: F811
         assert words[verdict] in shown, shown
         assert f"{slope:+.4f} ± {se:.4f}" in shown, shown
         assert O.LATEX["trend_slope"] in " ".join(x.value for x in at.latex)
+        # the groups table names each reward component as the interface does
+        columns = [c for frame in at.dataframe for c in frame.value.columns]
+        rule = {"en": "Ends with a full stop", "fr": "Finit par un point"}[lang]
+        assert any(rule in c for c in columns) and not any("ends_with_period" in c
+                                                           for c in columns), columns
     st.cache_resource.clear()
 
 

@@ -252,8 +252,11 @@ def job_of_session(key: str, show_log: bool = False) -> dict | None:
 SMOOTH_MIN_POINTS = 10  # a shorter series is drawn as it is: an EMA would bend its few points
 
 
-def _reward_name(name: str, lang: str) -> str:
-    key = f"ppo.rw_{name}"  # a built-in reward's own name, where it has one
+def reward_name(name: str, lang: str | None = None) -> str:
+    """A reward component as the interface names it: a built-in rule's own name, "a trained
+    reward model" for GRPO's model component, else the name itself."""
+    lang = lang or current_language()
+    key = "ppo.reward_model" if name == "model" else f"ppo.rw_{name}"
     return catalogue(lang).get(key) or catalogue("en").get(key) or name
 
 
@@ -261,7 +264,7 @@ def _reward_name(name: str, lang: str) -> str:
 METRIC_PATTERNS = [
     (re.compile(r"ratio_hist_(\d+)"), "ratio_hist_bin", lambda m, lang: {"bin": int(m[1])}),
     (re.compile(r"reward_(\w+)"), "reward_part",  # GRPO: one curve per reward function
-     lambda m, lang: {"name": _reward_name(m[1], lang)}),
+     lambda m, lang: {"name": reward_name(m[1], lang)}),
 ]
 
 
