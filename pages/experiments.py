@@ -18,8 +18,8 @@ from engine.runtime import stages
 from engine.schema import ConfigError
 from storage import NotFound
 from storage.db import ACTIVE_STATES, RESUMABLE_STATES, RUN_STATES
-from ui.common import (STATUS_ICONS, get_jobs, get_store, keep_widget, metric_label, model_spec,
-                       status_label)
+from ui.common import (STATUS_ICONS, get_jobs, get_store, keep_widget, legend_layout,
+                       metric_label, model_spec, status_label)
 from ui.forms import settings_form
 from ui.i18n import catalogue, t, tn
 from ui.stage_page import page_values_key
@@ -473,14 +473,15 @@ def xy_chart(df: pd.DataFrame, chart: Chart, title: str) -> None:
     x_enc = {"field": "x", **q, "title": x_title, "scale": {"zero": False}}
     if chart.x == "step":
         x_enc["axis"] = {"format": "d", "tickMinStep": 1}
-    spec = {"title": title, "height": 260, "datasets": {"d": data}, "data": {"name": "d"},
+    legend, extra = legend_layout(data["series"].nunique())
+    spec = {"title": title, "height": 260 + extra, "datasets": {"d": data}, "data": {"name": "d"},
             "mark": {"type": "line", "point": bool(len(data) < 80)},
             "encoding": {
                 "x": x_enc, "y": {"field": "y", **q, "title": y_title, "scale": {"zero": False}},
                 "order": {"field": "x" if chart.x == "step" else "step", **q},
                 "color": {"field": "series", "type": "nominal", "title": None,
                           "scale": {"scheme": "tableau10"},  # one distinct hue per line
-                          "legend": {"labelLimit": 220}},
+                          "legend": legend},
                 "tooltip": [{"field": "series", "type": "nominal", "title": t("common.series")},
                             {"field": "step", **q, "title": t("common.step")},
                             {"field": "x", **q, "format": ".4g", "title": x_title},
@@ -511,7 +512,8 @@ def hist_chart(df: pd.DataFrame, title: str) -> None:
         parts.append(last[["label", "bin", "range", "share", "value"]])
     data = pd.concat(parts, ignore_index=True)
     q = {"type": "quantitative"}
-    spec = {"title": title, "height": 240, "datasets": {"h": data}, "data": {"name": "h"},
+    legend, extra = legend_layout(data["label"].nunique())
+    spec = {"title": title, "height": 240 + extra, "datasets": {"h": data}, "data": {"name": "h"},
             "mark": "bar", "encoding": {
                 "x": {"field": "range", "type": "ordinal", "title": "r = π_θ / π_old",
                       "sort": {"field": "bin"}, "axis": {"labelAngle": -45}},
@@ -519,7 +521,7 @@ def hist_chart(df: pd.DataFrame, title: str) -> None:
                 "y": {"field": "share", **q, "title": t("experiments.share"),
                       "axis": {"format": "%"}},
                 "color": {"field": "label", "type": "nominal", "title": None,
-                          "scale": {"scheme": "tableau10"}, "legend": {"labelLimit": 220}},
+                          "scale": {"scheme": "tableau10"}, "legend": legend},
                 "tooltip": [{"field": "label", "type": "nominal", "title": t("common.series")},
                             {"field": "range", "type": "ordinal", "title": "r"},
                             {"field": "share", **q, "format": ".1%",

@@ -102,6 +102,10 @@ def test_a_recipe_group_draws_its_charts_hist_and_xy(store, tiny_model_dir):
         a = data[data["series"] == "run a"].sort_values("step")
         assert a["x"].round(4).tolist() == [round((0.5 * s) ** 0.5, 4) for s in (1, 2, 3)]
         assert xy[0][0]["encoding"]["x"]["title"].startswith("√")
+        # two runs: their legend under the plot, never cut, its lines added to the height
+        legend = xy[0][0]["encoding"]["color"]["legend"]
+        assert legend["labelLimit"] == 0 and legend["orient"] == "bottom"
+        assert xy[0][0]["height"] == 260 + 2 * 30
         hist = [(s, f) for s, f in drawn if s.get("mark") == "bar"]
         assert len(hist) == 1
         bars = hist[0][1]

@@ -268,6 +268,20 @@ METRIC_PATTERNS = [
 ]
 
 
+LEGEND_ROW_PX = 30  # a legend line under a chart
+
+
+def legend_layout(series: int) -> tuple[dict | None, int]:
+    """A chart's legend and the height it adds: none for one series (the title names it, a
+    legend would only squeeze the plot); for several, under the plot, one per line, never
+    cut ("Eval score, held-out pro…" at Vega's 160 px), the chart's height holding it too
+    (Streamlit fits the whole chart into its height)."""
+    if series <= 1:
+        return None, 0
+    return ({"orient": "bottom", "direction": "vertical", "labelLimit": 0},
+            LEGEND_ROW_PX * series)
+
+
 def metric_label(name: str, lang: str | None = None) -> str:
     """A metric as the interface names it: i18n/<lang>/metrics.json, keyed by the name the
     engine logs (`eval_loss` → "Eval loss" / "Perte d'évaluation"); a family of names
@@ -350,7 +364,6 @@ def _chart_frame(df: pd.DataFrame, smoothing: float) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
 
 
-LEGEND_ROW_PX = 30  # a legend line under a chart
 
 
 def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: str | None = None,
@@ -372,13 +385,9 @@ def line_chart(df: pd.DataFrame, title: str, smoothing: float = 0.0, y_title: st
          "axis": {"format": "d", "tickMinStep": 1}}
     # one series: the title names it, a legend would only squeeze the plot; several: under
     # the plot, one per line, never cut ("Eval score, held-out pro…" at Vega's 160 px)
-    color = {"field": "series", "type": "nominal", "title": None,
-             "legend": {"orient": "bottom", "direction": "vertical", "labelLimit": 0}}
-    series = df["series"].nunique()
-    if series == 1:
-        color["legend"] = None
-    else:  # the chart's height holds the legend too (Streamlit fits the whole into it)
-        height += LEGEND_ROW_PX * series
+    legend, extra = legend_layout(df["series"].nunique())
+    color = {"field": "series", "type": "nominal", "title": None, "legend": legend}
+    height += extra
     tooltip = [{"field": "series", "type": "nominal", "title": t("common.series")},
                {"field": "step", **num, "title": t("common.step")},
                {"field": "value", **num, "format": ".4g", "title": t("common.value")}]
