@@ -61,6 +61,16 @@ def _group(store, planned: list[PlannedRun], name="g") -> int:
     return store.create_group(name, {"plan": [p.to_dict() for p in planned]}, stage="tick")
 
 
+def started_tick_group(jobs, store, name: str, steps: int, delay: float) -> tuple[int, int]:
+    """A group of one "tick" run started on `jobs`, returned once that run reported a step:
+    (group id, the orchestrating run's id)."""
+    group_id = store.create_group(name, {"plan": [PlannedRun(
+        name, "tick", {"steps": steps, "delay": delay}).to_dict()]})
+    exp_id = runner._start(jobs, store, group_id)
+    assert _wait(lambda: any(r["step"] >= 1 for r in store.group_runs(group_id)))
+    return group_id, exp_id
+
+
 def _wait(predicate, timeout=60.0):
     end = time.time() + timeout
     while time.time() < end:
@@ -202,10 +212,7 @@ def test_cancel_mid_group_then_resume_finishes_without_redoing_a_finished_run(st
 def test_cancelling_a_child_from_the_runs_page_cancels_its_group(store):
     jobs = JobManager(store)
     try:
-        group_id = store.create_group("g", {"plan": [PlannedRun(
-            "slow", "tick", {"steps": 200, "delay": 0.05}).to_dict()]})
-        exp_id = runner._start(jobs, store, group_id)
-        assert _wait(lambda: any(r["step"] >= 1 for r in store.group_runs(group_id)))
+        group_id, exp_id = started_tick_group(jobs, store, "slow", steps=200, delay=0.05)
         child = store.group_runs(group_id)[0]
         assert jobs.cancel(child["id"])
         assert jobs.wait(exp_id, 30) == "cancelled"

@@ -12,7 +12,8 @@ from engine.experiments.plan import PlannedRun
 from engine.runtime import runs as R
 from engine.runtime.jobs import JobManager, get_manager
 from tests.conftest import app_with_model
-from tests.test_experiments import _wait, toy_sft_dataset  # (and registers the "tick" stage)
+from tests.test_experiments import (_wait, started_tick_group,  # (registers the "tick" stage)
+                                    toy_sft_dataset)
 
 
 def test_a_cancel_during_the_last_run_ends_the_group_cancelled(store):
@@ -20,10 +21,7 @@ def test_a_cancel_during_the_last_run_ends_the_group_cancelled(store):
     try:
         # one run of one step that sleeps after its last progress: the cancel comes while
         # it finishes its work, which it then completes
-        group_id = store.create_group("last", {"plan": [PlannedRun(
-            "only", "tick", {"steps": 1, "delay": 3.0}).to_dict()]})
-        exp_id = runner._start(jobs, store, group_id)
-        assert _wait(lambda: any(r["step"] >= 1 for r in store.group_runs(group_id)))
+        group_id, exp_id = started_tick_group(jobs, store, "only", steps=1, delay=3.0)
         assert runner.cancel_group(jobs, store, group_id)
         view = runner.group_view(store, group_id)
         assert view["group"]["cancelling"] is True          # at once, before it stops
@@ -45,10 +43,7 @@ def test_a_cancel_during_the_last_run_ends_the_group_cancelled(store):
 
 def test_the_page_shows_cancelling_at_once_and_disables_the_button(store, tiny_model_dir):
     jobs = get_manager(store)   # the app's own job manager (same database)
-    group_id = store.create_group("slow", {"plan": [PlannedRun(
-        "slow", "tick", {"steps": 3, "delay": 2.0}).to_dict()]})
-    exp_id = runner._start(jobs, store, group_id)
-    assert _wait(lambda: any(r["step"] >= 1 for r in store.group_runs(group_id)))
+    group_id, exp_id = started_tick_group(jobs, store, "slow", steps=3, delay=2.0)
     at = app_with_model(tiny_model_dir, "pages/experiments.py")
     assert not at.exception
     assert not at.button(key=f"exp_cancel_{group_id}").disabled
