@@ -164,6 +164,8 @@ def grpo_config(w: dict, steps: int):
                        max_new_tokens=w["new_tokens"], temperature=w["temperature"],
                        beta=w["beta"], advantage="grpo", minibatches=1, ppo_epochs=1,
                        builtin_rewards=[w["reward_rule"]], save_every=0, sample_every=0,
+                       # TRL's side has no held-out check and trains on every prompt
+                       heldout_every=0, prompt_language="any",
                        lora=lora_settings(w, dropout=0.0),
                        decode_cache=w.get("decode_cache") or "dynamic")
 
@@ -243,7 +245,8 @@ def main(argv: list[str]) -> int:
                               max_steps=steps, batch_size=w["batch_size"],
                               max_new_tokens=w["new_tokens"], ppo_epochs=w["ppo_epochs"],
                               minibatches=w["minibatches"], temperature=w["temperature"],
-                              save_every=0, lora=lora_settings(w, dropout=0.0),
+                              save_every=0, heldout_every=0,   # TRL has no held-out check
+                              lora=lora_settings(w, dropout=0.0),
                               decode_cache=w.get("decode_cache") or "dynamic")
             ctx, summary = run_stage(store, "ppo", cfg, device, train_ppo)
             result["response_length"] = [v.get("response_length") for v in ctx.step_values]
