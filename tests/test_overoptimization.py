@@ -1,8 +1,9 @@
 """Issue 24, item 1: over-optimisation that shows. Best-of-n's curve reuses one set of
 samples for every n and carries standard errors over the prompts (worked out by hand here);
 the recipe's sentence reports the gold score's peak and a fall after it only when the fall
-exceeds twice its paired standard error, and says "does not show" otherwise; PPO is off at
-the default size and its chart and sentence part go with it."""
+exceeds twice its paired standard error, and says "does not show" otherwise. GRPO against the
+proxy is on by default (it goes far enough along the KL axis on a CPU); its curve is judged
+against its own noise, and a group without it (or without best-of-n) draws no empty chart."""
 from __future__ import annotations
 
 import math
@@ -59,11 +60,14 @@ def _bon(store, gold: list[float], gap_se: list[float] | None, prompts: int = 8)
     return {**store.get_run(rid), "group_key": "bon"}
 
 
-def _ppo(store, kl: list[float], gold: list[float]) -> dict:
-    rid = store.create_run("ppo", {}, status="succeeded")
+def _rl(store, kl: list[float], gold: list[float], stage: str = "grpo") -> dict:
+    """A policy-optimisation run's steps: GRPO logs the proxy as `reward_model`, PPO (the
+    groups made before issue 24) as `score_mean`."""
+    rid = store.create_run(stage, {}, status="succeeded")
+    proxy = "reward_model" if stage == "grpo" else "score_mean"
     for i, (k, g) in enumerate(zip(kl, gold)):
-        store.log_metrics(rid, i + 1, {"kl": k, "score_mean": 0.1 * i, "gold_score": g})
-    return {**store.get_run(rid), "group_key": "ppo"}
+        store.log_metrics(rid, i + 1, {"kl": k, proxy: 0.1 * i, "gold_score": g})
+    return {**store.get_run(rid), "group_key": stage}
 
 
 def _group(*keys: str) -> dict:
@@ -124,45 +128,74 @@ def test_a_fall_within_its_noise_or_without_one_does_not_show(store):
     check_wording(out["sentence"])
 
 
-def test_ppo_is_off_by_default_and_judged_against_its_noise_when_on(store):
+def test_grpo_runs_by_default_and_is_judged_against_its_noise(store):
     from engine.experiments.runner import charts_of
+    from engine.schema import ConfigError
 
     recipe = recipes()["overoptimization"]
     plan = recipe.plan(recipe.make_settings())
-    assert [p.key for p in plan] == ["pairs", "proxy", "bon"]
-    assert plan[2].config["n_max"] >= 128 and plan[2].config["max_new_tokens"] <= 24
-    with_ppo = recipe.plan(recipe.make_settings({"ppo_steps": 4}))
-    assert [p.key for p in with_ppo][-1] == "ppo" and with_ppo[-1].config["max_steps"] == 4
-    # a group without PPO draws no empty PPO chart; both charts use √KL as their x axis
+    assert [p.key for p in plan] == ["pairs", "proxy", "bon", "grpo"]
+    pairs, _, bon, grpo = (p.config for p in plan)
+    # the pairs hold whole answers, most longer than the gold's target (so nearly every pair
+    # is won by the shorter one); best-of-n and GRPO optimise answers of one length limit
+    assert pairs["max_new_tokens"] > bon["max_new_tokens"] == grpo["max_new_tokens"]
+    assert pairs["gold_params"]["target"] < grpo["max_new_tokens"] < pairs["max_new_tokens"]
+    # the proxy alone is GRPO's reward: no rule, no penalty for an answer cut at the limit
+    assert grpo["builtin_rewards"] == [] and grpo["missing_eos_penalty"] == 0.0
+    assert grpo["reward_run"] == {"$run": "proxy"} and grpo["gold_reward"] == "target_length"
+    assert bon["n_max"] >= 64
+    # a chart for each optimiser planned, none for one left out; both on √KL
     charts = charts_of({"recipe": "overoptimization",
                         "config": {"plan": [p.to_dict() for p in plan]}})
-    assert [c.runs for c in charts] == [["bon"]]
-    assert charts[0].x == "kl_bon" and charts[0].x_transform == "sqrt"
-    assert len(charts_of({"recipe": "overoptimization",
-                          "config": {"plan": [p.to_dict() for p in with_ppo]}})) == 2
+    assert [c.runs for c in charts] == [["bon"], ["grpo"]]
+    assert all(c.x_transform == "sqrt" for c in charts)
+    for size, runs in (({"rl_steps": 0}, [["bon"]]), ({"bon_prompts": 0}, [["grpo"]])):
+        only = recipe.plan(recipe.make_settings(size))
+        assert [c.runs for c in charts_of({"recipe": "overoptimization", "config": {
+            "plan": [p.to_dict() for p in only]}})] == runs
+    with pytest.raises(ConfigError) as err:
+        recipe.make_settings({"rl_steps": 0, "bon_prompts": 0})
+    assert err.value.field == "rl_steps"
 
     done = {"status": "succeeded"}
     gap = [0.04] * len(N)
     gap[-1] = 0.0
     base = {"pairs": done, "proxy": done, "bon": _bon(store, RISE_FALL, gap)}
-    group = _group("pairs", "proxy", "bon", "ppo")
-    # PPO planned but missing: no conclusion
+    group = _group("pairs", "proxy", "bon", "grpo")
+    # GRPO planned but missing: no conclusion
     out = recipe.summarize(store, group, base)
-    assert out["sentence"]["key"] == "recipes.incomplete" and "ppo" in \
+    assert out["sentence"]["key"] == "recipes.incomplete" and "grpo" in \
         out["sentence"]["params"]["runs"]
-    # PPO's batch noise with a KL that goes back and forth (a real 12-step run on the
+    # batch noise with a KL that goes back and forth (a real 12-step PPO run on the
     # embedded model): the highest smoothed point is not a peak the numbers show
-    noisy = _ppo(store, [0.0, 1.03, 0.78, 2.65, 3.66, 6.8, 5.45, 4.76, 7.2, 6.72, 5.89, 2.8],
-                 [-.89, -.6, -.9, -.83, -.49, -.8, -.56, -.74, -.6, -.35, -.76, -1.15])
-    out = recipe.summarize(store, group, {**base, "ppo": noisy})
-    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_held"
+    noisy = _rl(store, [0.0, 1.03, 0.78, 2.65, 3.66, 6.8, 5.45, 4.76, 7.2, 6.72, 5.89, 2.8],
+                [-.89, -.6, -.9, -.83, -.49, -.8, -.56, -.74, -.6, -.35, -.76, -1.15])
+    out = recipe.summarize(store, group, {**base, "grpo": noisy})
+    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_rl_held"
     check_wording(out["sentence"])
-    # a clean rise and fall against KL
-    clean = _ppo(store, [0.1, 0.4, 0.9, 1.5, 2.2, 3.0, 3.6, 4.1],
-                 [-1.0, -0.6, -0.4, -0.4, -0.6, -0.9, -1.2, -1.3])
-    out = recipe.summarize(store, group, {**base, "ppo": clean})
-    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_ppo_fell"
+    # a clean rise and fall against KL: peak on the 3-point moving average, fall to the
+    # mean of the points beyond it, against the spread around that average
+    clean = _rl(store, [0.1, 0.4, 0.9, 1.5, 2.2, 3.0, 3.6, 4.1],
+                [-1.0, -0.6, -0.4, -0.4, -0.6, -0.9, -1.2, -1.3])
+    out = recipe.summarize(store, group, {**base, "grpo": clean})
+    assert out["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_rl_fell"
+    p = out["sentence"]["params"]
+    assert (p["rl"], p["rl_steps"], p["rl_peak_kl"], p["rl_peak"]) == ("GRPO", 8, 0.9, -0.47)
+    # beyond the peak: (−0.4 − 0.6 − 0.9 − 1.2 − 1.3)/5 = −0.88; fall −0.47 + 0.88 = 0.41
+    assert p["rl_last"] == pytest.approx(-0.88, abs=0.01) and p["rl_last_kl"] == 4.1
+    assert p["rl_fall"] == pytest.approx(0.41, abs=0.01) and 0 < p["rl_fall_se"] < 0.205
     check_wording(out["sentence"])
+    # GRPO alone (no best-of-n), and an older group whose proxy PPO optimised
+    alone = recipe.summarize(store, _group("pairs", "proxy", "grpo"),
+                             {"pairs": done, "proxy": done, "grpo": clean})
+    assert alone["sentence"]["key"] == "recipes.overoptimization.sentence_rl_fell"
+    check_wording(alone["sentence"])
+    old = recipe.summarize(store, _group("pairs", "proxy", "bon", "ppo"),
+                           {**base, "ppo": _rl(store, [0.1, 0.4, 0.9, 1.5, 2.2, 3.0, 3.6, 4.1],
+                                               [-1.0, -0.6, -0.4, -0.4, -0.6, -0.9, -1.2,
+                                                -1.3], stage="ppo")})
+    assert old["sentence"]["key"] == "recipes.overoptimization.sentence_bon_fell_rl_fell"
+    assert old["sentence"]["params"]["rl"] == "PPO"
 
 
 def test_every_sentence_the_summary_can_pick_exists_in_both_languages():
@@ -170,6 +203,8 @@ def test_every_sentence_the_summary_can_pick_exists_in_both_languages():
 
     for lang in ("en", "fr"):
         cat = catalogue(lang)
-        for bon in ("fell", "held", "rose"):
-            for ppo in ("", "_ppo_fell", "_ppo_held"):
-                assert f"recipes.overoptimization.sentence_bon_{bon}{ppo}" in cat, (lang, bon, ppo)
+        for bon in ("", "_bon_fell", "_bon_held", "_bon_rose"):
+            for rl in ("", "_rl_fell", "_rl_held"):
+                if bon or rl:
+                    key = f"recipes.overoptimization.sentence{bon}{rl}"
+                    assert key in cat, (lang, key)

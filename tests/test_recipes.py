@@ -165,9 +165,9 @@ TINY_PPO = {"max_new_tokens": 6, "batch_size": 4}
 def _tiny(model_dir, name: str) -> dict:
     m = {"model": str(model_dir)}
     return {
-        "overoptimization": {**m, **TINY_PPO, "num_pairs": 8, "proxy_steps": 2,
-                             "bon_prompts": 2, "n_max": 4, "ppo_steps": 2,
-                             "gold_params": {"target": 3}},
+        "overoptimization": {**m, "max_new_tokens": 6, "num_pairs": 8, "proxy_steps": 2,
+                             "bon_prompts": 2, "n_max": 4, "rl_steps": 2, "rl_prompts": 2,
+                             "group_size": 2, "gold_params": {"target": 3}},
         "clip_epsilon": {**m, **TINY_PPO, "max_steps": 1, "ppo_epochs": 2, "minibatches": 2},
         "kl_penalty": {**m, **TINY_PPO, "max_steps": 2},
         "length_bias": {**m, **TINY_PPO, "reward_steps": 2, "ppo_steps": 2},

@@ -2,9 +2,9 @@
 summary (a table and one sentence) computed from the numbers the runs stored.
 
     overoptimization   Gao, Schulman & Hilton (2022): a proxy reward model trained on pairs a
-                       gold reward labelled; best-of-n (and PPO, when asked) against the
-                       proxy, the gold score logged beside it (does it peak and fall beyond
-                       its noise while the proxy climbs?)
+                       gold reward labelled; GRPO and best-of-n against the proxy, the gold
+                       score logged beside it (does it peak and fall beyond its noise while
+                       the proxy climbs?)
     clip_epsilon       PPO's clip ε ∈ {0.05, 0.2, ∞} at a high learning rate: clip fraction,
                        per-update KL, score variance, ratio histograms
     kl_penalty         β ∈ {0, 0.05, 0.3}: the reward-vs-KL frontier and the answers' diversity
@@ -126,7 +126,7 @@ def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
     fell = len(tail) >= 2 and fall > max(0.01, 2 * se)
     gain = sm[i] - sm[0]
     return {"peak_x": x[i], "peak": sm[i], "first": sm[0], "last": mean(tail) if tail else sm[i],
-            "last_x": x[-1], "fell": fell,
+            "last_x": x[-1], "fell": fell, "fall": fall, "fall_se": se,
             "given_back": (100.0 * fall / gain) if gain > 1e-9 else None}
 
 
@@ -137,29 +137,37 @@ def noisy_peak_and_fall(xs: list[float], ys: list[float]) -> dict:
 class OveroptimizationSettings(StageConfig):
     """Size knobs of the over-optimisation recipe.
 
-    The defaults follow Gao, Schulman & Hilton (2022) at the size of a 2-core CPU: a gold
-    rule whose optimum lies inside the base model's answers (about TARGET_WORDS words, below
-    the median of its 16-token answers), a proxy trained on a few dozen pairs it labelled
-    (meant to learn the pairs' main signal, "shorter wins", and extrapolate it below the
-    target), and best-of-n far along the KL axis (n_max = 128 samples per prompt, drawn
-    once and reused for every n). At this size the gold score does not fall: the proxy
-    learns a spurious feature the length rule cannot see (docs/EXPERIMENTS.md, recipe 1a).
-    PPO is off by default (ppo_steps = 0): a PPO curve whose steps are readable (batches of
-    32 or more, ~50 steps) does not fit the recipe's 20 CPU-minutes."""
+    Gao, Schulman & Hilton (2022) at the size of a 2-core CPU. A gold rule pays answers of
+    about TARGET_WORDS words; a proxy reward model is trained on a few dozen pairs it
+    labelled, of the base model's whole answers (pairs_max_new_tokens = 64: most hold 40 or
+    more words), so nearly every pair is won by the shorter answer: the proxy learns
+    "shorter is better" and nothing about where that stops. GRPO then optimises the proxy
+    alone on 32-token answers (about 23 words at the start, near the target): it shortens
+    them, and once they are shorter than the target the gold score falls while the proxy
+    climbs. Best-of-n with the same proxy runs beside it: n_max samples per prompt, drawn
+    once and reused for every n, reach KL log n_max − (n_max−1)/n_max (3.2 nats at 64),
+    where GRPO goes to 10 nats and more. docs/EXPERIMENTS.md, recipe 1, records the design
+    runs and the default run."""
     gold_reward: str = _s("gold_reward", "target_length", choices=tuple(rewards_builtin.names()))
     gold_params: dict = _s("gold_params", factory=lambda: {"target": TARGET_WORDS},
                            widget="page")
     sft_run: int | None = setting(None, widget="page", optional=True)   # None: the base
     num_pairs: int = _s("num_pairs", 64, min=4, max=100_000)
+    # the pairs' answers are longer than the optimised ones: at 32 tokens about half the
+    # pairs are won by the longer answer (most answers are cut near 23 words, a target of
+    # 16 already lies among them) and the proxy learns no direction; at 64 tokens 3 pairs
+    # in 4 are won by the shorter one
+    pairs_max_new_tokens: int = _s("pairs_max_new_tokens", 64, min=1, max=4096)
     proxy_steps: int = _s("proxy_steps", 60, min=1, max=100_000)
     proxy_learning_rate: float = _s("proxy_learning_rate", 5e-4, min=1e-9, format="%.1e")
-    bon_prompts: int = _s("bon_prompts", 8, min=1, max=10_000)
-    n_max: int = _s("n_max", 128, min=2, max=1024)
-    ppo_steps: int = _s("ppo_steps", 0, min=0, max=100_000)
-    ppo_beta: float = _s("ppo_beta", 0.02, min=0.0, max=100.0, step=0.01)
+    bon_prompts: int = _s("bon_prompts", 8, min=0, max=10_000)       # 0: no best-of-n
+    n_max: int = _s("n_max", 64, min=2, max=1024)
+    rl_steps: int = _s("rl_steps", 24, min=0, max=100_000)           # 0: no GRPO
+    rl_beta: float = _s("rl_beta", 0.02, min=0.0, max=100.0, step=0.01)
     learning_rate: float = _s("learning_rate", 1e-3, min=1e-9, format="%.1e")
-    batch_size: int = _s("batch_size", 32, min=1, max=4096)
-    max_new_tokens: int = _s("max_new_tokens", 16, min=1, max=4096)
+    rl_prompts: int = _s("rl_prompts", 4, min=1, max=4096)           # GRPO prompts a step
+    group_size: int = _s("group_size", 8, min=2, max=1024)           # answers per prompt
+    max_new_tokens: int = _s("max_new_tokens", 32, min=1, max=4096)
     seed: int = setting(0, min=0, max=2**31 - 1)
 
     def check(self) -> None:
@@ -168,11 +176,15 @@ class OveroptimizationSettings(StageConfig):
             rewards_builtin.check_params(self.gold_reward, self.gold_params)
         except ValueError as exc:
             raise ConfigError("gold_params", str(exc)) from exc
+        if not self.bon_prompts and not self.rl_steps:
+            raise ConfigError("rl_steps", "nothing optimises the proxy: set rl_steps (GRPO) "
+                              "or bon_prompts (best-of-n) above 0")
 
 
-TARGET_WORDS = 7
+TARGET_WORDS = 20
 GOLD_PAIRS_DATASET = "gold-pairs-overoptimization"
 FALL_SE = 2.0   # a fall counts as beyond noise when it exceeds FALL_SE standard errors
+RL_KEYS = ("grpo", "ppo")   # the policy-optimisation run (groups made before issue 24: PPO)
 
 
 def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
@@ -182,6 +194,7 @@ def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
     plan = [
         PlannedRun("pairs", "gold_pairs",
                    {**common, **gold, "num_prompts": s.num_pairs,
+                    "max_new_tokens": s.pairs_max_new_tokens,
                     "out_dataset": GOLD_PAIRS_DATASET, "overwrite": True},
                    label="gold pairs"),
         PlannedRun("proxy", "reward",
@@ -189,18 +202,23 @@ def plan_overoptimization(s: OveroptimizationSettings) -> list[PlannedRun]:
                     "max_steps": s.proxy_steps, "learning_rate": s.proxy_learning_rate,
                     "save_every": 0, "normalize_samples": 16, "seed": s.seed},
                    label="proxy reward model"),
-        PlannedRun("bon", "best_of_n",
-                   {**common, **gold, "num_prompts": s.bon_prompts, "n_max": s.n_max,
-                    "reward_run": ref("proxy")},
-                   label="best-of-n"),
     ]
-    if s.ppo_steps:
-        plan.append(PlannedRun("ppo", "ppo",
+    if s.bon_prompts:
+        plan.append(PlannedRun("bon", "best_of_n",
+                               {**common, **gold, "num_prompts": s.bon_prompts,
+                                "n_max": s.n_max, "reward_run": ref("proxy")},
+                               label="best-of-n"))
+    if s.rl_steps:
+        # the proxy alone is the reward: no rule, and no penalty for an answer cut at the
+        # token limit (it would pay short answers by itself)
+        plan.append(PlannedRun("grpo", "grpo",
                                {**common, **gold, "reward_run": ref("proxy"),
-                                "max_steps": s.ppo_steps, "beta": s.ppo_beta,
-                                "learning_rate": s.learning_rate, "batch_size": s.batch_size,
-                                "heldout_every": 0, "save_every": 0},
-                               label="PPO"))
+                                "builtin_rewards": [], "missing_eos_penalty": 0.0,
+                                "max_steps": s.rl_steps, "beta": s.rl_beta,
+                                "learning_rate": s.learning_rate, "batch_size": s.rl_prompts,
+                                "group_size": s.group_size, "heldout_every": 0,
+                                "save_every": 0},
+                               label="GRPO"))
     return plan
 
 
@@ -221,6 +239,11 @@ def bon_peak_and_fall(points: list[dict]) -> dict:
             "last_kl": points[-1]["kl_bon"], "fall": fall, "fall_se": se, "fell": fell}
 
 
+def rl_key_of(planned: list[str]) -> str | None:
+    """The plan key of the recipe's policy-optimisation run, if it has one."""
+    return next((k for k in RL_KEYS if k in planned), None)
+
+
 def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dict:
     table: list[dict] = []
     bon = by_step(store, runs.get("bon"), ["kl_bon", "bon_proxy_score", "bon_gold_score",
@@ -232,43 +255,53 @@ def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dic
                       "proxy": rnd(m.get("bon_proxy_score"), 3),
                       "gold": rnd(m.get("bon_gold_score"), 3),
                       "gold_se": rnd(m.get("bon_gold_score_se"), 3)})
-    ppo = by_step(store, runs.get("ppo"), ["kl", "score_mean", "gold_score"])
-    for step, m in ppo.items():
-        table.append({"run": "ppo", "point": f"step {step}", "kl": rnd(m.get("kl"), 3),
-                      "proxy": rnd(m.get("score_mean"), 3),
-                      "gold": rnd(m.get("gold_score"), 3)})
     planned = [p["key"] for p in (group.get("config") or {}).get("plan", [])] or list(runs)
-    with_ppo = "ppo" in planned
-    keys = ["pairs", "proxy", "bon"] + (["ppo"] if with_ppo else [])
+    rl_key = rl_key_of(planned)
+    # GRPO logs the proxy as its reward model's component; PPO (older groups) as score_mean
+    proxy_metric = "reward_model" if rl_key == "grpo" else "score_mean"
+    rl = by_step(store, runs.get(rl_key), ["kl", proxy_metric, "gold_score"]) if rl_key else {}
+    for step, m in rl.items():
+        table.append({"run": rl_key, "point": f"step {step}", "kl": rnd(m.get("kl"), 3),
+                      "sqrt_kl": rnd(math.sqrt(max(0.0, m["kl"])), 3) if "kl" in m else None,
+                      "proxy": rnd(m.get(proxy_metric), 3),
+                      "gold": rnd(m.get("gold_score"), 3)})
+    with_bon = "bon" in planned
+    keys = ["pairs", "proxy"] + (["bon"] if with_bon else []) + ([rl_key] if rl_key else [])
     bon_pts = [{"n": n, **m} for n, m in bon.items()
                if {"kl_bon", "bon_proxy_score", "bon_gold_score"} <= set(m)]
-    ppo_pts = [(m["kl"], m["score_mean"], m["gold_score"]) for m in ppo.values()
-               if {"kl", "score_mean", "gold_score"} <= set(m)]
-    if len(bon_pts) < 2 or (with_ppo and len(ppo_pts) < 2):
+    rl_pts = [(m["kl"], m[proxy_metric], m["gold_score"]) for m in rl.values()
+              if {"kl", proxy_metric, "gold_score"} <= set(m)]
+    if (with_bon and len(bon_pts) < 2) or (rl_key and len(rl_pts) < 2):
         return incomplete(runs, keys, table)
-    b = bon_peak_and_fall(bon_pts)
-    prompts = ((runs.get("bon") or {}).get("summary") or {}).get("prompts")
-    params = {"bon_proxy0": rnd(bon_pts[0]["bon_proxy_score"]),
-              "bon_proxy1": rnd(bon_pts[-1]["bon_proxy_score"]),
-              "bon_peak_n": b["peak_n"], "bon_peak_kl": rnd(b["peak_kl"]),
-              "bon_peak": rnd(b["peak"]), "bon_first": rnd(b["first"]),
-              "bon_last": rnd(b["last"]), "bon_last_n": b["last_n"],
-              "bon_last_kl": rnd(b["last_kl"]), "bon_fall": rnd(b["fall"]),
-              "bon_fall_se": rnd(b["fall_se"], 3) if b["fall_se"] is not None else "?",
-              "bon_prompts": prompts if prompts is not None else "?"}
-    # the gold score's highest point is the last one: it rose with the proxy, no peak
-    verdict = "fell" if b["fell"] else "rose" if b["peak_n"] == b["last_n"] else "held"
-    key = f"recipes.overoptimization.sentence_bon_{verdict}"
-    if with_ppo:
-        # PPO's per-step numbers are the mean of one batch and its KL goes back and forth:
-        # the gold score in order of KL, tested against its own noise
-        p = noisy_peak_and_fall([q[0] for q in ppo_pts], [q[2] for q in ppo_pts])
-        proxy_first, proxy_last = head_tail([q[1] for q in ppo_pts])
-        params.update({"ppo_proxy0": rnd(proxy_first), "ppo_proxy1": rnd(proxy_last),
-                       "ppo_peak_kl": rnd(p["peak_x"]), "ppo_peak": rnd(p["peak"]),
-                       "ppo_first": rnd(p["first"]), "ppo_last": rnd(p["last"]),
-                       "ppo_last_kl": rnd(p["last_x"])})
-        key += f"_ppo_{'fell' if p['fell'] else 'held'}"
+    params: dict = {}
+    key = "recipes.overoptimization.sentence"
+    if with_bon:
+        b = bon_peak_and_fall(bon_pts)
+        prompts = ((runs.get("bon") or {}).get("summary") or {}).get("prompts")
+        params.update({
+            "bon_proxy0": rnd(bon_pts[0]["bon_proxy_score"]),
+            "bon_proxy1": rnd(bon_pts[-1]["bon_proxy_score"]),
+            "bon_peak_n": b["peak_n"], "bon_peak_kl": rnd(b["peak_kl"]),
+            "bon_peak": rnd(b["peak"]), "bon_first": rnd(b["first"]),
+            "bon_last": rnd(b["last"]), "bon_last_n": b["last_n"],
+            "bon_last_kl": rnd(b["last_kl"]), "bon_fall": rnd(b["fall"]),
+            "bon_fall_se": rnd(b["fall_se"], 3) if b["fall_se"] is not None else "?",
+            "bon_prompts": prompts if prompts is not None else "?"})
+        # the gold score's highest point is the last one: it rose with the proxy, no peak
+        key += "_bon_" + ("fell" if b["fell"] else "rose" if b["peak_n"] == b["last_n"]
+                          else "held")
+    if rl_key:
+        # one batch a point and a KL that goes back and forth: the gold score in order of
+        # KL, tested against its own noise
+        p = noisy_peak_and_fall([q[0] for q in rl_pts], [q[2] for q in rl_pts])
+        proxy_first, proxy_last = head_tail([q[1] for q in rl_pts])
+        params.update({"rl": "GRPO" if rl_key == "grpo" else "PPO", "rl_steps": len(rl_pts),
+                       "rl_proxy0": rnd(proxy_first), "rl_proxy1": rnd(proxy_last),
+                       "rl_peak_kl": rnd(p["peak_x"], 1), "rl_peak": rnd(p["peak"]),
+                       "rl_first": rnd(p["first"]), "rl_last": rnd(p["last"]),
+                       "rl_last_kl": rnd(p["last_x"], 1), "rl_fall": rnd(p["fall"]),
+                       "rl_fall_se": rnd(p["fall_se"], 3)})
+        key += f"_rl_{'fell' if p['fell'] else 'held'}"
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
@@ -277,9 +310,12 @@ register(Recipe(
     plan=plan_overoptimization,
     charts=[Chart("recipes.overoptimization.chart_bon", ["bon_proxy_score", "bon_gold_score"],
                   x="kl_bon", x_transform="sqrt", runs=["bon"]),
+            Chart("recipes.overoptimization.chart_grpo", ["reward_model", "gold_score"],
+                  x="kl", x_transform="sqrt", runs=["grpo"]),
+            # groups made before the GRPO leg (issue 24) optimised the proxy with PPO
             Chart("recipes.overoptimization.chart_ppo", ["score_mean", "gold_score"],
                   x="kl", x_transform="sqrt", runs=["ppo"])],
-    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=12))
+    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=15))
 
 
 # ==========================================================================================
