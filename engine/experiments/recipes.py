@@ -315,7 +315,7 @@ register(Recipe(
             # groups made before the GRPO leg (issue 24) optimised the proxy with PPO
             Chart("recipes.overoptimization.chart_ppo", ["score_mean", "gold_score"],
                   x="kl", x_transform="sqrt", runs=["ppo"])],
-    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=15))
+    summarize=summarize_overoptimization, formula="kl_best_of_n", minutes=17))
 
 
 # ==========================================================================================
