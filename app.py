@@ -127,17 +127,17 @@ def sidebar() -> None:
 
 
 pages = [
-    st.Page("pages/home.py", title=t("nav.home"), icon=":material/home:", default=True, url_path="home"),
-    st.Page("pages/data.py", title=t("nav.data"), icon=":material/edit_note:", url_path="data"),
-    st.Page("pages/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
-    st.Page("pages/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
-    st.Page("pages/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
-    st.Page("pages/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
-    st.Page("pages/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
-    st.Page("pages/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
-    st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
-    st.Page("pages/experiments.py", title=t("nav.experiments"), icon=":material/science:", url_path="experiments"),
-    st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
+    st.Page("views/home.py", title=t("nav.home"), icon=":material/home:", default=True, url_path="home"),
+    st.Page("views/data.py", title=t("nav.data"), icon=":material/edit_note:", url_path="data"),
+    st.Page("views/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
+    st.Page("views/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
+    st.Page("views/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
+    st.Page("views/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
+    st.Page("views/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
+    st.Page("views/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
+    st.Page("views/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
+    st.Page("views/experiments.py", title=t("nav.experiments"), icon=":material/science:", url_path="experiments"),
+    st.Page("views/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
 ]
 # st.navigation first: the sidebar's widgets then get the same ids on the first run after
 # a page load as on every later run (otherwise the first click in the sidebar is lost).

@@ -9,7 +9,7 @@ before the JavaScript bundle and the websocket), and the load average before eac
 Every repeat starts its own server on a free port with its own empty RLHF_LAB_HOME and waits
 until the server answers HTTP (`/_stcore/health`) before the clock starts, so the server's own
 start (Python, Streamlit's import) is not counted: the clock sees the browser fetching the
-page, the websocket and the first script run (app.py and pages/home.py with their imports).
+page, the websocket and the first script run (app.py and views/home.py with their imports).
 
 --floor also times a script that only draws a heading (`st.title`), started the same way
 and interleaved with the app's starts (the same load on both): what Streamlit and the

@@ -35,7 +35,7 @@ steps["export"] = (len(exports), t("home.export_state", n=len(exports)))
 start = next((k for k in ("sft", "reward", "ppo", "compare") if not steps[k][0]), None)
 with st.container(border=True):
     st.markdown(f"**{t('home.start_here')}** " + t(f"home.start_{start or 'done'}"))
-    st.page_link(f"pages/{start or 'experiments'}.py", icon=ICONS[start or "experiments"],
+    st.page_link(f"views/{start or 'experiments'}.py", icon=ICONS[start or "experiments"],
                  label=t("home.start_open", page=t("nav." + (start or "experiments"))))
 
 order = list(steps)
@@ -48,7 +48,7 @@ for row in (order[:5], order[5:]):
             st.caption(t(f"home.about_{key}"))
             st.caption((":material/check_circle: " if count
                         else ":material/radio_button_unchecked: ") + text)
-            st.page_link(f"pages/{key}.py", label=t("home.open"))
+            st.page_link(f"views/{key}.py", label=t("home.open"))
 
 left, right = st.columns(2)
 with left:
