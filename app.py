@@ -121,13 +121,22 @@ def sidebar() -> None:
                 info = describe_model(Path(value.strip()).expanduser())
                 if info is not None:
                     model_details(info)
+
+
+def sidebar_footer() -> None:
+    """The device and database lines, drawn after the page (still at the sidebar's foot):
+    on a fresh data folder the database is created here or by the page, after its
+    heading, not before it."""
+    with st.sidebar:
         device_caption(lambda dev: st.caption(t("app.device", device=dev["device"],
                                                   dtype=dev["dtype"])))
         st.caption(t("app.database", path=str(get_store().path)))
 
 
+home = st.Page("views/home.py", title=t("nav.home"), icon=":material/home:", default=True,
+               url_path="home")
 pages = [
-    st.Page("views/home.py", title=t("nav.home"), icon=":material/home:", default=True, url_path="home"),
+    home,
     st.Page("views/data.py", title=t("nav.data"), icon=":material/edit_note:", url_path="data"),
     st.Page("views/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
     st.Page("views/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
@@ -142,11 +151,13 @@ pages = [
 # st.navigation first: the sidebar's widgets then get the same ids on the first run after
 # a page load as on every later run (otherwise the first click in the sidebar is lost).
 page = st.navigation(pages)
-sidebar()
-get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
+sidebar()  # what the pages read (language, model) is chosen before they run
+if page.url_path != home.url_path:  # (the Home page starts it itself, after its heading)
+    get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
 try:
     page.run()
 finally:
+    sidebar_footer()
     # torch (seconds to import) loads after the first page is drawn, not before: the
     # device line says "detecting…" until then (device_caption)
     warm_up()

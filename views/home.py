@@ -8,9 +8,12 @@ from storage.db import ACTIVE_STATES
 from ui.common import device_caption, get_jobs, get_store, model_spec, run_label
 from ui.i18n import t, tn
 
-store = get_store()
 st.title(":material/science: " + t("home.title"))
 st.write(t("home.intro"))
+# after the heading: on a fresh data folder this creates the database (app.py leaves the job
+# manager, which marks runs orphaned by a crash as interrupted, to this page)
+store = get_store()
+get_jobs()
 
 ICONS = {"data": ":material/edit_note:", "sft": ":material/school:", "reward": ":material/balance:",
          "ppo": ":material/target:", "dpo": ":material/compare_arrows:", "grpo": ":material/groups:",
