@@ -121,32 +121,43 @@ def sidebar() -> None:
                 info = describe_model(Path(value.strip()).expanduser())
                 if info is not None:
                     model_details(info)
+
+
+def sidebar_footer() -> None:
+    """The device and database lines, drawn after the page (still at the sidebar's foot):
+    on a fresh data folder the database is created here or by the page, after its
+    heading, not before it."""
+    with st.sidebar:
         device_caption(lambda dev: st.caption(t("app.device", device=dev["device"],
                                                   dtype=dev["dtype"])))
         st.caption(t("app.database", path=str(get_store().path)))
 
 
+home = st.Page("views/home.py", title=t("nav.home"), icon=":material/home:", default=True,
+               url_path="home")
 pages = [
-    st.Page("pages/home.py", title=t("nav.home"), icon=":material/home:", default=True, url_path="home"),
-    st.Page("pages/data.py", title=t("nav.data"), icon=":material/edit_note:", url_path="data"),
-    st.Page("pages/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
-    st.Page("pages/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
-    st.Page("pages/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
-    st.Page("pages/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
-    st.Page("pages/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
-    st.Page("pages/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
-    st.Page("pages/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
-    st.Page("pages/experiments.py", title=t("nav.experiments"), icon=":material/science:", url_path="experiments"),
-    st.Page("pages/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
+    home,
+    st.Page("views/data.py", title=t("nav.data"), icon=":material/edit_note:", url_path="data"),
+    st.Page("views/sft.py", title=t("nav.sft"), icon=":material/school:", url_path="sft"),
+    st.Page("views/reward.py", title=t("nav.reward"), icon=":material/balance:", url_path="reward"),
+    st.Page("views/ppo.py", title=t("nav.ppo"), icon=":material/target:", url_path="ppo"),
+    st.Page("views/dpo.py", title=t("nav.dpo"), icon=":material/compare_arrows:", url_path="dpo"),
+    st.Page("views/grpo.py", title=t("nav.grpo"), icon=":material/groups:", url_path="grpo"),
+    st.Page("views/compare.py", title=t("nav.compare"), icon=":material/compare:", url_path="compare"),
+    st.Page("views/runs.py", title=t("nav.runs"), icon=":material/monitoring:", url_path="runs"),
+    st.Page("views/experiments.py", title=t("nav.experiments"), icon=":material/science:", url_path="experiments"),
+    st.Page("views/export.py", title=t("nav.export"), icon=":material/inventory_2:", url_path="export"),
 ]
 # st.navigation first: the sidebar's widgets then get the same ids on the first run after
 # a page load as on every later run (otherwise the first click in the sidebar is lost).
 page = st.navigation(pages)
-sidebar()
-get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
+sidebar()  # what the pages read (language, model) is chosen before they run
+if page.url_path != home.url_path:  # (the Home page starts it itself, after its heading)
+    get_jobs()  # starts the job manager (and marks runs orphaned by a crash as interrupted)
 try:
     page.run()
 finally:
+    sidebar_footer()
     # torch (seconds to import) loads after the first page is drawn, not before: the
     # device line says "detecting…" until then (device_caption)
     warm_up()

@@ -9,12 +9,20 @@ before the JavaScript bundle and the websocket), and the load average before eac
 Every repeat starts its own server on a free port with its own empty RLHF_LAB_HOME and waits
 until the server answers HTTP (`/_stcore/health`) before the clock starts, so the server's own
 start (Python, Streamlit's import) is not counted: the clock sees the browser fetching the
-page, the websocket and the first script run (app.py and pages/home.py with their imports).
+page, the websocket and the first script run (app.py and views/home.py with their imports).
 
 --floor also times a script that only draws a heading (`st.title`), started the same way
 and interleaved with the app's starts (the same load on both): what Streamlit and the
 browser cost on this machine before any line of the lab runs; `app_minus_floor_median_s`
 is the median of the per-repeat differences, what the lab itself adds.
+
+The heading is watched in the page, at every animation frame (`wait_for_function` with
+`polling="raf"`): the time is the page's own clock at the first frame in which the heading
+is laid out and visible (a box, `visibility: visible`, as Playwright means it), minus the
+wall-clock time of `page.goto`. `locator.wait_for` alone overstates it: Playwright polls
+after 0, 20, 50, 100, 100, then every 500 ms, so a heading drawn 300 ms after
+DOMContentLoaded was reported up to 0.5 s late (the bench measured that way until
+2026-12-07: bench/RESULTS.md, "First page load").
 """
 from __future__ import annotations
 
@@ -35,6 +43,16 @@ CHROMIUM = "/usr/bin/chromium"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 HEADING = '[data-testid="stMain"] h1'
+# run at each animation frame: the page's clock (ms since the epoch) once the heading is
+# laid out and visible, else null (keep polling)
+HEADING_SEEN = """selector => {
+    const h = document.querySelector(selector);
+    if (!h) return null;
+    const box = h.getBoundingClientRect();
+    if (box.width <= 0 || box.height <= 0 || getComputedStyle(h).visibility !== "visible")
+        return null;
+    return performance.timeOrigin + performance.now();
+}"""
 
 
 def free_port() -> int:
@@ -73,11 +91,12 @@ def one_load(browser, script: Path, tmp: Path) -> dict:
         server_s = wait_http(port, proc)
         context = browser.new_context(viewport={"width": 1400, "height": 900}, locale="en-US")
         page = context.new_page()
-        t0 = time.perf_counter()
+        wall0, t0 = time.time(), time.perf_counter()
         page.goto(f"http://127.0.0.1:{port}/", wait_until="domcontentloaded")
         dom = time.perf_counter() - t0
-        page.locator(HEADING).first.wait_for(state="visible", timeout=120_000)
-        first = time.perf_counter() - t0
+        seen_ms = page.wait_for_function(HEADING_SEEN, arg=HEADING, polling="raf",
+                                         timeout=120_000).json_value()
+        first = seen_ms / 1000 - wall0
         heading = page.locator(HEADING).first.inner_text()
         context.close()
     finally:

@@ -82,7 +82,7 @@ def measure(home: Path, rounds: int, profile: str | None) -> dict:
     for _ in range(rounds):
         for page in PAGES:
             t = time.perf_counter()
-            at.switch_page(f"pages/{page}.py").run()
+            at.switch_page(f"views/{page}.py").run()
             per_page[page].append(time.perf_counter() - t)
             errors += [f"{page}: {str(e.value)[:200]}" for e in at.exception]
     out = {"first_load_s": round(first, 3),
@@ -108,7 +108,7 @@ def measure(home: Path, rounds: int, profile: str | None) -> dict:
                 prof.disable()
 
         ScriptRunner._run_script = profiled
-        at.switch_page(f"pages/{profile}.py").run()
+        at.switch_page(f"views/{profile}.py").run()
         ScriptRunner._run_script = original
         buf = io.StringIO()
         pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(60)

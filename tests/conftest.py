@@ -98,7 +98,7 @@ def make_reward_run(store, model_dir, normalize: bool = False) -> int:
 
 def app_with_model(model_dir, page: str, timeout: float = 60):
     """The whole app (sidebar and navigation) with `model_dir` as its base model, on `page`
-    ("pages/sft.py"), as an AppTest that has run."""
+    ("views/sft.py"), as an AppTest that has run."""
     from streamlit.testing.v1 import AppTest
 
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)

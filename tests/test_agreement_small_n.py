@@ -110,7 +110,7 @@ def test_the_page_warns_above_the_agreement(store, lang, warn, interval, job):
 
     st.cache_data.clear()
     _position_judge(store)
-    at = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=90)
     at.session_state["lang"] = lang
     at.run()
     assert not at.exception, at.exception

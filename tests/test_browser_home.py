@@ -81,7 +81,7 @@ def page_on_fresh_server(lab_home, path: str):
 
 def test_first_visit_to_a_page_url_gets_the_app_shell(lab_home, models_home, embedded_dir):
     """A fresh server whose first visitor opens /data directly (a bookmark) must run app.py's
-    navigation and sidebar, not Streamlit's old pages/ file list."""
+    navigation and sidebar, not Streamlit's old views/ file list."""
     with page_on_fresh_server(lab_home, "/data") as page:
         page.get_by_role("heading", name="Data").first.wait_for(timeout=60_000)
         wait_idle(page)

@@ -206,7 +206,7 @@ def test_compare_page_shows_accuracy_with_interval(store, lang, lower, interval)
 
     _stored_comparison(store)
     st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "compare.py"), default_timeout=60)
     at.session_state["lang"] = lang
     at.run()
     assert not at.exception, at.exception

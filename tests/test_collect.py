@@ -97,7 +97,7 @@ def test_collect_through_the_page(store, tiny_model_dir, fresh_resources):
     from engine import data
 
     data.ensure_sample_datasets(store)
-    at = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=60)
     at.session_state["model_spec"] = str(tiny_model_dir)
     at.session_state["collect_max_new_tokens"] = 8
     at.session_state["collect_seed"] = 5

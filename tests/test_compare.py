@@ -168,7 +168,7 @@ def _app(lang="en") -> AppTest:
     import streamlit as st
 
     st.cache_resource.clear()  # the page's store must be this test's database
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "compare.py"), default_timeout=60)
     at.session_state["lang"] = lang
     return at
 

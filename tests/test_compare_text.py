@@ -17,7 +17,7 @@ def compare_page(store, kl: float, lang: str = "en") -> AppTest:
          "reward": 0.5, "kl": kl if m != "base" else 0.0, "length": 9}
         for m in ("base", "ppo#3")])
     st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "pages" / "compare.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "compare.py"), default_timeout=60)
     at.session_state["lang"] = lang
     return at.run()
 

@@ -330,7 +330,7 @@ def fresh_resources():
 
 
 def _page():
-    return AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=60)
+    return AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=60)
 
 
 def test_data_page_loads_samples_shows_stats_and_imports(store, fresh_resources):

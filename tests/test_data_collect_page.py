@@ -34,7 +34,7 @@ def fresh_resources():
 
 
 def _page(model_dir=None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=60)
     if model_dir is not None:
         at.session_state["model_spec"] = str(model_dir)
         at.session_state["collect_max_new_tokens"] = 8

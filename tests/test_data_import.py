@@ -187,7 +187,7 @@ def test_data_page_accepts_gzip_and_shows_refusals(store, tmp_path):
     import streamlit as st
 
     st.cache_resource.clear()
-    at = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=60).run()
     assert not at.exception, at.exception
     at.file_uploader(key="import_file_0").set_value(
         ("notes.txt", b"just some text", "text/plain"))

@@ -200,7 +200,7 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
 
     st.cache_resource.clear()
     try:
-        at = app_with_model(tiny_model_dir, "pages/dpo.py")
+        at = app_with_model(tiny_model_dir, "views/dpo.py")
         assert not at.exception, at.exception
         # a fresh data folder: the shipped preference samples are the default dataset
         assert at.selectbox(key=widget_key("dpo_dataset")).value == "sample-preferences"

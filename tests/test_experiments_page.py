@@ -27,7 +27,7 @@ def _sft_sweep(store, tiny_model_dir) -> int:
 
 def test_a_finished_sweep_shows_its_charts_table_and_sentence(store, tiny_model_dir):
     group_id = _sft_sweep(store, tiny_model_dir)
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     for lang in ("en", "fr"):
         at.session_state["lang"] = lang
         at.run()
@@ -93,7 +93,7 @@ def test_a_recipe_group_draws_its_charts_hist_and_xy(store, tiny_model_dir):
     try:
         group_id = runner.create_recipe_group(store, "hist_recipe")
         assert runner.run_group_sync(store, group_id)["status"] == "succeeded"
-        at = app_with_model(tiny_model_dir, "pages/experiments.py")
+        at = app_with_model(tiny_model_dir, "views/experiments.py")
         assert not at.exception
         drawn = charts(at)
         xy = [(s, f) for s, f in drawn if s.get("mark", {}) == {"type": "line", "point": True}]
@@ -119,7 +119,7 @@ def test_a_recipe_group_draws_its_charts_hist_and_xy(store, tiny_model_dir):
 def test_a_sweep_above_six_runs_asks_before_queuing(store, tiny_model_dir):
     from engine.runtime.jobs import get_manager
 
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     assert not at.exception
     assert any("No group yet" in i.value for i in at.info)
     at.selectbox(key="exp_stage").set_value("sft").run()
@@ -149,7 +149,7 @@ def test_a_sweep_above_six_runs_asks_before_queuing(store, tiny_model_dir):
 
 
 def test_a_bad_value_is_refused_on_the_page(store, tiny_model_dir):
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     at.selectbox(key="exp_stage").set_value("ppo").run()
     at.selectbox(key="exp_f1_ppo").set_value("cliprange").run()
     at.text_input(key="exp_v1_ppo_cliprange").set_value("0.05,0.2,inf").run()
@@ -169,7 +169,7 @@ def test_a_finished_recipe_group_on_the_tiny_model(store, tiny_model_dir):
     group_id = runner.create_recipe_group(store, "clip_epsilon",
                                           _tiny(tiny_model_dir, "clip_epsilon"))
     assert runner.run_group_sync(store, group_id)["status"] == "succeeded"
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     assert not at.exception
     drawn = charts(at)
     titles = [spec["title"] for spec, _ in drawn]          # (two columns: in column order)
@@ -194,7 +194,7 @@ def test_cancel_and_resume_buttons_of_a_running_group(store, tiny_model_dir):
     exp_id = runner._start(jobs, store, group_id)
     assert _wait(lambda: any(r["group_key"] == "slow" and r["step"] >= 1
                              for r in store.group_runs(group_id)))
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     assert not at.exception
     assert any("running slow: step" in p.proto.text for p in at.get("progress"))
     at.button(key=f"exp_cancel_{group_id}").click().run()

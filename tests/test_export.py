@@ -169,7 +169,7 @@ def _app(lang="en") -> AppTest:
     import streamlit as st
 
     st.cache_resource.clear()  # the page's store must be this test's database
-    at = AppTest.from_file(str(ROOT / "pages" / "export.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "export.py"), default_timeout=60)
     at.session_state["lang"] = lang
     return at
 

@@ -12,7 +12,7 @@ from ui.common import widget_key
 
 def export_page(lang: str = "en") -> AppTest:
     st.cache_resource.clear()  # the page's store must be this test's database
-    at = AppTest.from_file(str(ROOT / "pages" / "export.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "views" / "export.py"), default_timeout=90)
     at.session_state["lang"] = lang
     return at.run()
 

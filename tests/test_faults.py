@@ -276,8 +276,7 @@ def test_bad_model_path_shows_an_error_in_the_sidebar(store, tmp_path, tiny_mode
     from streamlit.testing.v1 import AppTest
 
     def app_with_folder(path: str) -> AppTest:
-        # A fresh AppTest per case: with a pages/ folder, AppTest (1.67) reruns only the
-        # page script after the first run, so the sidebar is drawn on the first run only.
+        # A fresh AppTest per case: a new session whose first run sees the folder typed
         at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
         at.session_state["model_kind"] = "folder"
         at.session_state["model_value"] = path

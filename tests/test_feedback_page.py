@@ -31,7 +31,7 @@ def fresh_caches():
 
 
 def _page(lang: str = "en", model_dir=None) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "pages" / "data.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "views" / "data.py"), default_timeout=90)
     at.session_state["lang"] = lang
     if model_dir is not None:
         at.session_state["model_spec"] = str(model_dir)

@@ -1,5 +1,5 @@
 """The first page load after a start pays only for what the Home page draws: its script run
-(app.py, the sidebar, pages/home.py) imports neither torch nor transformers (seconds; the
+(app.py, the sidebar, views/home.py) imports neither torch nor transformers (seconds; the
 device line says "detecting…" until a background thread has imported them) nor pandas,
 pyarrow or numpy (about a second; the first chart loads them)."""
 import json

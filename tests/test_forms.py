@@ -21,12 +21,12 @@ def app(store):
 
 def test_form_values_survive_leaving_the_page_and_a_language_switch(app, store):
     at = app
-    at.switch_page("pages/sft.py").run()
+    at.switch_page("views/sft.py").run()
     assert not at.exception, at.exception
     at.number_input(key=field_key("sft", "max_steps")).set_value(7).run()
     at.number_input(key=field_key("sft", "epochs")).set_value(3.0).run()
-    at.switch_page("pages/data.py").run()
-    at.switch_page("pages/sft.py").run()
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/sft.py").run()
     assert at.number_input(key=field_key("sft", "max_steps")).value == 7
     assert at.number_input(key=field_key("sft", "epochs")).value == 3.0
     at.session_state["lang"] = "fr"  # what the sidebar's language box sets
@@ -34,7 +34,7 @@ def test_form_values_survive_leaving_the_page_and_a_language_switch(app, store):
     assert not at.exception, at.exception
     assert at.number_input(key=field_key("sft", "max_steps", "fr")).value == 7
     assert at.number_input(key=field_key("sft", "epochs", "fr")).value == 3.0
-    at.switch_page("app.py")
+    at.switch_page("views/home.py")
     at.run()
     assert at.query_params["lang"] == "fr"  # the address keeps the language for a reload
     reloaded = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
@@ -47,7 +47,7 @@ def test_form_values_survive_leaving_the_page_and_a_language_switch(app, store):
 
 def test_typing_starts_nothing_and_a_double_start_is_refused(app, store):
     at = app
-    at.switch_page("pages/sft.py").run()
+    at.switch_page("views/sft.py").run()
     # every field changed (what Enter in a field does: commit the value, rerun the page)
     at.number_input(key=field_key("sft", "max_steps")).set_value(1).run()
     at.number_input(key=field_key("sft", "batch_size")).set_value(2).run()
@@ -67,7 +67,7 @@ def test_typing_starts_nothing_and_a_double_start_is_refused(app, store):
 
 def test_the_schema_message_is_shown_and_the_start_button_disabled(app, store):
     at = app
-    at.switch_page("pages/ppo.py").run()
+    at.switch_page("views/ppo.py").run()
     at.number_input(key=field_key("ppo", "batch_size")).set_value(6).run()
     at.expander[0]  # the advanced settings exist
     at.number_input(key=field_key("ppo", "minibatches")).set_value(4).run()

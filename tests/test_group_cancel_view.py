@@ -44,7 +44,7 @@ def test_a_cancel_during_the_last_run_ends_the_group_cancelled(store):
 def test_the_page_shows_cancelling_at_once_and_disables_the_button(store, tiny_model_dir):
     jobs = get_manager(store)   # the app's own job manager (same database)
     group_id, exp_id = started_tick_group(jobs, store, "slow", steps=3, delay=2.0)
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     assert not at.exception
     assert not at.button(key=f"exp_cancel_{group_id}").disabled
     at.button(key=f"exp_cancel_{group_id}").click().run()
@@ -74,7 +74,7 @@ def test_a_group_just_started_is_the_one_opened(store, tiny_model_dir):
                                 name="older")
     other = runner.create_sweep(store, "sft", base, {"learning_rate": [1e-3, 3e-3]},
                                 name="picked")
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     at.selectbox(key="exp_pick").set_value(first).run()      # a person looks at #1
     assert at.selectbox(key="exp_pick").value == first and other > first
     at.selectbox(key="exp_stage").set_value("sft").run()
@@ -108,7 +108,7 @@ def test_a_run_not_yet_counting_steps_says_what_it_does(store, tiny_model_dir):
     store.claim_run(child)   # no step counted yet: total_steps unknown
     store.update_run(child, message="loading the model")
     try:
-        at = app_with_model(tiny_model_dir, "pages/experiments.py")
+        at = app_with_model(tiny_model_dir, "views/experiments.py")
         assert not at.exception
         texts = [p.proto.text for p in at.get("progress")]
         assert any("running value=1: loading the model" in x for x in texts), texts

@@ -195,7 +195,7 @@ def test_page_renders_and_starts_a_run(store, bigram_dir):
     try:
         _dataset(store)
         done = run_sync(store, "grpo", _config(bigram_dir, max_steps=2))
-        at = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "views" / "grpo.py"), default_timeout=60)
         at.session_state["model_spec"] = str(bigram_dir)
         at.session_state["grpo_view"] = done["id"]
         at.run()
@@ -227,7 +227,7 @@ def test_page_renders_and_starts_a_run(store, bigram_dir):
         assert get_manager(store).wait(runs[0]["id"], 120) == "succeeded", \
             store.get_run(runs[0]["id"])["error"]
         # in French too
-        french = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+        french = AppTest.from_file(str(ROOT / "views" / "grpo.py"), default_timeout=60)
         french.session_state["lang"] = "fr"
         french.session_state["grpo_view"] = done["id"]
         french.run()

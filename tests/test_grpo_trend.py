@@ -134,7 +134,7 @@ def test_the_page_says_whether_the_reward_rose(store, bigram_dir):  # noqa: F811
                                 "fell": "fell beyond its noise"}),
                         ("fr", {"rose": "a monté au-delà de son bruit",
                                 "flat": "Pas de tendance au-delà", "fell": "a baissé au-delà"})):
-        at = AppTest.from_file(str(ROOT / "pages" / "grpo.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "views" / "grpo.py"), default_timeout=60)
         at.session_state["lang"] = lang
         at.session_state["model_spec"] = str(bigram_dir)
         at.session_state["grpo_view"] = done["id"]

@@ -197,7 +197,7 @@ def test_the_page_says_whether_the_heldout_score_moved_beyond_its_noise(store, f
                                       "eval_heldout_kl": 0.0, "eval_heldout_answers": 32.0})
     store.finish_run(rid, "succeeded", summary={})
     for lang in ("en", "fr"):
-        at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=60)
+        at = AppTest.from_file(str(ROOT / "views" / f"{stage}.py"), default_timeout=60)
         at.session_state["lang"] = lang
         at.run()
         assert not at.exception, at.exception

@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 
 I18N = ROOT / "i18n"
 LANGS = ("en", "fr")
-PAGES = sorted(p.name for p in (ROOT / "pages").glob("*.py"))
+PAGES = sorted(p.name for p in (ROOT / "views").glob("*.py"))
 ICON = re.compile(r":material/[a-z0-9_]+:")
 
 
@@ -50,7 +50,7 @@ def test_namespace_keys_values_and_placeholders_match(ns):
 def _literal_keys() -> dict[str, str]:
     """Every t("ns.key") called with a literal in the app's code: key -> where."""
     found: dict[str, str] = {}
-    files = [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")),
+    files = [ROOT / "app.py", *sorted((ROOT / "views").glob("*.py")),
              *sorted((ROOT / "ui").glob("*.py"))]
     for path in files:
         tree = ast.parse(path.read_text(encoding="utf-8"))
@@ -126,7 +126,7 @@ def test_every_page_renders_in_french(french_app):
     assert any("Alignez" in m.value for m in at.markdown)
     failures = []
     for page in PAGES:
-        at.switch_page(f"pages/{page}")
+        at.switch_page(f"views/{page}")
         at.run()
         if at.exception:
             failures.append(f"{page}: {at.exception[0].message}")
@@ -165,7 +165,7 @@ def test_pages_with_finished_runs_render_in_french(store, tiny_model_dir, monkey
     at.run()
     failures, charts = [], {}
     for page in PAGES:
-        at.switch_page(f"pages/{page}")
+        at.switch_page(f"views/{page}")
         at.run()
         if at.exception:
             failures.append(f"{page}: {at.exception[0].message}")
@@ -238,7 +238,7 @@ def _hard_coded(path: Path) -> list[str]:
 
 
 def test_pages_hold_no_hard_coded_user_text():
-    found = [hit for page in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py"))]
+    found = [hit for page in [ROOT / "app.py", *sorted((ROOT / "views").glob("*.py"))]
              for hit in _hard_coded(page)]
     assert not found, "user-facing text outside the catalogues:\n" + "\n".join(found)
 
@@ -247,7 +247,7 @@ def test_pages_hold_no_hard_coded_user_text():
 def _literal_plural_keys() -> dict[str, str]:
     """Every tn("ns.key", n) called with a literal in the app's code: key -> where."""
     found: dict[str, str] = {}
-    for path in [ROOT / "app.py", *sorted((ROOT / "pages").glob("*.py")),
+    for path in [ROOT / "app.py", *sorted((ROOT / "views").glob("*.py")),
                  *sorted((ROOT / "ui").glob("*.py"))]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)

@@ -136,7 +136,7 @@ def test_job_panel_and_runs_page_say_what_a_queued_run_waits_behind(store):
     text = panel_text(panel(waiting))
     assert f"queued behind #{busy} sft-hb, step 4/16 · position 2 in the queue" in text
 
-    page = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
+    page = AppTest.from_file(str(ROOT / "views" / "runs.py"), default_timeout=60).run()
     assert not page.exception
     table = page.dataframe[0].value
     status = dict(zip(table["id"], table["status"]))
@@ -167,7 +167,7 @@ def test_cancel_shows_cancelling_at_once_with_the_button_disabled(store):
     assert at.button(key=f"cancel-{rid}").disabled
     other = panel(rid)  # another session (a second tab)
     assert "cancelling…" in panel_text(other) and other.button(key=f"cancel-{rid}").disabled
-    page = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
+    page = AppTest.from_file(str(ROOT / "views" / "runs.py"), default_timeout=60).run()
     assert dict(zip(page.dataframe[0].value["id"],
                     page.dataframe[0].value["status"]))[rid] == "cancelling…"
 

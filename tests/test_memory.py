@@ -174,7 +174,7 @@ def test_cli_prints_the_estimate_and_trains_nothing(lab_home, embedded_dir):
 def test_the_stage_page_shows_the_estimate_beside_the_free_memory(tiny_model_dir):
     from tests.conftest import app_with_model
 
-    at = app_with_model(tiny_model_dir, "pages/sft.py")
+    at = app_with_model(tiny_model_dir, "views/sft.py")
     assert not at.exception, at.exception
     text = " ".join(c.value for c in at.caption)
     assert "Memory estimate:" in text and "GB free on cpu" in text, text

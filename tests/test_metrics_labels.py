@@ -286,7 +286,7 @@ def test_overlay_preselects_only_finished_runs_with_a_curve(store):
     b = _run(store, "sft", "succeeded", 12)
     _run(store, "sft", "succeeded", 3)      # too short to be a curve
     _run(store, "sft", "cancelled", 1)      # the newest: cancelled after one point
-    at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / "runs.py"), default_timeout=60).run()
     assert not at.exception
     assert at.multiselect(key="runs_overlay_ids_sft").value == [b, a]
 
@@ -294,7 +294,7 @@ def test_overlay_preselects_only_finished_runs_with_a_curve(store):
 def test_overlay_preselects_none_when_no_run_has_a_curve(store):
     _run(store, "sft", "succeeded", 2)
     _run(store, "sft", "cancelled", 1)
-    at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / "runs.py"), default_timeout=60).run()
     assert not at.exception
     assert at.multiselect(key="runs_overlay_ids_sft").value == []
 
@@ -302,7 +302,7 @@ def test_overlay_preselects_none_when_no_run_has_a_curve(store):
 def test_run_charts_in_french_are_titled_by_label(store):
     rid = _run(store, "ppo", "succeeded", 12, name="non_score_reward")
     store.log_metrics(rid, 12, {"advantage_std_raw": 0.5, "eval_loss": 1.0})
-    at = AppTest.from_file(str(ROOT / "pages" / "runs.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "runs.py"), default_timeout=60)
     at.session_state["lang"] = "fr"
     at.run()
     assert not at.exception

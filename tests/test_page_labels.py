@@ -27,11 +27,11 @@ def test_every_stage_has_a_name_on_the_runs_page_in_both_languages(store):
         assert not missing, (lang, missing)
     run = store.create_run("ai_feedback", {}, name="judge")
     store.update_run(run, status="succeeded")
-    at = page("pages/runs.py")
+    at = page("views/runs.py")
     assert not at.exception
     assert "AI feedback" in at.multiselect[0].options
     assert "ai_feedback" not in at.multiselect[0].options
-    assert "Retour d'IA" in page("pages/runs.py", "fr").multiselect[0].options
+    assert "Retour d'IA" in page("views/runs.py", "fr").multiselect[0].options
 
 
 def ppo_run(store) -> int:
@@ -50,7 +50,7 @@ def ppo_run(store) -> int:
 def test_ppo_captions_name_metrics_as_the_legends_do(store):
     ppo_run(store)
     for lang, score in (("en", "Mean score: R(x, y)"), ("fr", "Score moyen : R(x, y)")):
-        at = page("pages/ppo.py", lang)
+        at = page("views/ppo.py", lang)
         assert not at.exception
         captions = " ".join(c.value for c in at.caption)
         assert score in captions
@@ -61,7 +61,7 @@ def test_ppo_captions_name_metrics_as_the_legends_do(store):
 
 def test_legends_are_never_cut_and_leave_the_plot_its_height(store):
     ppo_run(store)
-    at = page("pages/ppo.py", "fr")
+    at = page("views/ppo.py", "fr")
     with_legend = [c for c in charts(at) if any(
         (layer["encoding"].get("color") or {}).get("legend") for layer in c.get("layer", []))]
     assert with_legend
@@ -73,7 +73,7 @@ def test_legends_are_never_cut_and_leave_the_plot_its_height(store):
 
 
 def test_length_histograms_are_not_squeezed_by_a_chart_height(store):
-    at = page("pages/data.py")
+    at = page("views/data.py")
     assert not at.exception
     histograms = [c for c in charts(at) if c.get("mark", {}).get("type") == "bar"]
     assert len(histograms) == 3  # prompt, chosen, rejected of sample-preferences

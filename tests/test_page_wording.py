@@ -22,13 +22,13 @@ def voted(store, choice: str = "a", dataset: str = "human-preferences") -> None:
 
 def test_collect_counts_say_one_pair_not_one_pairs(store):
     voted(store)
-    at = page("pages/data.py")
+    at = page("views/data.py")
     assert not at.exception
     captions = [c.value for c in at.caption]
     assert "human-preferences: 1 pair voted here, 0 ties, 0 both bad." in captions, captions
     voted(store, "tie")
     voted(store, "b")
-    at = page("pages/data.py", "fr")
+    at = page("views/data.py", "fr")
     captions = [c.value for c in at.caption]
     assert ("human-preferences : 2 paires votées ici, 1 égalité, "
             "0 « toutes deux mauvaises ».") in captions, captions
@@ -42,7 +42,7 @@ def test_french_sft_intro_has_no_english_field_name():
 def test_import_by_path_fills_the_dataset_name_until_one_is_typed(store, tmp_path):
     path = tmp_path / "my-pairs.jsonl"
     path.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
-    at = page("pages/data.py")
+    at = page("views/data.py")
     at.text_input(key="import_path_0").set_value(str(path)).run()
     assert at.text_input(key="import_name_0").value == "my-pairs"
     at.text_input(key="import_name_0").set_value("mine").run()  # typed: kept
@@ -71,21 +71,21 @@ def metric(at: AppTest, label: str):
 
 def test_sft_eval_loss_has_no_change_before_training_has_evaluated(store):
     finished(store, "sft", {0: {"eval_loss": 2.5}})
-    at = page("pages/sft.py")
+    at = page("views/sft.py")
     assert not at.exception
     m = metric(at, "Eval loss")
     assert m.value == "2.500" and not m.delta  # no "+0.000" in red at step 0
     finished(store, "sft", {0: {"eval_loss": 2.5}, 3: {"eval_loss": 2.25, "train_loss": 2.0}})
-    m = metric(page("pages/sft.py"), "Eval loss")
+    m = metric(page("views/sft.py"), "Eval loss")
     assert m.value == "2.250" and m.delta == "-0.250"
 
 
 def test_dpo_accuracy_is_compared_with_chance_not_with_its_tied_start(store):
     finished(store, "dpo", {0: {"eval_reward_accuracy": 0.0},
                             5: {"eval_reward_accuracy": 0.43, "loss": 0.69}})
-    at = page("pages/dpo.py")
+    at = page("views/dpo.py")
     assert not at.exception
     m = metric(at, "Held-out accuracy")
     assert m.value == "43%" and m.delta == "-7 pts vs chance (50%)"
-    m = metric(page("pages/dpo.py", "fr"), "Exactitude (réservées)")
+    m = metric(page("views/dpo.py", "fr"), "Exactitude (réservées)")
     assert m.delta == "-7 pts par rapport au hasard (50 %)"

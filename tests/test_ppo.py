@@ -321,7 +321,7 @@ def test_page_draws_every_quantity_with_its_formula_and_warns(store, fresh_resou
 
     _dataset(store)
     _finished_run(store)
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60).run()
     assert not at.exception, at.exception
     formulas = " ".join(x.value for x in at.latex)
     for piece in (r"\beta", r"\mathrm{clip}", r"\hat A_t", r"\delta_t", r"r_t(\theta)"):
@@ -335,14 +335,14 @@ def test_page_draws_every_quantity_with_its_formula_and_warns(store, fresh_resou
     # the numbers before the texts: a long answer cannot push them off-screen
     assert list(table.columns[-2:]) == [t("ppo.col_prompt"), t("ppo.col_response")]
     # in French too
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60)
     at.session_state["lang"] = "fr"
     at.run()
     assert not at.exception, at.exception
     assert any("bande d'écrêtage" in c.value for c in at.caption)
     # a calm run draws no warning
     _finished_run(store, kl=1.0, clipfrac=0.05)
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60).run()
     assert not at.exception and not at.warning
 
 
@@ -355,7 +355,7 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
 
     store.set_meta(SAMPLES_MARKER, "loaded")  # the samples were offered once, then deleted
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/ppo.py").run()  # (page links need the app's navigation)
+    at.switch_page("views/ppo.py").run()  # (page links need the app's navigation)
     assert not at.exception, at.exception
     assert any(i.value == t("ppo.no_dataset") for i in at.info)
     assert any(t("ppo.no_runs") == c.value for c in at.caption)
@@ -367,7 +367,7 @@ def test_page_starts_a_run_with_the_chosen_reward(store, bigram_dir, fresh_resou
     from engine.runtime.jobs import get_manager
 
     _dataset(store)
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60)
     at.session_state["model_spec"] = str(bigram_dir)
     at.run()
     at.selectbox(key=widget_key("ppo_builtin")).set_value("contains_words").run()
@@ -442,7 +442,7 @@ def test_page_defaults_follow_the_pipeline(store, bigram_dir, fresh_resources):
     from streamlit.testing.v1 import AppTest
 
     _dataset(store)
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60)
     at.session_state["model_spec"] = str(bigram_dir)
     at.run()
     assert at.selectbox(key=widget_key("ppo_sft")).value is None
@@ -450,7 +450,7 @@ def test_page_defaults_follow_the_pipeline(store, bigram_dir, fresh_resources):
     sft = _fake_sft_run(store, bigram_dir)
     rm = _fake_sft_run(store, bigram_dir)
     store.update_run(rm, stage="reward")
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60)
     at.session_state["model_spec"] = str(bigram_dir)
     at.run()
     assert not at.exception, at.exception

@@ -96,7 +96,7 @@ def test_sft_on_two_processes_from_the_page_cancel_and_resume(store, tiny_model_
     store.add_rows("toy", [{"prompt": f"Say the number {i}.", "response": f"The number is {i}."}
                            for i in range(16)])
     st.cache_resource.clear()  # this test's database
-    at = app_with_model(tiny_model_dir, "pages/sft.py")
+    at = app_with_model(tiny_model_dir, "views/sft.py")
     at.selectbox(key=widget_key("sft_dataset")).set_value("toy").run()
     steps = 30
     for name, value in {"processes": 2, "max_steps": steps, "batch_size": 2,

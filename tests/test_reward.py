@@ -156,7 +156,7 @@ def _page_shows_the_trained_model(store, tiny_model_dir, run):
 
     st.cache_resource.clear()
     try:
-        at = AppTest.from_file(str(ROOT / "pages" / "reward.py"), default_timeout=90)
+        at = AppTest.from_file(str(ROOT / "views" / "reward.py"), default_timeout=90)
         at.session_state["model_spec"] = str(tiny_model_dir)
         at.run()
         assert not at.exception, at.exception
@@ -290,7 +290,7 @@ def test_page_without_data_points_to_the_data_page(store, fresh_resources):
 
     store.set_meta(SAMPLES_MARKER, "loaded")  # the samples were offered once, then deleted
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/reward.py").run()
+    at.switch_page("views/reward.py").run()
     assert not at.exception, at.exception
     from ui.i18n import t
 
@@ -308,7 +308,7 @@ def test_page_starts_a_run_and_shows_it(store, tiny_model_dir, fresh_resources):
 
     synthetic_preferences(store)
     # the page on its own (no sidebar): the model in use is read from the session
-    at = AppTest.from_file(str(ROOT / "pages" / "reward.py"), default_timeout=90)
+    at = AppTest.from_file(str(ROOT / "views" / "reward.py"), default_timeout=90)
     at.session_state["model_spec"] = str(tiny_model_dir)
     at.run()
     assert not at.exception, at.exception
@@ -350,7 +350,7 @@ def test_page_lists_the_misranked_pairs_and_folds_the_mean_sign(store, fresh_res
     good = _reward_run_with_eval_pairs(store, [0.4, 1.0, 2.0], norm_mean=0.25)
     mixed = _reward_run_with_eval_pairs(store, [2.0, 0.5, 0.1, -0.3, 0.0, -1.2], norm_mean=-1.501)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/reward.py").run()
+    at.switch_page("views/reward.py").run()
     assert not at.exception, at.exception
     assert at.selectbox(key="reward_run_select").value == mixed
     captions = " ".join(c.value for c in at.caption)

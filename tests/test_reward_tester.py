@@ -13,7 +13,7 @@ def reward_page(store, lang="en") -> AppTest:
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90)
     at.session_state["lang"] = lang
     at.run()
-    return at.switch_page("pages/reward.py").run()
+    return at.switch_page("views/reward.py").run()
 
 
 def test_the_example_is_scored_as_it_stands(store):

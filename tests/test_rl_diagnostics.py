@@ -303,7 +303,7 @@ def test_pages_chart_generalisation_gold_diversity_and_warn_at_the_token_limit(
     store.create_dataset("prompts", "preference")
     store.add_rows("prompts", [{"prompt": "Hi?", "chosen": "Yes.", "rejected": "No"}])
     _finished(store, stage, eos=0.25)
-    at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=60).run()
+    at = AppTest.from_file(str(ROOT / "views" / f"{stage}.py"), default_timeout=60).run()
     assert not at.exception, at.exception
     warnings = " ".join(w.value for w in at.warning)
     # the settings named by their labels, not their field names
@@ -321,7 +321,7 @@ def test_pages_chart_generalisation_gold_diversity_and_warn_at_the_token_limit(
         assert metric_label(name) in series, name
     # in French, and a run whose answers end draws no token-limit warning
     _finished(store, stage, eos=0.9)
-    at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / f"{stage}.py"), default_timeout=60)
     at.session_state["lang"] = "fr"
     at.run()
     assert not at.exception, at.exception
@@ -340,7 +340,7 @@ def test_ppo_page_starts_a_run_against_an_ensemble_with_a_gold_model(store, bigr
     a, b, gold = (reward_run(store, bigram_dir, s) for s in (1, 2, 3))
     for rid in (a, b, gold):
         store.finish_run(rid, "succeeded")
-    at = AppTest.from_file(str(ROOT / "pages" / "ppo.py"), default_timeout=60)
+    at = AppTest.from_file(str(ROOT / "views" / "ppo.py"), default_timeout=60)
     at.session_state["model_spec"] = str(bigram_dir)
     at.run()
     assert not at.exception, at.exception

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 from tests.job_helpers import registered_stages
 from ui.common import widget_key
 
-PAGE = str(ROOT / "pages" / "runs.py")
+PAGE = str(ROOT / "views" / "runs.py")
 
 
 @dataclass

@@ -36,7 +36,7 @@ def test_a_resumed_run_stays_open_outside_the_status_filter(store):
     for rid in (one, two):
         store.update_run(rid, status="cancelled", started=100.0, claimed=100.0, finished=110.0)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60).run()
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     at.multiselect(key=widget_key("runs_status")).set_value(["cancelled"]).run()
     at.selectbox(key=widget_key("runs_open")).set_value(one).run()
     try:

@@ -327,7 +327,7 @@ def test_page_renders_and_starts_a_run(store, tiny_model_dir):
 
     st.cache_resource.clear()  # each test its own database
     try:
-        at = app_with_model(tiny_model_dir, "pages/sft.py")  # the sidebar's base model: the tiny one
+        at = app_with_model(tiny_model_dir, "views/sft.py")  # the sidebar's base model: the tiny one
         assert not at.exception, at.exception
         # a fresh data folder: the app loaded the shipped samples, the form offers them
         assert at.selectbox(key=widget_key("sft_dataset")).value == "sample-sft"

@@ -138,7 +138,7 @@ def test_the_dpo_and_reward_forms_leave_the_share_empty_by_default(store):
 
     ensure_sample_datasets(store)
     for stage in ("dpo", "reward"):
-        at = AppTest.from_file(str(ROOT / "pages" / f"{stage}.py"), default_timeout=90).run()
+        at = AppTest.from_file(str(ROOT / "views" / f"{stage}.py"), default_timeout=90).run()
         assert not at.exception, at.exception
         box = at.number_input(key=f"form.{stage}.ai_share.en")
         assert box.value is None and at.session_state[f"form.{stage}"]["ai_share"] is None

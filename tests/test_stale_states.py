@@ -21,7 +21,7 @@ def test_the_ai_feedback_job_selector_has_no_status_to_go_stale(store):
     run = store.create_run("ai_feedback", {}, name="judge-job")
     store.update_run(run, status="succeeded", summary={"pairs": 0, "skipped": []})
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=90).run()
-    at.switch_page("pages/data.py").run()
+    at.switch_page("views/data.py").run()
     assert not at.exception, at.exception
     box = at.selectbox(key=widget_key("fb_run"))
     label = box.format_func(box.value)

@@ -39,12 +39,12 @@ def test_a_sweep_starts_from_the_runs_chosen_on_the_stage_page(store, tiny_model
     toy_sft_dataset(store, "prompts")   # the PPO page needs a dataset to offer a run
     sft = _finished(store, "sft", "sft-tiny")
     rm = _finished(store, "reward", "rm-tiny")
-    at = app_with_model(tiny_model_dir, "pages/ppo.py")
+    at = app_with_model(tiny_model_dir, "views/ppo.py")
     assert not at.exception
     # the PPO page's own defaults: the newest SFT run and the newest reward model
     chosen = at.session_state["page.ppo"]
     assert (chosen["sft_run"], chosen["reward_run"], chosen["dataset"]) == (sft, rm, "prompts")
-    at.switch_page("pages/experiments.py").run()
+    at.switch_page("views/experiments.py").run()
     at.selectbox(key="exp_stage").set_value("ppo").run()
     assert not at.exception
     shown = [i.value for i in at.info if "From the PPO page" in i.value]
@@ -70,7 +70,7 @@ def test_a_sweep_starts_from_the_runs_chosen_on_the_stage_page(store, tiny_model
 
 
 def test_a_sweep_without_the_stage_page_says_its_defaults(store, tiny_model_dir):
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     at.selectbox(key="exp_stage").set_value("ppo").run()
     shown = [i.value for i in at.info if "was not opened" in i.value]
     assert shown and "Start from: none (the base model)" in shown[0], [i.value for i in at.info]
@@ -78,9 +78,9 @@ def test_a_sweep_without_the_stage_page_says_its_defaults(store, tiny_model_dir)
 
 
 def test_the_run_name_and_the_sweep_form_survive_a_page_switch(store, tiny_model_dir):
-    at = app_with_model(tiny_model_dir, "pages/sft.py")
+    at = app_with_model(tiny_model_dir, "views/sft.py")
     at.text_input(key="form.sft.run_name").set_value("my-sft").run()
-    at.switch_page("pages/experiments.py").run()
+    at.switch_page("views/experiments.py").run()
     at.selectbox(key="exp_stage").set_value("ppo").run()
     at.selectbox(key="exp_f1_ppo").set_value("cliprange").run()
     at.text_input(key="exp_v1_ppo_cliprange").set_value("0.1,0.2").run()
@@ -88,11 +88,11 @@ def test_the_run_name_and_the_sweep_form_survive_a_page_switch(store, tiny_model
     at.text_input(key="exp_v2_ppo_beta").set_value("0,0.05").run()
     at.text_area(key="exp_overrides_ppo").set_value("max_steps=2").run()
     at.text_input(key="exp_sweep_name").set_value("clip × beta").run()
-    at.switch_page("pages/data.py").run()
-    at.switch_page("pages/sft.py").run()
+    at.switch_page("views/data.py").run()
+    at.switch_page("views/sft.py").run()
     assert not at.exception
     assert at.text_input(key="form.sft.run_name").value == "my-sft"      # was: empty
-    at.switch_page("pages/experiments.py").run()
+    at.switch_page("views/experiments.py").run()
     assert not at.exception
     assert at.selectbox(key="exp_stage").value == "ppo"
     assert at.selectbox(key="exp_f1_ppo").value == "cliprange"

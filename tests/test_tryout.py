@@ -75,7 +75,7 @@ def test_sft_page_try_it_runs_a_job_and_shows_its_answers(store, tiny_model_dir)
     from ui.i18n import t
 
     rid = make_adapter_run(store, tiny_model_dir)
-    at = app_with_model(tiny_model_dir, "pages/sft.py")
+    at = app_with_model(tiny_model_dir, "views/sft.py")
     assert not at.exception, at.exception
     assert at.selectbox(key="sft_view").value == rid
     next(a for a in at.text_area if a.label == t("sft.try_prompt")).set_value(PROMPT)

@@ -105,7 +105,7 @@ def test_the_experiments_page_offers_the_gpu_preset_with_its_own_caption(tiny_mo
     from tests.conftest import app_with_model
     from ui.i18n import catalogue
 
-    at = app_with_model(tiny_model_dir, "pages/experiments.py")
+    at = app_with_model(tiny_model_dir, "views/experiments.py")
     assert not at.exception, at.exception
     cat = catalogue("en")
     assert cat["recipes.uncertain_reward_gpu.title"] in [h.value for h in at.subheader]

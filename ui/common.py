@@ -20,19 +20,6 @@ if TYPE_CHECKING:  # pandas (with numpy and pyarrow, ~1 s) loads with the first 
 EMBEDDED = "embedded"
 
 
-def _leave_legacy_multipage_mode() -> None:
-    """Streamlit sees the `pages/` folder and, until some session has run app.py's
-    st.navigation, serves a fresh server's first direct visit to /data, /sft, ... by running
-    pages/<x>.py alone (its old multipage mode: no sidebar, a plain file list). Turn that
-    mode off and rerun, so app.py runs and routes to the same page."""
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        st.rerun()
-
-
-_leave_legacy_multipage_mode()
 STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/autorenew:",
                 "succeeded": ":material/check_circle:", "failed": ":material/error:",
                 "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
@@ -502,5 +489,5 @@ def datasets_or_hint(kind: str | None, ns: str) -> list[dict]:
     datasets = [d for d in list_datasets(get_store(), kind) if d["rows"]]
     if not datasets:
         st.info(t(f"{ns}.no_dataset"))
-        st.page_link("pages/data.py", label=t(f"{ns}.go_data"), icon=":material/edit_note:")
+        st.page_link("views/data.py", label=t(f"{ns}.go_data"), icon=":material/edit_note:")
     return datasets

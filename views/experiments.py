@@ -24,7 +24,7 @@ from ui.forms import settings_form
 from ui.i18n import catalogue, t, tn
 from ui.stage_page import page_values_key
 
-STAGE_PAGES = {f"pages/{s}.py" for s in ("sft", "reward", "ppo", "dpo", "grpo")}
+STAGE_PAGES = {f"views/{s}.py" for s in ("sft", "reward", "ppo", "dpo", "grpo")}
 CONFIRM_ABOVE = 6       # a sweep of more runs asks for a confirmation before it is queued
 OPEN_KEY = "exp_open"   # the group the page shows
 
@@ -253,8 +253,8 @@ def settings_line(stage: str, base: dict, from_page: bool) -> None:
         return
     st.info(t("experiments.page_settings" if from_page else "experiments.page_settings_unset",
               stage=stage_name(stage), settings=text), icon=":material/link:")
-    if not from_page and f"pages/{stage}.py" in STAGE_PAGES:
-        st.page_link(f"pages/{stage}.py", label=t("experiments.go_stage", stage=stage_name(stage)),
+    if not from_page and f"views/{stage}.py" in STAGE_PAGES:
+        st.page_link(f"views/{stage}.py", label=t("experiments.go_stage", stage=stage_name(stage)),
                      icon=":material/arrow_forward:")
 
 

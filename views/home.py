@@ -8,9 +8,12 @@ from storage.db import ACTIVE_STATES
 from ui.common import device_caption, get_jobs, get_store, model_spec, run_label
 from ui.i18n import t, tn
 
-store = get_store()
 st.title(":material/science: " + t("home.title"))
 st.write(t("home.intro"))
+# after the heading: on a fresh data folder this creates the database (app.py leaves the job
+# manager, which marks runs orphaned by a crash as interrupted, to this page)
+store = get_store()
+get_jobs()
 
 ICONS = {"data": ":material/edit_note:", "sft": ":material/school:", "reward": ":material/balance:",
          "ppo": ":material/target:", "dpo": ":material/compare_arrows:", "grpo": ":material/groups:",
@@ -35,7 +38,7 @@ steps["export"] = (len(exports), t("home.export_state", n=len(exports)))
 start = next((k for k in ("sft", "reward", "ppo", "compare") if not steps[k][0]), None)
 with st.container(border=True):
     st.markdown(f"**{t('home.start_here')}** " + t(f"home.start_{start or 'done'}"))
-    st.page_link(f"pages/{start or 'experiments'}.py", icon=ICONS[start or "experiments"],
+    st.page_link(f"views/{start or 'experiments'}.py", icon=ICONS[start or "experiments"],
                  label=t("home.start_open", page=t("nav." + (start or "experiments"))))
 
 order = list(steps)
@@ -48,7 +51,7 @@ for row in (order[:5], order[5:]):
             st.caption(t(f"home.about_{key}"))
             st.caption((":material/check_circle: " if count
                         else ":material/radio_button_unchecked: ") + text)
-            st.page_link(f"pages/{key}.py", label=t("home.open"))
+            st.page_link(f"views/{key}.py", label=t("home.open"))
 
 left, right = st.columns(2)
 with left:

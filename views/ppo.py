@@ -63,7 +63,7 @@ def page_fields() -> PageFields | None:
     if source == "model":
         if not reward_runs:
             st.info(t("ppo.no_reward_runs"))
-            st.page_link("pages/reward.py", label=t("ppo.go_reward"), icon=":material/balance:")
+            st.page_link("views/reward.py", label=t("ppo.go_reward"), icon=":material/balance:")
             return None
         reward_run = translated_choice(st.selectbox, t("ppo.reward_run"), list(reward_runs),
                                        "ppo_reward_run", lambda i: run_label(reward_runs[i]))
