@@ -185,6 +185,14 @@ def test_grpo_runs_by_default_and_is_judged_against_its_noise(store):
     assert p["rl_last"] == pytest.approx(-0.88, abs=0.01) and p["rl_last_kl"] == 4.1
     assert p["rl_fall"] == pytest.approx(0.41, abs=0.01) and 0 < p["rl_fall_se"] < 0.205
     check_wording(out["sentence"])
+    # the gold score highest at the start and falling from there: said as such (no rise)
+    falling = _rl(store, [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0],
+                  [-0.2, -0.22, -0.25, -0.3, -0.4, -0.5, -0.6])
+    out = recipe.summarize(store, group, {**base, "grpo": falling})
+    assert out["sentence"]["key"] == \
+        "recipes.overoptimization.sentence_bon_fell_rl_fell_from_start"
+    assert out["sentence"]["params"]["rl_peak_kl"] == 0.0
+    check_wording(out["sentence"])
     # GRPO alone (no best-of-n), and an older group whose proxy PPO optimised
     alone = recipe.summarize(store, _group("pairs", "proxy", "grpo"),
                              {"pairs": done, "proxy": done, "grpo": clean})
@@ -204,7 +212,7 @@ def test_every_sentence_the_summary_can_pick_exists_in_both_languages():
     for lang in ("en", "fr"):
         cat = catalogue(lang)
         for bon in ("", "_bon_fell", "_bon_held", "_bon_rose"):
-            for rl in ("", "_rl_fell", "_rl_held"):
+            for rl in ("", "_rl_fell", "_rl_held", "_rl_fell_from_start"):
                 if bon or rl:
                     key = f"recipes.overoptimization.sentence{bon}{rl}"
                     assert key in cat, (lang, key)

@@ -301,7 +301,9 @@ def summarize_overoptimization(store, group: dict, runs: dict[str, dict]) -> dic
                        "rl_first": rnd(p["first"]), "rl_last": rnd(p["last"]),
                        "rl_last_kl": rnd(p["last_x"], 1), "rl_fall": rnd(p["fall"]),
                        "rl_fall_se": rnd(p["fall_se"], 3)})
-        key += f"_rl_{'fell' if p['fell'] else 'held'}"
+        # a fall from the very first point is told apart: no rise came before it
+        start = p["peak_x"] == min(q[0] for q in rl_pts)
+        key += "_rl_" + ("held" if not p["fell"] else "fell_from_start" if start else "fell")
     return {"table": table, "sentence": {"key": key, "params": params}}
 
 
