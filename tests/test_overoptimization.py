@@ -216,3 +216,23 @@ def test_every_sentence_the_summary_can_pick_exists_in_both_languages():
                 if bon or rl:
                     key = f"recipes.overoptimization.sentence{bon}{rl}"
                     assert key in cat, (lang, key)
+
+
+def test_every_summary_column_has_a_label_in_both_languages(store):
+    """The Experiments page names a summary column from the catalogues (recipes.col_*, a
+    metric's or a setting's label); a column none knows showed its raw name ("sqrt_kl")."""
+    from ui.i18n import catalogue
+
+    done = {"status": "succeeded"}
+    gap = [0.04] * len(N)
+    gap[-1] = 0.0
+    out = recipes()["overoptimization"].summarize(
+        store, _group("pairs", "proxy", "bon", "grpo"),
+        {"pairs": done, "proxy": done, "bon": _bon(store, RISE_FALL, gap),
+         "grpo": _rl(store, [0.1, 0.4, 0.9, 1.5], [-1.0, -0.6, -0.4, -0.7])})
+    columns = {k for row in out["table"] for k in row} - {"run"}
+    for lang in ("en", "fr"):
+        cat = catalogue(lang)
+        unnamed = [c for c in columns if not any(
+            k in cat for k in (f"recipes.col_{c}", f"metrics.{c}", f"settings.{c}"))]
+        assert not unnamed, (lang, unnamed)
